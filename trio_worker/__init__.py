@@ -1,0 +1,49 @@
+"""trio-worker: a Prefect-compatible job worker on Trio structured concurrency.
+
+This module is the whole public surface; everything lives in private modules
+and is re-exported here by name. Models of API objects are in
+:mod:`trio_worker.models`.
+"""
+
+from trio_worker._client import PrefectClient as PrefectClient
+from trio_worker._exceptions import (
+    APIError as APIError,
+)
+from trio_worker._exceptions import (
+    BadRequestError as BadRequestError,
+)
+from trio_worker._exceptions import (
+    ConfigurationError as ConfigurationError,
+)
+from trio_worker._exceptions import (
+    ConflictError as ConflictError,
+)
+from trio_worker._exceptions import (
+    InfrastructureError as InfrastructureError,
+)
+from trio_worker._exceptions import (
+    JobVariableError as JobVariableError,
+)
+from trio_worker._exceptions import (
+    ModelError as ModelError,
+)
+from trio_worker._exceptions import (
+    NotFoundError as NotFoundError,
+)
+from trio_worker._exceptions import (
+    ServerUnavailableError as ServerUnavailableError,
+)
+from trio_worker._exceptions import (
+    TemplateError as TemplateError,
+)
+from trio_worker._exceptions import (
+    TrioWorkerError as TrioWorkerError,
+)
+from trio_worker._exceptions import (
+    UnauthorizedError as UnauthorizedError,
+)
+from trio_worker._exceptions import (
+    WorkerTypeNotFoundError as WorkerTypeNotFoundError,
+)
+from trio_worker._settings import Settings as Settings
+from trio_worker._version import __version__ as __version__
