@@ -72,7 +72,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
             # Wait at least what the server asked, plus a little spread.
             spread: float = random.uniform(1.0, 1.2)
             return min(retry_after, MAX_RETRY_AFTER_SECONDS) * spread
-        base = min(self._backoff_seconds * 2**attempt, MAX_BACKOFF_SECONDS)
+        base = min(self._backoff_seconds * 2.0**attempt, MAX_BACKOFF_SECONDS)
         jitter: float = random.uniform(1 - JITTER_FACTOR, 1 + JITTER_FACTOR)
         return base * jitter
 
