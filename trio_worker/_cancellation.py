@@ -1,0 +1,192 @@
+"""Finding cancelled flow runs and stopping them.
+
+Two sources, one action. The API's ``/events/out`` stream tells the worker
+about a ``prefect.flow-run.Cancelling`` at once; a polling loop reads the
+pool's CANCELLING runs (and legacy CANCELLED runs named "Cancelling") every
+two query intervals and catches whatever the stream missed. Both call
+:func:`cancel_run`:
+
+- a run this worker owns is cancelled through its cancel scope; its task
+  kills the process group and then forces CANCELLED (``_submission.py``);
+- a run started on this host by a worker that has since died is killed by its
+  recorded process group, then forced CANCELLED;
+- a run of another host, or of a live worker on this host, is left to it;
+- a run with no infrastructure recorded is forced CANCELLED.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import uuid
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+import trio_websocket
+
+from trio_worker._exceptions import APIError, InfrastructureError
+from trio_worker._models import FlowRun, State, StateType, now
+from trio_worker._submission import CANCELLED_MESSAGE, propose_final_state
+
+if TYPE_CHECKING:
+    from trio_worker._worker import BaseWorker
+
+__all__ = ["cancel_run", "check_for_cancelled_flow_runs", "listen_for_cancellations"]
+
+logger = logging.getLogger("trio_worker.cancellation")
+
+CANCELLING_EVENT: Final = "prefect.flow-run.Cancelling"
+FLOW_RUN_RESOURCE_PREFIX: Final = "prefect.flow-run."
+NO_INFRASTRUCTURE_MESSAGE: Final = (
+    "This flow run is missing infrastructure tracking information and cancellation "
+    "cannot be guaranteed."
+)
+MAX_RECONNECT_SECONDS: Final = 30.0
+
+
+async def check_for_cancelled_flow_runs(worker: BaseWorker) -> None:
+    """Poll the pool's cancelling runs and cancel each (the events stream's fallback)."""
+    if worker.work_pool is None:
+        return
+    scope: dict[str, Any] = {"work_pools": {"name": {"any_": [worker.work_pool_name]}}}
+    if worker.work_queues:
+        scope["work_pool_queues"] = {"name": {"any_": list(worker.work_queues)}}
+    client = worker.client
+    cancelling = await client.read_flow_runs(
+        flow_runs={"state": {"type": {"any_": ["CANCELLING"]}}}, **scope
+    )
+    legacy = await client.read_flow_runs(
+        flow_runs={"state": {"type": {"any_": ["CANCELLED"]}, "name": {"any_": ["Cancelling"]}}},
+        **scope,
+    )
+    for flow_run in [*cancelling, *legacy]:
+        await cancel_run(worker, flow_run)
+
+
+async def cancel_run(worker: BaseWorker, flow_run: FlowRun) -> None:
+    """Stop ``flow_run``'s infrastructure if this worker may, and mark it CANCELLED."""
+    tracked = worker.in_flight.get(flow_run.id)
+    if tracked is not None:
+        if tracked.cancel_reason is None:
+            logger.info("Cancelling flow run '%s'", flow_run.name)
+            tracked.cancel_reason = "cancelled"
+            tracked.cancel_scope.cancel()
+        return
+    pid = flow_run.infrastructure_pid
+    if not pid:
+        await propose_final_state(
+            worker,
+            flow_run.id,
+            State.of(StateType.CANCELLED, NO_INFRASTRUCTURE_MESSAGE),
+            force=True,
+        )
+        return
+    from trio_worker._process import is_orphaned, parse_infrastructure_pid
+    from trio_worker._worker import HOSTNAME
+
+    try:
+        host, local_pid = parse_infrastructure_pid(pid)
+    except ValueError:
+        logger.warning("Flow run '%s' has an unreadable infrastructure_pid %r", flow_run.id, pid)
+        return
+    if host != HOSTNAME:
+        worker._warn_once(
+            f"foreign-{flow_run.id}",
+            "Flow run '%s' runs on %s; leaving its cancellation to that host's worker",
+            flow_run.id,
+            host or "an unknown host",
+        )
+        return
+    if not is_orphaned(local_pid) and _exists(local_pid):
+        # A live worker on this host owns it and will cancel it itself.
+        return
+    try:
+        await worker.kill_infrastructure(pid, None, worker.cancel_grace_seconds)
+    except (InfrastructureError, NotImplementedError) as exc:
+        logger.warning("Could not stop flow run '%s': %s", flow_run.id, exc)
+        return
+    await propose_final_state(
+        worker, flow_run.id, State.of(StateType.CANCELLED, CANCELLED_MESSAGE), force=True
+    )
+
+
+def _exists(pid: int) -> bool:
+    from trio_worker._process_group import parent_pid
+
+    return parent_pid(pid) is not None
+
+
+def _events_url(api_url: str) -> str:
+    scheme, rest = api_url.split("://", 1)
+    return ("wss" if scheme == "https" else "ws") + "://" + rest.rstrip("/") + "/events/out"
+
+
+async def listen_for_cancellations(worker: BaseWorker) -> None:
+    """Hear of cancellations as they happen, through ``/events/out``; reconnect forever.
+
+    The filter asks for ``prefect.flow-run.Cancelling`` events; a run this
+    worker owns is cancelled at once, any other is read and handed to
+    :func:`cancel_run`. The polling loop covers the gaps while disconnected.
+    """
+    failures = 0
+    while True:
+        try:
+            await _listen_once(worker)
+            failures = 0
+        except (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed) as exc:
+            if failures == 0:
+                logger.info("Cancellation events unavailable (%s); polling meanwhile", exc)
+            failures += 1
+        delay = min(MAX_RECONNECT_SECONDS, 0.5 * 2 ** min(failures, 6)) * random.uniform(0.8, 1.2)
+        await trio.sleep(delay)
+
+
+async def _listen_once(worker: BaseWorker) -> None:
+    assert worker.api_url is not None
+    headers: list[tuple[bytes, bytes]] = []
+    if worker.settings.api_key:
+        headers.append((b"Authorization", f"Bearer {worker.settings.api_key}".encode()))
+    async with trio_websocket.open_websocket_url(
+        _events_url(worker.api_url), subprotocols=["prefect"], extra_headers=headers
+    ) as socket:
+        token = worker.settings.api_auth_string or worker.settings.api_key
+        await socket.send_message(json.dumps({"type": "auth", "token": token}))
+        reply = json.loads(await socket.get_message())
+        if reply.get("type") != "auth_success":
+            raise trio_websocket.HandshakeError(f"events/out refused auth: {reply}")
+        since = now().replace(microsecond=0).isoformat()
+        event_filter = {
+            "occurred": {"since": since},
+            "event": {"name": [CANCELLING_EVENT]},
+        }
+        await socket.send_message(
+            json.dumps({"type": "filter", "filter": event_filter, "backfill": False})
+        )
+        while True:
+            message = json.loads(await socket.get_message())
+            if message.get("type") != "event":
+                continue
+            resource_id = (
+                message.get("event", {}).get("resource", {}).get("prefect.resource.id", "")
+            )
+            if resource_id.startswith(FLOW_RUN_RESOURCE_PREFIX):
+                await _on_cancelling(worker, resource_id.removeprefix(FLOW_RUN_RESOURCE_PREFIX))
+
+
+async def _on_cancelling(worker: BaseWorker, flow_run_id: str) -> None:
+    try:
+        run_id = uuid.UUID(flow_run_id)
+    except ValueError:
+        return
+    tracked = worker.in_flight.get(run_id)
+    if tracked is not None:
+        await cancel_run(worker, tracked.flow_run)
+        return
+    try:
+        flow_run = await worker.client.read_flow_run(run_id)
+    except APIError as exc:
+        logger.debug("Could not read cancelling flow run '%s': %s", run_id, exc)
+        return
+    if flow_run.work_pool_name == worker.work_pool_name:
+        await cancel_run(worker, flow_run)

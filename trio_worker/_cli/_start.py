@@ -1,0 +1,281 @@
+"""``trio-worker start``: serve a work pool, as ``prefect worker start`` does.
+
+The command's nursery holds the signal watcher, the embedded API (only when no
+``PREFECT_API_URL`` is configured) and the worker, which owns everything it
+starts. The first SIGINT/SIGTERM drains the worker; the second cancels at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+import click
+import httpx
+import trio
+
+from trio_worker._cli import main
+from trio_worker._cli._common import get_settings, run_async
+from trio_worker._client import PrefectClient
+from trio_worker._exceptions import ConfigurationError, NotFoundError, WorkerTypeNotFoundError
+from trio_worker._registry import get_worker_class, installed_worker_types
+from trio_worker._settings import Settings
+from trio_worker._signals import watch_shutdown_signals
+from trio_worker._worker import BaseWorker
+
+__all__ = ["start"]
+
+logger = logging.getLogger("trio_worker.cli")
+
+EMBEDDED_API_PORT = 4200
+
+
+def _read_base_job_template(path: str | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path!r}: {exc.strerror}") from None
+    try:
+        template = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"{path!r} is not valid JSON: {exc}") from None
+    if not (
+        isinstance(template, dict)
+        and isinstance(template.get("job_configuration"), dict)
+        and isinstance(template.get("variables"), dict)
+    ):
+        raise click.BadParameter(
+            f"{path!r} must be a JSON object with 'job_configuration' and 'variables'"
+        )
+    return template
+
+
+def _install_worker_type(type_name: str, policy: str) -> None:
+    """Install the package of a missing worker type, as ``--install-policy`` allows."""
+    package = f"trio-worker-{type_name}"
+    if policy == "never":
+        return
+    if policy == "prompt":
+        if not sys.stdin.isatty():
+            return
+        if not click.confirm(f"Worker type {type_name!r} is not installed. Install {package}?"):
+            return
+    click.echo(f"Installing {package} ...", err=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", package], check=False, capture_output=True
+    )
+    if result.returncode != 0:
+        raise click.ClickException(
+            f"could not install {package} for worker type {type_name!r}; "
+            f"installed types: {', '.join(installed_worker_types())}"
+        )
+
+
+def _resolve_worker_class(type_name: str, policy: str) -> type[BaseWorker]:
+    try:
+        return get_worker_class(type_name)
+    except WorkerTypeNotFoundError:
+        if policy == "never":
+            raise
+        _install_worker_type(type_name, policy)
+        return get_worker_class(type_name)
+
+
+async def _existing_api(url: str) -> bool:
+    """Whether an API already answers at ``url`` (e.g. a running `trio-worker server start`)."""
+    try:
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            response = await client.get(url + "/health")
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+async def _pool_type(settings: Settings, api_url: str, pool: str) -> str | None:
+    async with PrefectClient(api_url, settings=settings) as client:
+        try:
+            return (await client.read_work_pool(pool)).type
+        except NotFoundError:
+            return None
+
+
+@attrs.frozen
+class StartOptions:
+    """The flags of ``trio-worker start``, after validation."""
+
+    pool: str
+    name: str | None
+    work_queues: tuple[str, ...]
+    type: str | None
+    prefetch_seconds: float | None
+    run_once: bool
+    limit: int | None
+    with_healthcheck: bool
+    install_policy: str
+    base_job_template: dict[str, Any] | None
+    create_pool_if_not_found: bool
+    cancel_grace_seconds: float
+    drain_timeout: float
+
+
+async def _serve(options: StartOptions, settings: Settings) -> None:
+    async with trio.open_nursery() as nursery:
+        api_url = settings.api_url
+        if not api_url:
+            api_url = await _start_embedded_api(nursery)
+            settings = attrs.evolve(settings, api_url=api_url)
+        type_name = options.type or await _pool_type(settings, api_url, options.pool) or "process"
+        worker_cls = _resolve_worker_class(type_name, options.install_policy)
+        worker = worker_cls(
+            options.pool,
+            work_queues=options.work_queues,
+            name=options.name,
+            prefetch_seconds=options.prefetch_seconds,
+            create_pool_if_not_found=options.create_pool_if_not_found,
+            limit=options.limit,
+            base_job_template=options.base_job_template,
+            settings=settings,
+            cancel_grace_seconds=options.cancel_grace_seconds,
+        )
+        async with worker:
+            await nursery.start(
+                watch_shutdown_signals,
+                functools.partial(nursery.start_soon, worker.drain, options.drain_timeout),
+                nursery.cancel_scope,
+            )
+            await worker.start(
+                run_once=options.run_once,
+                with_healthcheck=options.with_healthcheck,
+                printer=click.echo,
+            )
+        click.echo(f"Worker {worker.name!r} stopped!")
+        nursery.cancel_scope.cancel()
+
+
+async def _start_embedded_api(nursery: trio.Nursery) -> str:
+    """Use the API on the default port if one answers, else serve one in this nursery."""
+    url = f"http://127.0.0.1:{EMBEDDED_API_PORT}/api"
+    if await _existing_api(url):
+        click.echo(f"PREFECT_API_URL is not set; using the API already running at {url}")
+        return url
+    from trio_worker._server import default_db_path, serve_api
+
+    db_path = default_db_path()
+    try:
+        api_url: str = await nursery.start(
+            functools.partial(serve_api, port=EMBEDDED_API_PORT, db_path=db_path)
+        )
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot serve the embedded API on port {EMBEDDED_API_PORT}: {exc.strerror}; "
+            "set PREFECT_API_URL to the API to use"
+        ) from None
+    click.echo(
+        f"PREFECT_API_URL is not set; serving the embedded API at {api_url} (database {db_path})"
+    )
+    return api_url
+
+
+@main.command()
+@click.option("-n", "--name", help="Worker name (default: generated). No '/' or '%'.")
+@click.option("-p", "--pool", help="The work pool to serve (required).")
+@click.option(
+    "-q", "--work-queue", "work_queues", multiple=True, help="A queue to serve (repeatable)."
+)
+@click.option("-t", "--type", "type_", help="Worker type (default: the pool's type).")
+@click.option(
+    "--prefetch-seconds",
+    type=float,
+    help="Start runs scheduled up to this many seconds ahead [PREFECT_WORKER_PREFETCH_SECONDS].",
+)
+@click.option("--run-once", is_flag=True, help="Poll once, wait for those runs, and exit.")
+@click.option("-l", "--limit", type=click.IntRange(min=1), help="Most flow runs at once.")
+@click.option(
+    "--with-healthcheck",
+    is_flag=True,
+    help="Serve /health, /ready and /status on PREFECT_WORKER_WEBSERVER_HOST:PORT.",
+)
+@click.option(
+    "--install-policy",
+    type=click.Choice(["always", "if-not-present", "never", "prompt"]),
+    default="prompt",
+    show_default=True,
+    help="Install the package of a missing worker type (never prompts without a terminal).",
+)
+@click.option(
+    "--base-job-template",
+    type=click.Path(dir_okay=False),
+    help="JSON file used as the base job template when the pool is created.",
+)
+@click.option(
+    "--create-pool-if-not-found/--no-create-pool-if-not-found",
+    default=True,
+    show_default=True,
+    help="Create the pool when it does not exist.",
+)
+@click.option(
+    "--cancel-grace-seconds",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds a cancelled run has between SIGTERM and SIGKILL.",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="On SIGINT/SIGTERM, seconds to let runs finish before cancelling them.",
+)
+def start(
+    name: str | None,
+    pool: str | None,
+    work_queues: tuple[str, ...],
+    type_: str | None,
+    prefetch_seconds: float | None,
+    run_once: bool,
+    limit: int | None,
+    with_healthcheck: bool,
+    install_policy: str,
+    base_job_template: str | None,
+    create_pool_if_not_found: bool,
+    cancel_grace_seconds: float,
+    drain_timeout: float,
+) -> None:
+    """Start a worker that runs the flow runs of a work pool."""
+    if not pool:
+        if sys.stdin.isatty():
+            pool = click.prompt("Work pool to serve")
+        else:
+            raise click.UsageError("--pool is required: name the work pool to serve (-p NAME)")
+    if name is not None and ("/" in name or "%" in name or not name):
+        raise click.BadParameter(
+            f"{name!r} must be non-empty and contain no '/' or '%'", param_hint="--name"
+        )
+    options = StartOptions(
+        pool=str(pool),
+        name=name,
+        work_queues=work_queues,
+        type=type_,
+        prefetch_seconds=prefetch_seconds,
+        run_once=run_once,
+        limit=limit,
+        with_healthcheck=with_healthcheck,
+        install_policy=install_policy,
+        base_job_template=_read_base_job_template(base_job_template),
+        create_pool_if_not_found=create_pool_if_not_found,
+        cancel_grace_seconds=cancel_grace_seconds,
+        drain_timeout=drain_timeout,
+    )
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run_async(_serve, options, get_settings())

@@ -1,0 +1,78 @@
+"""The worker's health server: ``/health`` as Prefect's, plus ``/ready`` and ``/status``.
+
+It is a starlette app served by hypercorn on trio inside the worker's loops
+nursery: same process, same loop, no thread. So a ``/health`` answer is true
+of the loop that does the work; a blocked loop cannot answer "OK".
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from trio_worker._exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from trio_worker._worker import BaseWorker
+
+__all__ = ["create_health_app", "serve_health"]
+
+logger = logging.getLogger("trio_worker.health")
+
+
+def create_health_app(worker: BaseWorker) -> Starlette:
+    """Build the ASGI app that reports on ``worker``."""
+
+    async def health(request: Request) -> JSONResponse:
+        if worker.is_worker_still_polling():
+            return JSONResponse({"message": "OK"})
+        logger.error("Health check failed: the worker has not polled recently")
+        return JSONResponse({"message": "Worker may be unresponsive at this time"}, 503)
+
+    async def ready(request: Request) -> JSONResponse:
+        if worker.work_pool is None:
+            return JSONResponse({"message": "work pool not known yet"}, 503)
+        return JSONResponse({"message": "OK"})
+
+    async def status(request: Request) -> JSONResponse:
+        return JSONResponse(worker.get_status())
+
+    return Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/ready", ready),
+            Route("/status", status),
+        ]
+    )
+
+
+async def serve_health(
+    worker: BaseWorker,
+    *,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the health app on the worker's webserver host and port until cancelled.
+
+    Raises:
+        ConfigurationError: the port is in use or cannot be bound.
+    """
+    config = Config()
+    host, port = worker.settings.webserver_host, worker.settings.webserver_port
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logger
+    try:
+        await serve(create_health_app(worker), config, task_status=task_status)  # type: ignore[arg-type]
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot serve health checks on {host}:{port}: {exc.strerror}; "
+            "set PREFECT_WORKER_WEBSERVER_PORT to a free port"
+        ) from None

@@ -1,0 +1,46 @@
+"""Shutdown signals: the first SIGINT/SIGTERM drains, the second cancels everything.
+
+Library code installs no handlers; the CLI runs :func:`watch_shutdown_signals`
+as a task of its own nursery (trio's ``open_signal_receiver``), so a signal is
+an ordinary event in the task tree, never code run inside a handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+
+import trio
+
+__all__ = ["watch_shutdown_signals"]
+
+logger = logging.getLogger("trio_worker.signals")
+
+
+async def watch_shutdown_signals(
+    on_first: Callable[[], object],
+    cancel_scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Call ``on_first()`` on the first signal and cancel ``cancel_scope`` on the second.
+
+    Args:
+        on_first: starts a graceful stop (it must not block).
+        cancel_scope: the scope a second signal cancels at once.
+        task_status: started once the handlers are installed.
+    """
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        received = 0
+        async for signum in signals:
+            received += 1
+            name = signal.Signals(signum).name
+            if received == 1:
+                logger.warning("%s received: draining (send it again to stop at once)", name)
+                on_first()
+            else:
+                logger.warning("%s received again: stopping now", name)
+                cancel_scope.cancel()
+                return

@@ -1,0 +1,277 @@
+"""The submission pipeline: one flow run from SCHEDULED to a finished process.
+
+``BaseWorker.get_and_submit_flow_runs`` borrows a limiter token for a run and
+starts :func:`submit_flow_run` in the runs nursery. From then on this module's
+task owns the run: it proposes PENDING (the lock that keeps two workers from
+starting the same run), renders the job configuration, starts the
+infrastructure, records ``infrastructure_pid``, reports how it ended, and in
+its ``finally`` returns the token, whatever happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from trio_worker._exceptions import (
+    APIError,
+    ConfigurationError,
+    InfrastructureError,
+    NotFoundError,
+)
+from trio_worker._exit_reasons import describe_exit
+from trio_worker._jobs import merge_job_variables
+from trio_worker._models import (
+    Deployment,
+    Flow,
+    FlowRun,
+    SetStateStatus,
+    State,
+    StateType,
+)
+
+if TYPE_CHECKING:
+    from trio_worker._worker import BaseWorker, BaseWorkerResult, InFlightRun
+
+__all__ = ["CANCELLED_MESSAGE", "propose_final_state", "submit_flow_run"]
+
+logger = logging.getLogger("trio_worker.flow_runs")
+
+CANCELLED_MESSAGE: Final = "Flow run was cancelled successfully."
+#: How long a state report may take while the run's task is being cancelled.
+REPORT_TIMEOUT_SECONDS: Final = 10.0
+#: Deployments are read at most this often per id, so a burst of runs of one
+#: deployment costs one read.
+DEPLOYMENT_CACHE_SECONDS: Final = 5.0
+
+
+async def submit_flow_run(worker: BaseWorker, flow_run: FlowRun) -> None:
+    """Own ``flow_run`` from its PENDING proposal to its final state.
+
+    The caller has borrowed a limiter token on behalf of ``flow_run.id`` and
+    tracked the run in ``worker.in_flight``; this returns both in its
+    ``finally``. If the run's task is cancelled by a shutdown, the run is
+    reported CRASHED from a shielded, time-bounded scope before the
+    cancellation goes on.
+    """
+    tracked = worker.in_flight[flow_run.id]
+    finished = False
+    try:
+        with tracked.cancel_scope:
+            await _submit(worker, tracked)
+        if tracked.cancel_reason is not None and tracked.owned:
+            await _report_cancelled(worker, tracked)
+        finished = True
+    finally:
+        try:
+            if not finished and tracked.owned:
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + REPORT_TIMEOUT_SECONDS
+                    await propose_final_state(
+                        worker,
+                        flow_run.id,
+                        State.of(
+                            StateType.CRASHED,
+                            f"Worker {worker.name!r} shut down before the run finished.",
+                        ),
+                    )
+        finally:
+            worker._untrack(flow_run.id)
+
+
+async def _submit(worker: BaseWorker, tracked: InFlightRun) -> None:
+    flow_run = tracked.flow_run
+    client = worker.client
+    verdict = await client.set_flow_run_state(flow_run.id, State.of(StateType.PENDING))
+    if (
+        verdict.status is not SetStateStatus.ACCEPT
+        or verdict.state is None
+        or verdict.state.type is not StateType.PENDING
+    ):
+        # Another worker has it, or it changed under us: not ours to start.
+        logger.info(
+            "Aborted submission of flow run '%s': %s",
+            flow_run.id,
+            verdict.reason or f"server answered {verdict.status}",
+        )
+        return
+    tracked.owned = True
+    logger.info("Worker %r submitting flow run '%s'", worker.name, flow_run.id)
+
+    try:
+        configuration = await _configure(worker, flow_run)
+    except NotFoundError as exc:
+        message = f"Deployment {flow_run.deployment_id} no longer exists, cancelled run."
+        logger.warning("%s (%s)", message, exc)
+        await propose_final_state(
+            worker, flow_run.id, State.of(StateType.CANCELLED, message), force=True
+        )
+        return
+    except ConfigurationError as exc:
+        await _crash(worker, flow_run, f"Failed to configure the flow run's infrastructure: {exc}")
+        return
+
+    try:
+        result = await _start_and_wait(worker, tracked, configuration)
+    except InfrastructureError as exc:
+        await _crash(worker, flow_run, f"Failed to submit flow run to infrastructure: {exc}")
+        return
+    if tracked.cancel_reason is not None:
+        return
+    if result.status_code != 0:
+        await _crash(worker, flow_run, describe_exit(result.status_code))
+        return
+    await _complete_if_unreported(worker, flow_run)
+
+
+async def _start_and_wait(
+    worker: BaseWorker, tracked: InFlightRun, configuration: Any
+) -> BaseWorkerResult:
+    """Run the infrastructure; record its id the moment it exists."""
+    flow_run = tracked.flow_run
+    results: list[BaseWorkerResult] = []
+
+    async def run_and_keep_result(task_status: trio.TaskStatus[str]) -> None:
+        results.append(await worker.run(flow_run, configuration, task_status=task_status))
+
+    failure: InfrastructureError | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            identifier = await nursery.start(run_and_keep_result)
+            tracked.infrastructure_pid = identifier
+            logger.info("Flow run '%s' submitted to infrastructure %s", flow_run.name, identifier)
+            try:
+                await worker.client.update_flow_run(flow_run.id, infrastructure_pid=identifier)
+            except APIError as exc:
+                logger.warning(
+                    "Could not record infrastructure %s of flow run '%s' (%s); "
+                    "only this worker will be able to cancel it",
+                    identifier,
+                    flow_run.id,
+                    exc,
+                )
+    except* InfrastructureError as group:
+        failure = _first_leaf(group)
+    if failure is not None:
+        raise failure
+    return results[0]
+
+
+def _first_leaf(group: BaseExceptionGroup[InfrastructureError]) -> InfrastructureError:
+    first = group.exceptions[0]
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
+async def _configure(worker: BaseWorker, flow_run: FlowRun) -> Any:
+    """Render the pool's template with the deployment's and the run's job variables."""
+    assert worker.work_pool is not None
+    client = worker.client
+    deployment = None
+    if flow_run.deployment_id is not None:
+        deployment = await _read_deployment(worker, flow_run.deployment_id)
+    flow = await _read_flow(worker, flow_run.flow_id)
+    values = merge_job_variables(
+        deployment.job_variables if deployment is not None else None, flow_run.job_variables
+    )
+
+    async def get_variable(name: str) -> object | None:
+        variable = await client.read_variable_by_name(name)
+        return None if variable is None else variable.value
+
+    configuration = await worker.job_configuration.from_template_and_values(
+        worker.work_pool.base_job_template, values, get_variable=get_variable
+    )
+    return configuration.prepare_for_flow_run(
+        flow_run=flow_run,
+        deployment=deployment,
+        flow=flow,
+        worker_name=worker.name,
+        work_pool=worker.work_pool,
+        base_env=worker.base_env(),
+        default_command=worker.default_command(),
+    )
+
+
+async def _read_deployment(worker: BaseWorker, deployment_id: uuid.UUID) -> Deployment:
+    cached = worker.deployment_cache.get(deployment_id)
+    if cached is not None and time.monotonic() - cached[0] < DEPLOYMENT_CACHE_SECONDS:
+        return cached[1]
+    deployment = await worker.client.read_deployment(deployment_id)
+    worker.deployment_cache[deployment_id] = (time.monotonic(), deployment)
+    return deployment
+
+
+async def _read_flow(worker: BaseWorker, flow_id: uuid.UUID) -> Flow | None:
+    cache = worker.flow_cache
+    if flow_id not in cache:
+        try:
+            cache[flow_id] = await worker.client.read_flow(flow_id)
+        except NotFoundError:
+            return None
+    return cache[flow_id]
+
+
+async def _crash(worker: BaseWorker, flow_run: FlowRun, message: str) -> None:
+    logger.error("Flow run '%s' crashed: %s", flow_run.name, message)
+    await propose_final_state(worker, flow_run.id, State.of(StateType.CRASHED, message))
+
+
+async def _complete_if_unreported(worker: BaseWorker, flow_run: FlowRun) -> None:
+    """A process that exits 0 without reporting a final state (a plain command) completed.
+
+    Prefect leaves such runs PENDING forever; we say what happened instead.
+    """
+    current = await worker.client.read_flow_run(flow_run.id)
+    state = current.state
+    if state is None or state.is_final:
+        return
+    if state.type is StateType.CANCELLING:
+        await propose_final_state(
+            worker, flow_run.id, State.of(StateType.CANCELLED, CANCELLED_MESSAGE), force=True
+        )
+        return
+    await propose_final_state(
+        worker,
+        flow_run.id,
+        State.of(
+            StateType.COMPLETED,
+            "The flow run's process exited with status 0 without reporting a final state; "
+            "the worker marked it Completed.",
+        ),
+    )
+
+
+async def _report_cancelled(worker: BaseWorker, tracked: InFlightRun) -> None:
+    """Report a run this worker stopped, now that its infrastructure is gone."""
+    reason = tracked.cancel_reason or ""
+    if reason.startswith("timed out"):
+        state = State.of(StateType.CRASHED, f"Flow run {reason}.")
+        await propose_final_state(worker, tracked.flow_run.id, state, force=True)
+        return
+    logger.info("Cancelled flow run '%s'", tracked.flow_run.name)
+    await propose_final_state(
+        worker, tracked.flow_run.id, State.of(StateType.CANCELLED, CANCELLED_MESSAGE), force=True
+    )
+
+
+async def propose_final_state(
+    worker: BaseWorker, flow_run_id: uuid.UUID, state: State, *, force: bool = False
+) -> None:
+    """Propose a final state; an error is logged, never raised into the worker.
+
+    Without ``force`` the API refuses to overwrite a state the engine already
+    finished with, which is what we want: a run that completed stays completed.
+    """
+    try:
+        verdict = await worker.client.set_flow_run_state(flow_run_id, state, force=force)
+    except APIError as exc:
+        logger.error("Could not report %s for flow run '%s': %s", state.type, flow_run_id, exc)
+        return
+    if verdict.status is not SetStateStatus.ACCEPT:
+        logger.info("Flow run '%s' not moved to %s: %s", flow_run_id, state.type, verdict.reason)
