@@ -1,4 +1,4 @@
-"""The worker's health server: ``/health`` as Prefect's, plus ``/ready`` and ``/status``.
+"""The worker's health server: ``/health`` as Prefect's, plus ``/ready``, ``/status``, ``/metrics``.
 
 It is a starlette app served by hypercorn on trio inside the worker's loops
 nursery: same process, same loop, no thread. So a ``/health`` answer is true
@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from trio_worker._exceptions import ConfigurationError
@@ -45,11 +46,15 @@ def create_health_app(worker: BaseWorker) -> Starlette:
     async def status(request: Request) -> JSONResponse:
         return JSONResponse(worker.get_status())
 
+    async def metrics(request: Request) -> Response:
+        return Response(worker.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
     return Starlette(
         routes=[
             Route("/health", health),
             Route("/ready", ready),
             Route("/status", status),
+            Route("/metrics", metrics),
         ]
     )
 

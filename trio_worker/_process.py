@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import functools
 import os
+import resource
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import Any, Final
 
 import trio
@@ -91,6 +93,8 @@ class ProcessWorker(BaseWorker):
             temporary_dir = cwd = tempfile.mkdtemp(prefix="trio-worker-", suffix="-run")
         env = {**os.environ, **{k: v for k, v in configuration.env.items() if v is not None}}
         output = None if configuration.stream_output else subprocess.DEVNULL
+        tracked = self.in_flight.get(flow_run.id)
+        memory_limit_mb = tracked.memory_limit_mb if tracked is not None else None
         spawn = functools.partial(
             trio.run_process,
             command,
@@ -101,6 +105,7 @@ class ProcessWorker(BaseWorker):
             stdout=output,
             stderr=output,
             start_new_session=True,
+            preexec_fn=_memory_ceiling(memory_limit_mb),
             deliver_cancel=functools.partial(
                 terminate_process_group, grace_seconds=self.cancel_grace_seconds
             ),
@@ -149,6 +154,22 @@ class ProcessWorker(BaseWorker):
                 f"flow run infrastructure {infrastructure_pid!r} runs on another host"
             )
         await kill_process_group(pid, grace_seconds=grace_seconds)
+
+
+def _memory_ceiling(limit_mb: int | None) -> Callable[[], None] | None:
+    """Return a pre-exec hook that caps the child's address space, or None.
+
+    It runs in the child between fork and exec, so the limit applies to the
+    flow run's process (and what it spawns) and never to the worker.
+    """
+    if limit_mb is None:
+        return None
+    limit = limit_mb * 1024 * 1024
+
+    def set_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return set_limit
 
 
 def is_orphaned(pid: int) -> bool:

@@ -43,6 +43,7 @@ async def service_loop(
     name: str,
     jitter: float = DEFAULT_JITTER,
     max_backoff_doublings: int = DEFAULT_MAX_BACKOFF_DOUBLINGS,
+    on_error: Callable[[BaseException], object] | None = None,
 ) -> None:
     """Run ``workload`` every ``interval`` seconds until cancelled.
 
@@ -52,6 +53,7 @@ async def service_loop(
         name: what the loop does, for log lines ("poll", "heartbeat").
         jitter: fraction by which each sleep may vary.
         max_backoff_doublings: how many times repeated failures may double the interval.
+        on_error: called with each transient error (e.g. to count it in metrics).
 
     Raises:
         UnauthorizedError: the API refused the credentials.
@@ -65,6 +67,8 @@ async def service_loop(
         except (UnauthorizedError, ConfigurationError):
             raise
         except APIError as exc:
+            if on_error is not None:
+                on_error(exc)
             consecutive_failures += 1
             if consecutive_failures == 1:
                 logger.warning("%s failed, will retry: %s", name, exc)

@@ -21,6 +21,7 @@ from trio_worker._exceptions import (
     APIError,
     ConfigurationError,
     InfrastructureError,
+    JobVariableError,
     NotFoundError,
 )
 from trio_worker._exit_reasons import describe_exit
@@ -63,6 +64,9 @@ async def submit_flow_run(worker: BaseWorker, flow_run: FlowRun) -> None:
     try:
         with tracked.cancel_scope:
             await _submit(worker, tracked)
+        if tracked.cancel_scope.cancelled_caught and tracked.cancel_reason is None:
+            # Nobody asked for it: the run's deadline passed.
+            tracked.cancel_reason = f"timed out after {tracked.timeout_seconds:g} s"
         if tracked.cancel_reason is not None and tracked.owned:
             await _report_cancelled(worker, tracked)
         finished = True
@@ -100,10 +104,12 @@ async def _submit(worker: BaseWorker, tracked: InFlightRun) -> None:
         )
         return
     tracked.owned = True
+    worker.metrics.runs_submitted.inc()
     logger.info("Worker %r submitting flow run '%s'", worker.name, flow_run.id)
 
     try:
-        configuration = await _configure(worker, flow_run)
+        configuration, values = await _configure(worker, flow_run)
+        _apply_limits(tracked, values)
     except NotFoundError as exc:
         message = f"Deployment {flow_run.deployment_id} no longer exists, cancelled run."
         logger.warning("%s (%s)", message, exc)
@@ -123,7 +129,13 @@ async def _submit(worker: BaseWorker, tracked: InFlightRun) -> None:
     if tracked.cancel_reason is not None:
         return
     if result.status_code != 0:
-        await _crash(worker, flow_run, describe_exit(result.status_code))
+        message = describe_exit(result.status_code)
+        if tracked.memory_limit_mb is not None:
+            message += (
+                f" The run had a memory limit of {tracked.memory_limit_mb} MB"
+                " (job variable memory_limit_mb); exceeding it ends a process this way."
+            )
+        await _crash(worker, flow_run, message)
         return
     await _complete_if_unreported(worker, flow_run)
 
@@ -168,7 +180,32 @@ def _first_leaf(group: BaseExceptionGroup[InfrastructureError]) -> Infrastructur
     return first
 
 
-async def _configure(worker: BaseWorker, flow_run: FlowRun) -> Any:
+def _apply_limits(tracked: InFlightRun, values: dict[str, Any]) -> None:
+    """Read the per-run limits from the job variables and arm the run's deadline.
+
+    ``timeout_seconds`` and ``memory_limit_mb`` are read from the job
+    variables themselves, not the rendered template, so they work on any pool,
+    including one created by Prefect whose template lacks them.
+
+    Raises:
+        JobVariableError: a limit is not a positive number.
+    """
+    for key in ("timeout_seconds", "memory_limit_mb"):
+        value = values.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise JobVariableError(f"job variable {key}={value!r} must be a positive number")
+    timeout = values.get("timeout_seconds")
+    if timeout is not None:
+        tracked.timeout_seconds = float(timeout)
+        tracked.cancel_scope.deadline = trio.current_time() + float(timeout)
+    memory = values.get("memory_limit_mb")
+    if memory is not None:
+        tracked.memory_limit_mb = int(memory)
+
+
+async def _configure(worker: BaseWorker, flow_run: FlowRun) -> tuple[Any, dict[str, Any]]:
     """Render the pool's template with the deployment's and the run's job variables."""
     assert worker.work_pool is not None
     client = worker.client
@@ -187,7 +224,7 @@ async def _configure(worker: BaseWorker, flow_run: FlowRun) -> Any:
     configuration = await worker.job_configuration.from_template_and_values(
         worker.work_pool.base_job_template, values, get_variable=get_variable
     )
-    return configuration.prepare_for_flow_run(
+    prepared = configuration.prepare_for_flow_run(
         flow_run=flow_run,
         deployment=deployment,
         flow=flow,
@@ -196,6 +233,7 @@ async def _configure(worker: BaseWorker, flow_run: FlowRun) -> Any:
         base_env=worker.base_env(),
         default_command=worker.default_command(),
     )
+    return prepared, values
 
 
 async def _read_deployment(worker: BaseWorker, deployment_id: uuid.UUID) -> Deployment:
@@ -273,5 +311,7 @@ async def propose_final_state(
     except APIError as exc:
         logger.error("Could not report %s for flow run '%s': %s", state.type, flow_run_id, exc)
         return
-    if verdict.status is not SetStateStatus.ACCEPT:
+    if verdict.status is SetStateStatus.ACCEPT:
+        worker.metrics.runs_finished.labels(state.type.value.lower()).inc()
+    else:
         logger.info("Flow run '%s' not moved to %s: %s", flow_run_id, state.type, verdict.reason)

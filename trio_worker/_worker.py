@@ -33,6 +33,7 @@ import trio
 from trio_worker._client import PrefectClient
 from trio_worker._exceptions import ConfigurationError, ConflictError, NotFoundError
 from trio_worker._jobs import BaseJobConfiguration, BaseVariables, default_base_job_template
+from trio_worker._metrics import WorkerMetrics
 from trio_worker._models import Deployment, Flow, FlowRun, WorkPool, now
 from trio_worker._services import service_loop
 from trio_worker._settings import Settings
@@ -75,6 +76,8 @@ class InFlightRun:
             run its own to start and to report on.
         cancel_reason: why the run is being cancelled (a user's cancellation or
             a timeout), or ``None``.
+        timeout_seconds: the run's ``timeout_seconds`` job variable, if any.
+        memory_limit_mb: the run's ``memory_limit_mb`` job variable, if any.
     """
 
     flow_run: FlowRun
@@ -83,6 +86,8 @@ class InFlightRun:
     infrastructure_pid: str | None = None
     owned: bool = False
     cancel_reason: str | None = None
+    timeout_seconds: float | None = None
+    memory_limit_mb: int | None = None
 
 
 @attrs.frozen
@@ -204,6 +209,8 @@ class BaseWorker:
         # one deployment costs one read (see _submission.py).
         self.deployment_cache: dict[uuid.UUID, tuple[float, Deployment]] = {}
         self.flow_cache: dict[uuid.UUID, Flow] = {}
+        self.metrics = WorkerMetrics()
+        self.metrics.limiter_tokens.labels("total").set(self.limiter.total_tokens)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, pool={self.work_pool_name!r})"
@@ -305,6 +312,7 @@ class BaseWorker:
                     lambda: check_for_cancelled_flow_runs(self),
                     interval=2 * self.query_seconds,
                     name="cancellation check",
+                    on_error=self._count_error,
                 )
             )
             loops.start_soon(listen_for_cancellations, self)
@@ -313,8 +321,14 @@ class BaseWorker:
         assert self._poll_scope is not None
         with self._poll_scope:
             await service_loop(
-                self.get_and_submit_flow_runs, interval=self.query_seconds, name="poll"
+                self.get_and_submit_flow_runs,
+                interval=self.query_seconds,
+                name="poll",
+                on_error=self._count_error,
             )
+
+    def _count_error(self, exc: BaseException) -> None:
+        self.metrics.api_errors.labels(type(exc).__name__).inc()
 
     def stop_polling(self) -> None:
         """Take no new runs; runs in flight go on (the first step of a drain)."""
@@ -415,12 +429,14 @@ class BaseWorker:
         from trio_worker._submission import submit_flow_run
 
         scheduled_before = now() + dt.timedelta(seconds=int(self.prefetch_seconds))
-        responses = await self.client.get_scheduled_flow_runs(
-            self.work_pool_name,
-            work_queue_names=self.work_queues,
-            scheduled_before=scheduled_before,
-        )
+        with self.metrics.poll_seconds.time():
+            responses = await self.client.get_scheduled_flow_runs(
+                self.work_pool_name,
+                work_queue_names=self.work_queues,
+                scheduled_before=scheduled_before,
+            )
         self.last_polled = time.monotonic()
+        self.metrics.last_poll.set_to_current_time()
         submitted = []
         for response in responses:
             flow_run = response.flow_run
@@ -444,11 +460,17 @@ class BaseWorker:
         if not self.in_flight:
             self._idle = trio.Event()
         self.in_flight[run.flow_run.id] = run
+        self._count_in_flight()
+
+    def _count_in_flight(self) -> None:
+        self.metrics.runs_in_flight.set(len(self.in_flight))
+        self.metrics.limiter_tokens.labels("borrowed").set(self.limiter.borrowed_tokens)
 
     def _untrack(self, flow_run_id: uuid.UUID) -> None:
         """Forget a run and return its token; called once, from the run's ``finally``."""
         self.in_flight.pop(flow_run_id, None)
         self.limiter.release_on_behalf_of(flow_run_id)
+        self._count_in_flight()
         if not self.in_flight:
             self._idle.set()
 

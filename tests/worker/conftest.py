@@ -1,0 +1,65 @@
+"""Fixtures for worker tests: an open client and a running ProcessWorker factory."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+from trio_worker._client import PrefectClient
+from trio_worker._process import ProcessWorker
+from trio_worker._settings import Settings
+
+
+@pytest.fixture
+async def client(api_url: str) -> AsyncIterator[PrefectClient]:
+    async with PrefectClient(api_url, backoff_seconds=0.05) as client:
+        yield client
+
+
+@pytest.fixture
+def pool_name() -> str:
+    return f"pool-{uuid.uuid4().hex[:8]}"
+
+
+def fast_settings(api_url: str) -> Settings:
+    """Settings that poll often, so tests don't wait on intervals."""
+    return Settings(api_url=api_url, query_seconds=0.2, heartbeat_seconds=1.0, prefetch_seconds=0)
+
+
+WorkerFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def running_worker(api_url: str, pool_name: str) -> WorkerFactory:
+    """``async with running_worker(**kwargs) as worker``: a started ProcessWorker."""
+
+    @asynccontextmanager
+    async def start(**kwargs: Any) -> AsyncIterator[ProcessWorker]:
+        kwargs.setdefault("cancel_grace_seconds", 2.0)
+        kwargs.setdefault("client_backoff_seconds", 0.05)
+        worker = ProcessWorker(
+            kwargs.pop("pool", pool_name), settings=fast_settings(api_url), **kwargs
+        )
+        async with worker, trio.open_nursery() as nursery:
+            await nursery.start(_start, worker)
+            yield worker
+            nursery.cancel_scope.cancel()
+
+    return start
+
+
+async def _start(worker: ProcessWorker, *, task_status: trio.TaskStatus[None]) -> None:
+    started = False
+
+    def printer(line: str) -> None:
+        nonlocal started
+        if not started:
+            started = True
+            task_status.started()
+
+    await worker.start(printer=printer)
