@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 import trio
 
 from trio_worker._client import PrefectClient
+from trio_worker._exceptions import NotFoundError
+from trio_worker._process_config import process_base_job_template
 from trio_worker._models import Deployment, FlowRun, StateType
 
 T = TypeVar("T")
@@ -68,7 +70,13 @@ async def make_deployment(
     parameters: Mapping[str, Any] | None = None,
     work_queue_name: str | None = None,
 ) -> Deployment:
-    """Create a flow and a deployment of it on ``pool``."""
+    """Create a flow and a deployment of it on ``pool`` (creating the pool if needed)."""
+    try:
+        await client.read_work_pool(pool)
+    except NotFoundError:
+        await client.create_work_pool(
+            pool, type="process", base_job_template=process_base_job_template()
+        )
     flow = await client.create_flow(flow_name)
     fields: dict[str, Any] = {"work_pool_name": pool, "job_variables": dict(job_variables or {})}
     if entrypoint is not None:

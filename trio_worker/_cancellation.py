@@ -16,18 +16,14 @@ two query intervals and catches whatever the stream missed. Both call
 
 from __future__ import annotations
 
-import json
 import logging
-import random
 import uuid
 from typing import TYPE_CHECKING, Any, Final
-
-import trio
-import trio_websocket
 
 from trio_worker._exceptions import APIError, InfrastructureError
 from trio_worker._models import FlowRun, State, StateType, now
 from trio_worker._submission import CANCELLED_MESSAGE, propose_final_state
+from trio_worker._subscriptions import JsonWebSocket, serve_subscription, websocket_token
 
 if TYPE_CHECKING:
     from trio_worker._worker import BaseWorker
@@ -42,7 +38,6 @@ NO_INFRASTRUCTURE_MESSAGE: Final = (
     "This flow run is missing infrastructure tracking information and cancellation "
     "cannot be guaranteed."
 )
-MAX_RECONNECT_SECONDS: Final = 30.0
 
 
 async def check_for_cancelled_flow_runs(worker: BaseWorker) -> None:
@@ -117,61 +112,32 @@ def _exists(pid: int) -> bool:
     return parent_pid(pid) is not None
 
 
-def _events_url(api_url: str) -> str:
-    scheme, rest = api_url.split("://", 1)
-    return ("wss" if scheme == "https" else "ws") + "://" + rest.rstrip("/") + "/events/out"
-
-
 async def listen_for_cancellations(worker: BaseWorker) -> None:
     """Hear of cancellations as they happen, through ``/events/out``; reconnect forever.
 
-    The filter asks for ``prefect.flow-run.Cancelling`` events; a run this
-    worker owns is cancelled at once, any other is read and handed to
-    :func:`cancel_run`. The polling loop covers the gaps while disconnected.
+    The filter asks for ``prefect.flow-run.Cancelling`` events from now on; a
+    run this worker owns is cancelled at once, any other of its pool is read
+    and handed to :func:`cancel_run`. The polling loop covers the gaps while
+    the stream is down.
     """
-    failures = 0
-    while True:
-        try:
-            await _listen_once(worker)
-            failures = 0
-        except (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed) as exc:
-            if failures == 0:
-                logger.info("Cancellation events unavailable (%s); polling meanwhile", exc)
-            failures += 1
-        delay = min(MAX_RECONNECT_SECONDS, 0.5 * 2 ** min(failures, 6)) * random.uniform(0.8, 1.2)
-        await trio.sleep(delay)
-
-
-async def _listen_once(worker: BaseWorker) -> None:
     assert worker.api_url is not None
-    headers: list[tuple[bytes, bytes]] = []
-    if worker.settings.api_key:
-        headers.append((b"Authorization", f"Bearer {worker.settings.api_key}".encode()))
-    async with trio_websocket.open_websocket_url(
-        _events_url(worker.api_url), subprotocols=["prefect"], extra_headers=headers
-    ) as socket:
-        token = worker.settings.api_auth_string or worker.settings.api_key
-        await socket.send_message(json.dumps({"type": "auth", "token": token}))
-        reply = json.loads(await socket.get_message())
-        if reply.get("type") != "auth_success":
-            raise trio_websocket.HandshakeError(f"events/out refused auth: {reply}")
-        since = now().replace(microsecond=0).isoformat()
-        event_filter = {
-            "occurred": {"since": since},
-            "event": {"name": [CANCELLING_EVENT]},
-        }
-        await socket.send_message(
-            json.dumps({"type": "filter", "filter": event_filter, "backfill": False})
-        )
+
+    async def listen(socket: JsonWebSocket) -> None:
+        since = now().isoformat()
+        event_filter = {"occurred": {"since": since}, "event": {"name": [CANCELLING_EVENT]}}
+        await socket.send_json({"type": "filter", "filter": event_filter, "backfill": False})
         while True:
-            message = json.loads(await socket.get_message())
-            if message.get("type") != "event":
+            message = await socket.receive_json()
+            if not isinstance(message, dict) or message.get("type") != "event":
                 continue
-            resource_id = (
-                message.get("event", {}).get("resource", {}).get("prefect.resource.id", "")
-            )
+            resource = message.get("event", {}).get("resource", {})
+            resource_id = str(resource.get("prefect.resource.id", ""))
             if resource_id.startswith(FLOW_RUN_RESOURCE_PREFIX):
                 await _on_cancelling(worker, resource_id.removeprefix(FLOW_RUN_RESOURCE_PREFIX))
+
+    await serve_subscription(
+        worker.api_url, "events/out", listen, token=websocket_token(worker.settings)
+    )
 
 
 async def _on_cancelling(worker: BaseWorker, flow_run_id: str) -> None:

@@ -50,6 +50,13 @@ REPORT_TIMEOUT_SECONDS: Final = 10.0
 DEPLOYMENT_CACHE_SECONDS: Final = 5.0
 
 
+def _log(worker: BaseWorker, flow_run: FlowRun, level: int, message: str, *args: object) -> None:
+    """Log a line about one run; it is also shipped to the API under the run's id."""
+    logger.log(
+        level, message, *args, extra={"flow_run_id": flow_run.id, "worker_name": worker.name}
+    )
+
+
 async def submit_flow_run(worker: BaseWorker, flow_run: FlowRun) -> None:
     """Own ``flow_run`` from its PENDING proposal to its final state.
 
@@ -102,17 +109,25 @@ async def _submit(worker: BaseWorker, tracked: InFlightRun) -> None:
             flow_run.id,
             verdict.reason or f"server answered {verdict.status}",
         )
+        worker.metrics.runs_finished.labels("aborted").inc()
         return
     tracked.owned = True
     worker.metrics.runs_submitted.inc()
-    logger.info("Worker %r submitting flow run '%s'", worker.name, flow_run.id)
+    _log(
+        worker,
+        flow_run,
+        logging.INFO,
+        "Worker %r submitting flow run '%s'",
+        worker.name,
+        flow_run.id,
+    )
 
     try:
         configuration, values = await _configure(worker, flow_run)
         _apply_limits(tracked, values)
     except NotFoundError as exc:
         message = f"Deployment {flow_run.deployment_id} no longer exists, cancelled run."
-        logger.warning("%s (%s)", message, exc)
+        _log(worker, flow_run, logging.WARNING, "%s (%s)", message, exc)
         await propose_final_state(
             worker, flow_run.id, State.of(StateType.CANCELLED, message), force=True
         )
@@ -121,11 +136,23 @@ async def _submit(worker: BaseWorker, tracked: InFlightRun) -> None:
         await _crash(worker, flow_run, f"Failed to configure the flow run's infrastructure: {exc}")
         return
 
+    worker.events.submitted(flow_run)
     try:
         result = await _start_and_wait(worker, tracked, configuration)
     except InfrastructureError as exc:
         await _crash(worker, flow_run, f"Failed to submit flow run to infrastructure: {exc}")
+        worker.events.executed(flow_run, None, None)
         return
+    worker.events.executed(flow_run, result.identifier, result.status_code)
+    _log(
+        worker,
+        flow_run,
+        logging.INFO,
+        "Flow run '%s' infrastructure %s exited with status %d",
+        flow_run.name,
+        result.identifier,
+        result.status_code,
+    )
     if tracked.cancel_reason is not None:
         return
     if result.status_code != 0:
@@ -155,7 +182,14 @@ async def _start_and_wait(
         async with trio.open_nursery() as nursery:
             identifier = await nursery.start(run_and_keep_result)
             tracked.infrastructure_pid = identifier
-            logger.info("Flow run '%s' submitted to infrastructure %s", flow_run.name, identifier)
+            _log(
+                worker,
+                flow_run,
+                logging.INFO,
+                "Flow run '%s' submitted to infrastructure %s",
+                flow_run.name,
+                identifier,
+            )
             try:
                 await worker.client.update_flow_run(flow_run.id, infrastructure_pid=identifier)
             except APIError as exc:
@@ -256,7 +290,7 @@ async def _read_flow(worker: BaseWorker, flow_id: uuid.UUID) -> Flow | None:
 
 
 async def _crash(worker: BaseWorker, flow_run: FlowRun, message: str) -> None:
-    logger.error("Flow run '%s' crashed: %s", flow_run.name, message)
+    _log(worker, flow_run, logging.ERROR, "Flow run '%s' crashed: %s", flow_run.name, message)
     await propose_final_state(worker, flow_run.id, State.of(StateType.CRASHED, message))
 
 
@@ -288,11 +322,12 @@ async def _complete_if_unreported(worker: BaseWorker, flow_run: FlowRun) -> None
 async def _report_cancelled(worker: BaseWorker, tracked: InFlightRun) -> None:
     """Report a run this worker stopped, now that its infrastructure is gone."""
     reason = tracked.cancel_reason or ""
+    worker.events.cancelled(tracked.flow_run, reason)
     if reason.startswith("timed out"):
         state = State.of(StateType.CRASHED, f"Flow run {reason}.")
         await propose_final_state(worker, tracked.flow_run.id, state, force=True)
         return
-    logger.info("Cancelled flow run '%s'", tracked.flow_run.name)
+    _log(worker, tracked.flow_run, logging.INFO, "Cancelled flow run '%s'", tracked.flow_run.name)
     await propose_final_state(
         worker, tracked.flow_run.id, State.of(StateType.CANCELLED, CANCELLED_MESSAGE), force=True
     )

@@ -33,16 +33,20 @@ import trio
 from trio_worker._client import PrefectClient
 from trio_worker._exceptions import ConfigurationError, ConflictError, NotFoundError
 from trio_worker._jobs import BaseJobConfiguration, BaseVariables, default_base_job_template
+from trio_worker._log_shipping import APILogHandler, ship_logs
 from trio_worker._metrics import WorkerMetrics
 from trio_worker._models import Deployment, Flow, FlowRun, WorkPool, now
 from trio_worker._services import service_loop
 from trio_worker._settings import Settings
+from trio_worker._worker_events import EventEmitter
 
 __all__ = ["BaseWorker", "BaseWorkerResult", "InFlightRun", "WorkerStatistics"]
 
 logger = logging.getLogger("trio_worker.worker")
 
 HOSTNAME: Final = socket.gethostname()
+#: The logger of flow-run lines; records with a ``flow_run_id`` reach the API.
+RUN_LOGGER_NAME: Final = "trio_worker.flow_runs"
 #: Seconds a state proposal may take while the worker shuts down.
 SHUTDOWN_REPORT_SECONDS: Final = 10.0
 
@@ -210,6 +214,8 @@ class BaseWorker:
         self.deployment_cache: dict[uuid.UUID, tuple[float, Deployment]] = {}
         self.flow_cache: dict[uuid.UUID, Flow] = {}
         self.metrics = WorkerMetrics()
+        self.events = EventEmitter(self)
+        self.log_handler = APILogHandler(worker_name=self.name)
         self.metrics.limiter_tokens.labels("total").set(self.limiter.total_tokens)
 
     def __repr__(self) -> str:
@@ -277,45 +283,62 @@ class BaseWorker:
             ConfigurationError: a problem no retry can fix (e.g. no pool and
                 ``create_pool_if_not_found`` is false for a run-once worker).
         """
+        self.started_at = now()
+        run_logger = logging.getLogger(RUN_LOGGER_NAME)
+        run_logger.addHandler(self.log_handler)
+        try:
+            async with trio.open_nursery() as loops:
+                self._loops_scope = loops.cancel_scope
+                if self._stopping:  # drained before it started
+                    return
+                if with_healthcheck:
+                    from trio_worker._health import serve_health
+
+                    await loops.start(serve_health, self)
+                await self.sync_with_backend()
+                loops.start_soon(self.events.serve)
+                loops.start_soon(ship_logs, self.client, self.log_handler)
+                self.events.started()
+                printer(f"Worker {self.name!r} started!")
+                if run_once:
+                    await self.get_and_submit_flow_runs()
+                    await self.wait_for_runs()
+                    loops.cancel_scope.cancel()
+                    return
+                self._start_loops(loops)
+        finally:
+            run_logger.removeHandler(self.log_handler)
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + SHUTDOWN_REPORT_SECONDS
+                if self.events.started_event_id is not None:
+                    self.events.stopped()
+                    await self.events.flush_over_http()
+
+    def _start_loops(self, loops: trio.Nursery) -> None:
         from trio_worker._cancellation import (
             check_for_cancelled_flow_runs,
             listen_for_cancellations,
         )
 
-        self.started_at = now()
-        async with trio.open_nursery() as loops:
-            self._loops_scope = loops.cancel_scope
-            if self._stopping:  # drained before it started
-                return
-            if with_healthcheck:
-                from trio_worker._health import serve_health
-
-                await loops.start(serve_health, self)
-            await self.sync_with_backend()
-            printer(f"Worker {self.name!r} started!")
-            if run_once:
-                await self.get_and_submit_flow_runs()
-                await self.wait_for_runs()
-                loops.cancel_scope.cancel()
-                return
-            self._poll_scope = trio.CancelScope()
-            loops.start_soon(self._poll_loop)
-            loops.start_soon(
-                lambda: service_loop(
-                    self.sync_with_backend,
-                    interval=self.heartbeat_interval_seconds,
-                    name="heartbeat",
-                )
+        self._poll_scope = trio.CancelScope()
+        loops.start_soon(self._poll_loop)
+        loops.start_soon(
+            lambda: service_loop(
+                self.sync_with_backend,
+                interval=self.heartbeat_interval_seconds,
+                name="heartbeat",
+                on_error=self._count_error,
             )
-            loops.start_soon(
-                lambda: service_loop(
-                    lambda: check_for_cancelled_flow_runs(self),
-                    interval=2 * self.query_seconds,
-                    name="cancellation check",
-                    on_error=self._count_error,
-                )
+        )
+        loops.start_soon(
+            lambda: service_loop(
+                lambda: check_for_cancelled_flow_runs(self),
+                interval=2 * self.query_seconds,
+                name="cancellation check",
+                on_error=self._count_error,
             )
-            loops.start_soon(listen_for_cancellations, self)
+        )
+        loops.start_soon(listen_for_cancellations, self)
 
     async def _poll_loop(self) -> None:
         assert self._poll_scope is not None

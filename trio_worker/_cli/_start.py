@@ -42,18 +42,23 @@ def _read_base_job_template(path: str | None) -> dict[str, Any] | None:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise click.BadParameter(f"cannot read {path!r}: {exc.strerror}") from None
+        raise click.ClickException(
+            f"--base-job-template: cannot read {path!r}: {exc.strerror}"
+        ) from None
     try:
         template = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"{path!r} is not valid JSON: {exc}") from None
+        raise click.ClickException(
+            f"--base-job-template: {path!r} is not valid JSON: {exc}"
+        ) from None
     if not (
         isinstance(template, dict)
         and isinstance(template.get("job_configuration"), dict)
         and isinstance(template.get("variables"), dict)
     ):
-        raise click.BadParameter(
-            f"{path!r} must be a JSON object with 'job_configuration' and 'variables'"
+        raise click.ClickException(
+            f"--base-job-template: {path!r} must be a JSON object with "
+            "'job_configuration' and 'variables'"
         )
     return template
 
@@ -255,10 +260,10 @@ def start(
         if sys.stdin.isatty():
             pool = click.prompt("Work pool to serve")
         else:
-            raise click.UsageError("--pool is required: name the work pool to serve (-p NAME)")
+            raise click.ClickException("--pool is required: name the work pool to serve (-p NAME)")
     if name is not None and ("/" in name or "%" in name or not name):
-        raise click.BadParameter(
-            f"{name!r} must be non-empty and contain no '/' or '%'", param_hint="--name"
+        raise click.ClickException(
+            f"--name {name!r} is not allowed: it must be non-empty and contain no '/' or '%'"
         )
     options = StartOptions(
         pool=str(pool),
