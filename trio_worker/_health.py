@@ -39,8 +39,12 @@ def create_health_app(worker: BaseWorker) -> Starlette:
         return JSONResponse({"message": "Worker may be unresponsive at this time"}, 503)
 
     async def ready(request: Request) -> JSONResponse:
+        # Ready = able to take runs: the pool is known and the API answers.
         if worker.work_pool is None:
-            return JSONResponse({"message": "work pool not known yet"}, 503)
+            reason = f"work pool {worker.work_pool_name!r} is not known yet"
+            return JSONResponse({"message": reason}, 503)
+        if worker.last_api_error is not None:
+            return JSONResponse({"message": f"last API call failed: {worker.last_api_error}"}, 503)
         return JSONResponse({"message": "OK"})
 
     async def status(request: Request) -> JSONResponse:

@@ -82,16 +82,36 @@ async def submit_flow_run(worker: BaseWorker, flow_run: FlowRun) -> None:
             if not finished and tracked.owned:
                 with trio.CancelScope(shield=True) as scope:
                     scope.deadline = trio.current_time() + REPORT_TIMEOUT_SECONDS
-                    await propose_final_state(
-                        worker,
-                        flow_run.id,
-                        State.of(
-                            StateType.CRASHED,
-                            f"Worker {worker.name!r} shut down before the run finished.",
-                        ),
-                    )
+                    await _report_interrupted(worker, flow_run)
         finally:
             worker._untrack(flow_run.id)
+
+
+async def _report_interrupted(worker: BaseWorker, flow_run: FlowRun) -> None:
+    """Say what became of a run the worker's shutdown interrupted.
+
+    By default it is CRASHED with the reason; with ``on_shutdown="reschedule"``
+    it goes back to SCHEDULED for another worker (for idempotent flows). A run
+    whose engine already reported a final state keeps it.
+    """
+    if worker.on_shutdown == "reschedule":
+        try:
+            current = await worker.client.read_flow_run(flow_run.id)
+        except APIError as exc:
+            logger.error("Could not read flow run '%s' to reschedule it: %s", flow_run.id, exc)
+            return
+        if current.state is not None and current.state.is_final:
+            return
+        message = f"Worker {worker.name!r} shut down; the run was rescheduled."
+        await propose_final_state(
+            worker,
+            flow_run.id,
+            State.of(StateType.SCHEDULED, message, name="Rescheduled"),
+            force=True,
+        )
+        return
+    message = f"Worker {worker.name!r} shut down before the run finished."
+    await propose_final_state(worker, flow_run.id, State.of(StateType.CRASHED, message))
 
 
 async def _submit(worker: BaseWorker, tracked: InFlightRun) -> None:

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, ClassVar, Final, Self
+from typing import Any, ClassVar, Final, Literal, Self
 
 import attrs
 import trio
@@ -141,6 +141,9 @@ class BaseWorker:
         cancel_grace_seconds: how long a cancelled run may take to stop after
             SIGTERM before it is killed.
         client_backoff_seconds: the first retry wait of the API client.
+        on_shutdown: what becomes of runs a shutdown interrupts: ``"crash"``
+            reports them CRASHED; ``"reschedule"`` returns them to SCHEDULED for
+            another worker (only for flows that are safe to run twice).
     """
 
     #: The worker type's name, as in a pool's ``type``.
@@ -165,6 +168,7 @@ class BaseWorker:
         settings: Settings | None = None,
         cancel_grace_seconds: float = 30.0,
         client_backoff_seconds: float = 1.0,
+        on_shutdown: Literal["crash", "reschedule"] = "crash",
     ) -> None:
         if limit is not None and limit < 1:
             raise ConfigurationError(f"limit={limit} must be at least 1 (or unset for no limit)")
@@ -192,6 +196,11 @@ class BaseWorker:
         )
         self.query_seconds = self.settings.query_seconds
         self.cancel_grace_seconds = cancel_grace_seconds
+        if on_shutdown not in ("crash", "reschedule"):
+            raise ConfigurationError(f"on_shutdown={on_shutdown!r} must be 'crash' or 'reschedule'")
+        self.on_shutdown = on_shutdown
+        #: The last API error of a loop, cleared by the next success (for ``/ready``).
+        self.last_api_error: str | None = None
         self._base_job_template = dict(base_job_template) if base_job_template else None
         self._client_backoff_seconds = client_backoff_seconds
 
@@ -351,6 +360,7 @@ class BaseWorker:
             )
 
     def _count_error(self, exc: BaseException) -> None:
+        self.last_api_error = f"{type(exc).__name__}: {exc}"
         self.metrics.api_errors.labels(type(exc).__name__).inc()
 
     def stop_polling(self) -> None:
@@ -439,6 +449,7 @@ class BaseWorker:
         await client.send_worker_heartbeat(
             pool.name, self.name, heartbeat_interval_seconds=self.heartbeat_interval_seconds
         )
+        self.last_api_error = None
 
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
         """Poll for due runs and submit as many as the limiter allows.
@@ -459,6 +470,7 @@ class BaseWorker:
                 scheduled_before=scheduled_before,
             )
         self.last_polled = time.monotonic()
+        self.last_api_error = None
         self.metrics.last_poll.set_to_current_time()
         submitted = []
         for response in responses:

@@ -13,7 +13,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import click
@@ -24,6 +24,7 @@ from trio_worker._cli import main
 from trio_worker._cli._common import get_settings, run_async
 from trio_worker._client import PrefectClient
 from trio_worker._exceptions import ConfigurationError, NotFoundError, WorkerTypeNotFoundError
+from trio_worker._logging import configure_logging
 from trio_worker._registry import get_worker_class, installed_worker_types
 from trio_worker._settings import Settings
 from trio_worker._signals import watch_shutdown_signals
@@ -129,6 +130,7 @@ class StartOptions:
     create_pool_if_not_found: bool
     cancel_grace_seconds: float
     drain_timeout: float
+    on_shutdown: Literal["crash", "reschedule"]
 
 
 async def _serve(options: StartOptions, settings: Settings) -> None:
@@ -149,6 +151,7 @@ async def _serve(options: StartOptions, settings: Settings) -> None:
             base_job_template=options.base_job_template,
             settings=settings,
             cancel_grace_seconds=options.cancel_grace_seconds,
+            on_shutdown=options.on_shutdown,
         )
         async with worker:
             await nursery.start(
@@ -171,7 +174,8 @@ async def _start_embedded_api(nursery: trio.Nursery) -> str:
     if await _existing_api(url):
         click.echo(f"PREFECT_API_URL is not set; using the API already running at {url}")
         return url
-    from trio_worker._server import default_db_path, serve_api
+    from trio_worker._cli._server import default_db_path
+    from trio_worker._server import serve_api
 
     db_path = default_db_path()
     try:
@@ -240,6 +244,21 @@ async def _start_embedded_api(nursery: trio.Nursery) -> str:
     show_default=True,
     help="On SIGINT/SIGTERM, seconds to let runs finish before cancelling them.",
 )
+@click.option(
+    "--on-shutdown",
+    type=click.Choice(["crash", "reschedule"]),
+    default="crash",
+    show_default=True,
+    help="What runs cut short by a shutdown become: CRASHED, or SCHEDULED again "
+    "for another worker (only for flows safe to run twice).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="The worker's own log lines: text for people, JSON lines for log pipelines.",
+)
 def start(
     name: str | None,
     pool: str | None,
@@ -254,6 +273,8 @@ def start(
     create_pool_if_not_found: bool,
     cancel_grace_seconds: float,
     drain_timeout: float,
+    on_shutdown: Literal["crash", "reschedule"],
+    log_format: Literal["text", "json"],
 ) -> None:
     """Start a worker that runs the flow runs of a work pool."""
     if not pool:
@@ -279,8 +300,7 @@ def start(
         create_pool_if_not_found=create_pool_if_not_found,
         cancel_grace_seconds=cancel_grace_seconds,
         drain_timeout=drain_timeout,
+        on_shutdown=on_shutdown,
     )
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(log_format)
     run_async(_serve, options, get_settings())
