@@ -1,0 +1,13 @@
+"""``python -m trio_worker.engine``: run one flow run inside the process the worker started.
+
+The worker starts this module with ``PREFECT__FLOW_RUN_ID`` and ``PREFECT_API_URL``
+in the environment; the logic lives in :mod:`trio_worker._engine` so that this
+file stays importable without side effects.
+"""
+
+from trio_worker._engine import main as main
+
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())
