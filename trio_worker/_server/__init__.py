@@ -1,0 +1,70 @@
+"""The embedded API: a small, durable, SQLite-backed Prefect 3 REST/websocket subset.
+
+It is what trio-worker's tests run against over loopback HTTP and the
+zero-setup default for users (``trio-worker server start``). The worker never
+imports this package: it reaches the API over HTTP only, so what passes here
+passes against Prefect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Final
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
+
+from trio_worker._server._app import create_app as create_app
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "create_app", "serve_api"]
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 4200
+
+
+async def serve_api(
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    db_path: str | Path,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Serve the embedded API until cancelled or until ``shutdown_trigger`` returns.
+
+    Supports ``nursery.start``: once the socket is listening (and the database
+    is open) it reports the API URL, e.g. ``http://127.0.0.1:54321/api``, with
+    the real port when ``port`` is 0.
+
+    Raises:
+        OSError: the address cannot be bound (e.g. the port is in use).
+    """
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 2.0
+    config.keep_alive_timeout = 30.0
+    config.websocket_ping_interval = None
+    app = wrap_app(create_app(db_path), config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    # Bind before starting, so a port in use is a plain OSError raised here
+    # rather than one wrapped in hypercorn's nurseries.
+    sockets = config.create_sockets()
+    for sock in sockets.insecure_sockets:
+        sock.listen(config.backlog)
+
+    async def run(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        await worker_serve(
+            app, config, sockets=sockets, shutdown_trigger=shutdown_trigger, task_status=task_status
+        )
+
+    try:
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(run)
+            task_status.started(f"{binds[0]}/api")
+    finally:
+        for sock in sockets.insecure_sockets:
+            sock.close()

@@ -1,0 +1,318 @@
+"""Request bodies the embedded API accepts, one attrs class per Prefect action model.
+
+Prefect's action models (``WorkPoolCreate``, ``StateCreate``, ...) forbid unknown
+fields, and so do these: a client that sends a field Prefect would refuse must
+be refused here too. Bodies that FastAPI assembles from several ``Body()``
+parameters (heartbeat, ``get_scheduled_flow_runs``, ``set_state``, filters)
+ignore unknown top-level keys in Prefect, so their classes set
+``__forbid_extra__ = False``. Defaults equal to :data:`UNSET` mark fields an
+update only changes when sent.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, ClassVar
+
+import attrs
+
+from trio_worker._server._validation import UNSET, UnsetType
+
+__all__ = [
+    "DeploymentCreate",
+    "DeploymentFlowRunCreate",
+    "FlowCreate",
+    "FlowRunCreate",
+    "FlowRunUpdate",
+    "GetScheduledFlowRuns",
+    "LogCreate",
+    "SetStateBody",
+    "StateCreate",
+    "StateType",
+    "TaskRunCreate",
+    "VariableCreate",
+    "VariableUpdate",
+    "WorkPoolCreate",
+    "WorkPoolUpdate",
+    "WorkQueueCreate",
+    "WorkQueueUpdate",
+    "WorkerHeartbeat",
+]
+
+Problem = tuple[str, str] | None
+
+
+class StateType(enum.StrEnum):
+    """The state types Prefect knows, in Prefect's order (it shows in 422 messages)."""
+
+    SCHEDULED = "SCHEDULED"
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    CRASHED = "CRASHED"
+    PAUSED = "PAUSED"
+    CANCELLING = "CANCELLING"
+
+
+def _at_least(bound: int) -> Callable[[Any], Problem]:
+    def check(value: Any) -> Problem:
+        if isinstance(value, int | float) and value < bound:
+            return "greater_than_equal", f"Input should be greater than or equal to {bound}"
+        return None
+
+    return check
+
+
+Opt = UnsetType  # shorthand in annotations: ``X | Opt`` means "may be left out"
+
+
+@attrs.frozen(kw_only=True)
+class StateCreate:
+    """A proposed state (``StateCreate``): only ``type`` is required."""
+
+    type: StateType = attrs.field()
+    name: str | Opt | None = attrs.field(default=UNSET)
+    message: str | Opt | None = attrs.field(default=UNSET)
+    data: Any = attrs.field(default=UNSET)
+    state_details: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
+    timestamp: datetime | Opt | None = attrs.field(default=UNSET)
+    id: uuid.UUID | Opt | None = attrs.field(default=UNSET)
+
+
+@attrs.frozen(kw_only=True)
+class SetStateBody:
+    """``POST /flow_runs/{id}/set_state``: the proposal and whether to bypass the rules."""
+
+    __forbid_extra__: ClassVar[bool] = False
+    state: StateCreate = attrs.field()
+    force: bool | Opt = attrs.field(default=UNSET)
+
+
+@attrs.frozen(kw_only=True)
+class WorkPoolCreate:
+    """``POST /work_pools/``."""
+
+    name: str = attrs.field()
+    description: str | Opt | None = attrs.field(default=UNSET)
+    type: str | Opt = attrs.field(default=UNSET)
+    base_job_template: dict[str, Any] | Opt = attrs.field(default=UNSET)
+    is_paused: bool | Opt = attrs.field(default=UNSET)
+    concurrency_limit: int | Opt | None = attrs.field(
+        default=UNSET, metadata={"check": _at_least(0)}
+    )
+    storage_configuration: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
+
+
+@attrs.frozen(kw_only=True)
+class WorkPoolUpdate:
+    """``PATCH /work_pools/{name}``: only sent fields change."""
+
+    description: str | Opt | None = attrs.field(default=UNSET)
+    is_paused: bool | Opt | None = attrs.field(default=UNSET)
+    base_job_template: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
+    concurrency_limit: int | Opt | None = attrs.field(
+        default=UNSET, metadata={"check": _at_least(0)}
+    )
+    storage_configuration: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
+
+
+@attrs.frozen(kw_only=True)
+class WorkQueueCreate:
+    """``POST /work_pools/{pool}/queues``."""
+
+    name: str = attrs.field()
+    description: str | Opt | None = attrs.field(default=UNSET)
+    is_paused: bool | Opt = attrs.field(default=UNSET)
+    concurrency_limit: int | Opt | None = attrs.field(
+        default=UNSET, metadata={"check": _at_least(0)}
+    )
+    priority: int | Opt | None = attrs.field(default=UNSET, metadata={"check": _at_least(1)})
+
+
+@attrs.frozen(kw_only=True)
+class WorkQueueUpdate:
+    """``PATCH /work_pools/{pool}/queues/{name}``."""
+
+    name: str | Opt = attrs.field(default=UNSET)
+    description: str | Opt | None = attrs.field(default=UNSET)
+    is_paused: bool | Opt | None = attrs.field(default=UNSET)
+    concurrency_limit: int | Opt | None = attrs.field(
+        default=UNSET, metadata={"check": _at_least(0)}
+    )
+    priority: int | Opt | None = attrs.field(default=UNSET, metadata={"check": _at_least(1)})
+
+
+@attrs.frozen(kw_only=True)
+class WorkerHeartbeat:
+    """``POST /work_pools/{pool}/workers/heartbeat``."""
+
+    __forbid_extra__: ClassVar[bool] = False
+    name: str = attrs.field()
+    heartbeat_interval_seconds: int | Opt | None = attrs.field(default=UNSET)
+    return_id: bool | Opt = attrs.field(default=UNSET)
+    metadata: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
+
+
+@attrs.frozen(kw_only=True)
+class GetScheduledFlowRuns:
+    """``POST /work_pools/{pool}/get_scheduled_flow_runs``."""
+
+    __forbid_extra__: ClassVar[bool] = False
+    work_queue_names: list[str] | Opt | None = attrs.field(default=UNSET)
+    scheduled_before: datetime | Opt | None = attrs.field(default=UNSET)
+    scheduled_after: datetime | Opt | None = attrs.field(default=UNSET)
+    limit: int | Opt | None = attrs.field(default=UNSET, metadata={"check": _at_least(0)})
+
+
+@attrs.frozen(kw_only=True)
+class FlowCreate:
+    """``POST /flows/``."""
+
+    name: str = attrs.field()
+    tags: list[str] | Opt = attrs.field(default=UNSET)
+    labels: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
+
+
+@attrs.frozen(kw_only=True)
+class DeploymentCreate:
+    """``POST /deployments/``: upsert by ``(flow_id, name)``."""
+
+    name: str = attrs.field()
+    flow_id: uuid.UUID = attrs.field()
+    paused: bool | Opt = attrs.field(default=UNSET)
+    schedules: list[dict[str, Any]] | Opt = attrs.field(default=UNSET)
+    concurrency_limit: int | Opt | None = attrs.field(
+        default=UNSET, metadata={"check": _at_least(1)}
+    )
+    concurrency_options: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
+    global_concurrency_limit_id: uuid.UUID | Opt | None = attrs.field(default=UNSET)
+    enforce_parameter_schema: bool | Opt = attrs.field(default=UNSET)
+    parameter_openapi_schema: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
+    parameters: dict[str, Any] | Opt = attrs.field(default=UNSET)
+    tags: list[str] | Opt = attrs.field(default=UNSET)
+    labels: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
+    pull_steps: list[dict[str, Any]] | Opt | None = attrs.field(default=UNSET)
+    work_queue_name: str | Opt | None = attrs.field(default=UNSET)
+    work_pool_name: str | Opt | None = attrs.field(default=UNSET)
+    storage_document_id: uuid.UUID | Opt | None = attrs.field(default=UNSET)
+    infrastructure_document_id: uuid.UUID | Opt | None = attrs.field(default=UNSET)
+    description: str | Opt | None = attrs.field(default=UNSET)
+    path: str | Opt | None = attrs.field(default=UNSET)
+    version: str | Opt | None = attrs.field(default=UNSET)
+    version_info: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
+    entrypoint: str | Opt | None = attrs.field(default=UNSET)
+    job_variables: dict[str, Any] | Opt = attrs.field(default=UNSET)
+
+
+@attrs.frozen(kw_only=True)
+class DeploymentFlowRunCreate:
+    """``POST /deployments/{id}/create_flow_run``: everything optional."""
+
+    state: StateCreate | Opt | None = attrs.field(default=UNSET)
+    name: str | Opt | None = attrs.field(default=UNSET)
+    parameters: dict[str, Any] | Opt = attrs.field(default=UNSET)
+    enforce_parameter_schema: bool | Opt | None = attrs.field(default=UNSET)
+    context: dict[str, Any] | Opt = attrs.field(default=UNSET)
+    infrastructure_document_id: uuid.UUID | Opt | None = attrs.field(default=UNSET)
+    empirical_policy: dict[str, Any] | Opt = attrs.field(default=UNSET)
+    tags: list[str] | Opt = attrs.field(default=UNSET)
+    labels: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
+    idempotency_key: str | Opt | None = attrs.field(default=UNSET)
+    parent_task_run_id: uuid.UUID | Opt | None = attrs.field(default=UNSET)
+    work_queue_name: str | Opt | None = attrs.field(default=UNSET)
+    job_variables: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
+
+
+@attrs.frozen(kw_only=True)
+class FlowRunCreate:
+    """``POST /flow_runs/``."""
+
+    flow_id: uuid.UUID = attrs.field()
+    state: StateCreate | Opt | None = attrs.field(default=UNSET)
+    name: str | Opt | None = attrs.field(default=UNSET)
+    flow_version: str | Opt | None = attrs.field(default=UNSET)
+    parameters: dict[str, Any] | Opt = attrs.field(default=UNSET)
+    context: dict[str, Any] | Opt = attrs.field(default=UNSET)
+    parent_task_run_id: uuid.UUID | Opt | None = attrs.field(default=UNSET)
+    infrastructure_document_id: uuid.UUID | Opt | None = attrs.field(default=UNSET)
+    empirical_policy: dict[str, Any] | Opt = attrs.field(default=UNSET)
+    tags: list[str] | Opt = attrs.field(default=UNSET)
+    labels: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
+    idempotency_key: str | Opt | None = attrs.field(default=UNSET)
+    deployment_id: uuid.UUID | Opt | None = attrs.field(default=UNSET)
+    deployment_version: str | Opt | None = attrs.field(default=UNSET)
+    work_pool_name: str | Opt | None = attrs.field(default=UNSET)
+    work_queue_name: str | Opt | None = attrs.field(default=UNSET)
+    job_variables: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
+
+
+@attrs.frozen(kw_only=True)
+class FlowRunUpdate:
+    """``PATCH /flow_runs/{id}``: only sent fields change."""
+
+    name: str | Opt | None = attrs.field(default=UNSET)
+    flow_version: str | Opt | None = attrs.field(default=UNSET)
+    parameters: dict[str, Any] | Opt = attrs.field(default=UNSET)
+    empirical_policy: dict[str, Any] | Opt = attrs.field(default=UNSET)
+    tags: list[str] | Opt = attrs.field(default=UNSET)
+    infrastructure_pid: str | Opt | None = attrs.field(default=UNSET)
+    job_variables: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
+
+
+@attrs.frozen(kw_only=True)
+class LogCreate:
+    """One entry of ``POST /logs/``; ``worker_id`` is refused, as by the OSS server."""
+
+    name: str = attrs.field()
+    level: int = attrs.field()
+    message: str = attrs.field()
+    timestamp: datetime = attrs.field()
+    flow_run_id: uuid.UUID | Opt | None = attrs.field(default=UNSET)
+    task_run_id: uuid.UUID | Opt | None = attrs.field(default=UNSET)
+
+
+@attrs.frozen(kw_only=True)
+class VariableCreate:
+    """``POST /variables/``."""
+
+    name: str = attrs.field()
+    value: Any = attrs.field(default=UNSET)
+    tags: list[str] | Opt = attrs.field(default=UNSET)
+
+
+@attrs.frozen(kw_only=True)
+class VariableUpdate:
+    """``PATCH /variables/name/{name}`` and ``PATCH /variables/{id}``."""
+
+    name: str | Opt = attrs.field(default=UNSET)
+    value: Any = attrs.field(default=UNSET)
+    tags: list[str] | Opt = attrs.field(default=UNSET)
+
+
+@attrs.frozen(kw_only=True)
+class TaskRunCreate:
+    """``POST /task_runs/`` as ``task.delay()`` sends it."""
+
+    task_key: str = attrs.field()
+    dynamic_key: str = attrs.field()
+    id: uuid.UUID | Opt | None = attrs.field(default=UNSET)
+    state: StateCreate | Opt | None = attrs.field(default=UNSET)
+    name: str | Opt | None = attrs.field(default=UNSET)
+    flow_run_id: uuid.UUID | Opt | None = attrs.field(default=UNSET)
+    cache_key: str | Opt | None = attrs.field(default=UNSET)
+    cache_expiration: datetime | Opt | None = attrs.field(default=UNSET)
+    task_version: str | Opt | None = attrs.field(default=UNSET)
+    empirical_policy: dict[str, Any] | Opt = attrs.field(default=UNSET)
+    tags: list[str] | Opt = attrs.field(default=UNSET)
+    labels: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
+    task_inputs: dict[str, Any] | Opt = attrs.field(default=UNSET)
+
+
+def value_or(value: Any, default: Any) -> Any:
+    """Return ``value`` when the request sent it, else ``default``."""
+    return default if value is UNSET else value

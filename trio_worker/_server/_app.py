@@ -1,0 +1,70 @@
+"""The ASGI application of the embedded API: routes under ``/api``, errors in Prefect's shapes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount
+
+from trio_worker._server._common import APIProblem
+from trio_worker._server._http import ApiState
+from trio_worker._server._routes_core import core_routes
+from trio_worker._server._routes_runs import run_routes
+from trio_worker._server._storage import open_database
+from trio_worker._server._websockets import websocket_routes
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("trio_worker.server")
+
+
+async def _problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIProblem)
+    return JSONResponse(exc.body, status_code=exc.status_code)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"exception_message": "Internal Server Error"}, status_code=500)
+
+
+def create_app(db_path: str | Path) -> Starlette:
+    """Build the embedded API as an ASGI app storing its data in the SQLite file ``db_path``.
+
+    The database is opened (created and migrated as needed) by the app's
+    lifespan, so any ASGI server that runs lifespans can serve it; use
+    :func:`~trio_worker._server.serve_api` to serve it on trio with hypercorn.
+    """
+    api = ApiState()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with open_database(db_path) as db:
+            api.db = db
+            try:
+                yield
+            finally:
+                api.db = None
+
+    routes = [*core_routes(api), *run_routes(api), *websocket_routes(api)]
+    return Starlette(
+        routes=[Mount("/api", routes=routes)],
+        exception_handlers={
+            APIProblem: _problem,
+            HTTPException: _http_error,
+            Exception: _server_error,
+        },
+        lifespan=lifespan,
+    )

@@ -1,0 +1,99 @@
+"""The embedded API's SQLite schema, as numbered migrations applied at start-up.
+
+Columns exist for what the API filters, sorts or orchestrates on; everything a
+response merely echoes lives in a JSON ``body`` column, so adding a Prefect
+field never needs a migration. ``PRAGMA user_version`` records how many
+migrations a database file has seen; start-up applies the rest in one
+transaction, and refuses a file written by a newer trio-worker.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+
+_V1: Final = """
+CREATE TABLE flows (
+    id TEXT PRIMARY KEY, created TEXT NOT NULL, updated TEXT NOT NULL,
+    name TEXT NOT NULL UNIQUE, tags TEXT NOT NULL, labels TEXT NOT NULL
+);
+CREATE TABLE work_pools (
+    id TEXT PRIMARY KEY, created TEXT NOT NULL, updated TEXT NOT NULL,
+    name TEXT NOT NULL UNIQUE, description TEXT, type TEXT NOT NULL,
+    base_job_template TEXT NOT NULL, is_paused INTEGER NOT NULL, concurrency_limit INTEGER,
+    default_queue_id TEXT, storage_configuration TEXT NOT NULL
+);
+CREATE TABLE work_queues (
+    id TEXT PRIMARY KEY, created TEXT NOT NULL, updated TEXT NOT NULL,
+    work_pool_id TEXT NOT NULL REFERENCES work_pools(id) ON DELETE CASCADE,
+    name TEXT NOT NULL, description TEXT, is_paused INTEGER NOT NULL,
+    concurrency_limit INTEGER, priority INTEGER NOT NULL, last_polled TEXT,
+    UNIQUE (work_pool_id, name)
+);
+CREATE TABLE workers (
+    id TEXT PRIMARY KEY, created TEXT NOT NULL, updated TEXT NOT NULL,
+    work_pool_id TEXT NOT NULL REFERENCES work_pools(id) ON DELETE CASCADE,
+    name TEXT NOT NULL, last_heartbeat_time TEXT NOT NULL,
+    heartbeat_interval_seconds INTEGER, UNIQUE (work_pool_id, name)
+);
+CREATE TABLE deployments (
+    id TEXT PRIMARY KEY, created TEXT NOT NULL, updated TEXT NOT NULL,
+    flow_id TEXT NOT NULL REFERENCES flows(id) ON DELETE CASCADE,
+    name TEXT NOT NULL, work_queue_id TEXT REFERENCES work_queues(id) ON DELETE SET NULL,
+    concurrency_limit INTEGER, last_polled TEXT, body TEXT NOT NULL,
+    UNIQUE (flow_id, name)
+);
+CREATE TABLE flow_runs (
+    id TEXT PRIMARY KEY, created TEXT NOT NULL, updated TEXT NOT NULL,
+    name TEXT NOT NULL, flow_id TEXT NOT NULL, deployment_id TEXT, work_queue_id TEXT,
+    state_id TEXT, state_type TEXT, state_name TEXT, state TEXT,
+    expected_start_time TEXT, next_scheduled_start_time TEXT,
+    start_time TEXT, end_time TEXT, run_count INTEGER NOT NULL DEFAULT 0,
+    total_run_time REAL NOT NULL DEFAULT 0, infrastructure_pid TEXT,
+    idempotency_key TEXT, body TEXT NOT NULL
+);
+CREATE INDEX ix_flow_runs_scheduled ON flow_runs (state_type, next_scheduled_start_time);
+CREATE INDEX ix_flow_runs_queue ON flow_runs (work_queue_id, state_type);
+CREATE INDEX ix_flow_runs_deployment ON flow_runs (deployment_id, state_type);
+CREATE UNIQUE INDEX ix_flow_runs_idempotency ON flow_runs (flow_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE TABLE flow_run_states (
+    id TEXT PRIMARY KEY, flow_run_id TEXT NOT NULL, timestamp TEXT NOT NULL, body TEXT NOT NULL
+);
+CREATE INDEX ix_flow_run_states_run ON flow_run_states (flow_run_id, timestamp);
+CREATE TABLE task_runs (
+    id TEXT PRIMARY KEY, created TEXT NOT NULL, updated TEXT NOT NULL,
+    name TEXT NOT NULL, flow_run_id TEXT, task_key TEXT NOT NULL, dynamic_key TEXT NOT NULL,
+    state_id TEXT, state_type TEXT, state_name TEXT, state TEXT,
+    deferred INTEGER NOT NULL DEFAULT 0, delivered INTEGER NOT NULL DEFAULT 0,
+    expected_start_time TEXT, next_scheduled_start_time TEXT,
+    start_time TEXT, end_time TEXT, run_count INTEGER NOT NULL DEFAULT 0,
+    total_run_time REAL NOT NULL DEFAULT 0, body TEXT NOT NULL
+);
+CREATE INDEX ix_task_runs_queue ON task_runs (task_key, state_type, deferred, delivered);
+CREATE INDEX ix_task_runs_flow_run ON task_runs (flow_run_id);
+CREATE TABLE task_run_states (
+    id TEXT PRIMARY KEY, task_run_id TEXT NOT NULL, timestamp TEXT NOT NULL, body TEXT NOT NULL
+);
+CREATE INDEX ix_task_run_states_run ON task_run_states (task_run_id, timestamp);
+CREATE TABLE logs (
+    id TEXT PRIMARY KEY, created TEXT NOT NULL, flow_run_id TEXT, task_run_id TEXT,
+    timestamp TEXT NOT NULL, level INTEGER NOT NULL, body TEXT NOT NULL
+);
+CREATE INDEX ix_logs_flow_run ON logs (flow_run_id, timestamp);
+CREATE TABLE variables (
+    id TEXT PRIMARY KEY, created TEXT NOT NULL, updated TEXT NOT NULL,
+    name TEXT NOT NULL UNIQUE, value TEXT NOT NULL, tags TEXT NOT NULL
+);
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+    occurred TEXT NOT NULL, received TEXT NOT NULL, event TEXT NOT NULL, body TEXT NOT NULL
+);
+CREATE INDEX ix_events_occurred ON events (occurred);
+"""
+
+MIGRATIONS: Final[tuple[str, ...]] = (_V1,)
+"""Migration ``i`` takes a database from ``user_version`` i to i + 1."""
+
+SCHEMA_VERSION: Final = len(MIGRATIONS)
