@@ -24,14 +24,16 @@ from typing import Any, Final
 import trio
 
 from trio_worker._exceptions import InfrastructureError
-from trio_worker._models import FlowRun
+from trio_worker._models import FlowRun, now
 from trio_worker._process_config import ProcessJobConfiguration, ProcessVariables
 from trio_worker._process_group import (
     kill_process_group,
     parent_pid,
+    process_start_time,
     signal_process_group,
     terminate_process_group,
 )
+from trio_worker._run_records import RunRecord, RunRecords
 from trio_worker._worker import HOSTNAME, BaseWorker, BaseWorkerResult
 
 __all__ = ["ProcessWorker", "format_infrastructure_pid", "parse_infrastructure_pid"]
@@ -63,6 +65,16 @@ class ProcessWorker(BaseWorker):
     type = "process"
     job_configuration = ProcessJobConfiguration
     job_configuration_variables = ProcessVariables
+
+    def __init__(self, work_pool_name: str, **kwargs: Any) -> None:
+        super().__init__(work_pool_name, **kwargs)
+        self.run_records = RunRecords(self.name, self.settings.state_dir)
+
+    async def reconcile_infrastructure(self) -> None:
+        """Adopt or kill the processes an earlier worker of this name left running."""
+        from trio_worker._reconcile import reconcile_process_runs
+
+        await reconcile_process_runs(self)
 
     def default_command(self) -> str:
         """Run trio-worker's engine with the worker's own interpreter."""
@@ -120,10 +132,20 @@ class ProcessWorker(BaseWorker):
                     spawn_error = exc
                 else:
                     task_status.started(format_infrastructure_pid(process.pid))
+                    await self.run_records.add(
+                        RunRecord(
+                            flow_run_id=str(flow_run.id),
+                            pid=process.pid,
+                            start_ticks=process_start_time(process.pid),
+                            started_at=now().isoformat(),
+                        )
+                    )
         finally:
             if process is not None:
                 # The leader is gone; anything left in its group is an orphan.
                 signal_process_group(process.pid, signal.SIGKILL)
+                with trio.CancelScope(shield=True):
+                    await self.run_records.remove(str(flow_run.id))
             if temporary_dir is not None:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(shutil.rmtree, temporary_dir, True)

@@ -158,6 +158,14 @@ class Settings:
         default=DEFAULT_WEBSERVER_PORT,
         metadata=_env("PREFECT_WORKER_WEBSERVER_PORT", "Port of the health server."),
     )
+    state_dir: str | None = attrs.field(
+        default=None,
+        metadata=_env(
+            "TRIO_WORKER_STATE_DIR",
+            "Where a worker records the runs it started, to reconcile them after a restart "
+            "(default: the user's state directory).",
+        ),
+    )
 
     def __repr__(self) -> str:
         # Secrets never reach a repr, a log line or a traceback.
@@ -203,4 +211,5 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "prefetch_seconds": _parse_non_negative_float,
     "webserver_host": str,
     "webserver_port": _parse_port,
+    "state_dir": _parse_optional_str,
 }

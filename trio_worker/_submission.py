@@ -10,11 +10,13 @@ its ``finally`` returns the token, whatever happened.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, Final
 
+import attrs
 import trio
 
 from trio_worker._exceptions import (
@@ -75,7 +77,7 @@ async def submit_flow_run(worker: BaseWorker, flow_run: FlowRun) -> None:
             # Nobody asked for it: the run's deadline passed.
             tracked.cancel_reason = f"timed out after {tracked.timeout_seconds:g} s"
         if tracked.cancel_reason is not None and tracked.owned:
-            await _report_cancelled(worker, tracked)
+            await report_cancelled(worker, tracked)
         finished = True
     finally:
         try:
@@ -131,6 +133,11 @@ async def _submit(worker: BaseWorker, tracked: InFlightRun) -> None:
         )
         worker.metrics.runs_finished.labels("aborted").inc()
         return
+    if verdict.state.state_details.scheduled_time is None and await _reopened_finished_run(
+        worker, flow_run, verdict.state
+    ):
+        worker.metrics.runs_finished.labels("aborted").inc()
+        return
     tracked.owned = True
     worker.metrics.runs_submitted.inc()
     _log(
@@ -184,7 +191,45 @@ async def _submit(worker: BaseWorker, tracked: InFlightRun) -> None:
             )
         await _crash(worker, flow_run, message)
         return
-    await _complete_if_unreported(worker, flow_run)
+    engine = getattr(configuration, "command", None) == worker.default_command()
+    await _complete_if_unreported(worker, flow_run, engine=engine)
+
+
+async def _reopened_finished_run(worker: BaseWorker, flow_run: FlowRun, pending: State) -> bool:
+    """Undo a PENDING that the API accepted over a run another worker already finished.
+
+    Prefect accepts PENDING over a CRASHED, FAILED or (unpersisted) COMPLETED
+    run: that is how a re-run starts. A proposal that waited behind a busy
+    SQLite server can land after another worker ran the run to the end.
+    Prefect copies ``scheduled_time`` into PENDING only from SCHEDULED, so its
+    absence sends us here; the history tells, and the final state is put back.
+
+    Returns:
+        True when the run had finished and was restored: do not start it.
+    """
+    try:
+        history = await worker.client.read_flow_run_states(flow_run.id)
+    except APIError as exc:
+        logger.warning("Could not read the history of flow run '%s': %s", flow_run.id, exc)
+        return False
+    earlier = [s for s in history if s.id != pending.id and s.timestamp is not None]
+    finals = [s for s in earlier if s.is_final]
+    if not finals or max(earlier, key=_timestamp) is not max(finals, key=_timestamp):
+        return False
+    last = max(finals, key=_timestamp)
+    logger.info(
+        "Aborted submission of flow run '%s': it had already finished %s", flow_run.id, last.type
+    )
+    restored = State.of(last.type, last.message, name=last.name)
+    await propose_final_state(
+        worker, flow_run.id, attrs.evolve(restored, data=last.data), force=True
+    )
+    return True
+
+
+def _timestamp(state: State) -> dt.datetime:
+    assert state.timestamp is not None
+    return state.timestamp
 
 
 async def _start_and_wait(
@@ -314,10 +359,12 @@ async def _crash(worker: BaseWorker, flow_run: FlowRun, message: str) -> None:
     await propose_final_state(worker, flow_run.id, State.of(StateType.CRASHED, message))
 
 
-async def _complete_if_unreported(worker: BaseWorker, flow_run: FlowRun) -> None:
-    """A process that exits 0 without reporting a final state (a plain command) completed.
+async def _complete_if_unreported(worker: BaseWorker, flow_run: FlowRun, *, engine: bool) -> None:
+    """A plain command that exits 0 without reporting a final state completed.
 
     Prefect leaves such runs PENDING forever; we say what happened instead.
+    The engine is different: it exits 0 without a final state only when the
+    API told it another actor decided (ABORT/REJECT), so its run is left alone.
     """
     current = await worker.client.read_flow_run(flow_run.id)
     state = current.state
@@ -326,6 +373,15 @@ async def _complete_if_unreported(worker: BaseWorker, flow_run: FlowRun) -> None
     if state.type is StateType.CANCELLING:
         await propose_final_state(
             worker, flow_run.id, State.of(StateType.CANCELLED, CANCELLED_MESSAGE), force=True
+        )
+        return
+    if engine:
+        _log(
+            worker,
+            flow_run,
+            logging.WARNING,
+            "The engine exited without a final state (the run is %s); leaving it as it is",
+            state.type.value,
         )
         return
     await propose_final_state(
@@ -339,7 +395,7 @@ async def _complete_if_unreported(worker: BaseWorker, flow_run: FlowRun) -> None
     )
 
 
-async def _report_cancelled(worker: BaseWorker, tracked: InFlightRun) -> None:
+async def report_cancelled(worker: BaseWorker, tracked: InFlightRun) -> None:
     """Report a run this worker stopped, now that its infrastructure is gone."""
     reason = tracked.cancel_reason or ""
     worker.events.cancelled(tracked.flow_run, reason)

@@ -144,6 +144,8 @@ class BaseWorker:
         on_shutdown: what becomes of runs a shutdown interrupts: ``"crash"``
             reports them CRASHED; ``"reschedule"`` returns them to SCHEDULED for
             another worker (only for flows that are safe to run twice).
+        reconcile: what to do with infrastructure an earlier worker of the same
+            name left running on this host: ``"adopt"`` it or ``"kill"`` it.
     """
 
     #: The worker type's name, as in a pool's ``type``.
@@ -169,6 +171,7 @@ class BaseWorker:
         cancel_grace_seconds: float = 30.0,
         client_backoff_seconds: float = 1.0,
         on_shutdown: Literal["crash", "reschedule"] = "crash",
+        reconcile: Literal["adopt", "kill"] = "adopt",
     ) -> None:
         if limit is not None and limit < 1:
             raise ConfigurationError(f"limit={limit} must be at least 1 (or unset for no limit)")
@@ -199,6 +202,9 @@ class BaseWorker:
         if on_shutdown not in ("crash", "reschedule"):
             raise ConfigurationError(f"on_shutdown={on_shutdown!r} must be 'crash' or 'reschedule'")
         self.on_shutdown = on_shutdown
+        if reconcile not in ("adopt", "kill"):
+            raise ConfigurationError(f"reconcile={reconcile!r} must be 'adopt' or 'kill'")
+        self.reconcile = reconcile
         #: The last API error of a loop, cleared by the next success (for ``/ready``).
         self.last_api_error: str | None = None
         self._base_job_template = dict(base_job_template) if base_job_template else None
@@ -208,6 +214,8 @@ class BaseWorker:
         self.in_flight: dict[uuid.UUID, InFlightRun] = {}
         self.limiter = trio.CapacityLimiter(math.inf if limit is None else limit)
         self.last_polled: float | None = None
+        #: Where the health server listens, once started (``http://host:port``).
+        self.health_urls: list[str] = []
         self.started_at: dt.datetime | None = None
         self._client: PrefectClient | None = None
         self._runs_nursery: trio.Nursery | None = None
@@ -294,6 +302,9 @@ class BaseWorker:
         """
         self.started_at = now()
         run_logger = logging.getLogger(RUN_LOGGER_NAME)
+        if run_logger.level == logging.NOTSET:
+            # Run lines at INFO must exist to be shipped, whatever the root level.
+            run_logger.setLevel(logging.INFO)
         run_logger.addHandler(self.log_handler)
         try:
             async with trio.open_nursery() as loops:
@@ -303,8 +314,9 @@ class BaseWorker:
                 if with_healthcheck:
                     from trio_worker._health import serve_health
 
-                    await loops.start(serve_health, self)
+                    self.health_urls = await loops.start(serve_health, self)
                 await self.sync_with_backend()
+                await self.reconcile_infrastructure()
                 loops.start_soon(self.events.serve)
                 loops.start_soon(ship_logs, self.client, self.log_handler)
                 self.events.started()
@@ -501,15 +513,23 @@ class BaseWorker:
         self.metrics.runs_in_flight.set(len(self.in_flight))
         self.metrics.limiter_tokens.labels("borrowed").set(self.limiter.borrowed_tokens)
 
-    def _untrack(self, flow_run_id: uuid.UUID) -> None:
+    def _untrack(self, flow_run_id: uuid.UUID, *, release: bool = True) -> None:
         """Forget a run and return its token; called once, from the run's ``finally``."""
         self.in_flight.pop(flow_run_id, None)
-        self.limiter.release_on_behalf_of(flow_run_id)
+        if release:
+            self.limiter.release_on_behalf_of(flow_run_id)
         self._count_in_flight()
         if not self.in_flight:
             self._idle.set()
 
     # -- what subclasses provide ---------------------------------------------
+
+    async def reconcile_infrastructure(self) -> None:
+        """Deal with infrastructure an earlier worker of this name left behind.
+
+        Called once at start, before the first poll. The base class keeps no
+        record of what it started, so there is nothing to do.
+        """
 
     def base_env(self) -> dict[str, str]:
         """Return the env a run's infrastructure needs to reach the API (lowest layer)."""

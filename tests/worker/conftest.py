@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,34 +27,48 @@ def pool_name() -> str:
     return f"pool-{uuid.uuid4().hex[:8]}"
 
 
-def fast_settings(api_url: str) -> Settings:
+def fast_settings(api_url: str, state_dir: Path) -> Settings:
     """Settings that poll often, so tests don't wait on intervals."""
-    return Settings(api_url=api_url, query_seconds=0.2, heartbeat_seconds=1.0, prefetch_seconds=0)
+    return Settings(
+        api_url=api_url,
+        query_seconds=0.2,
+        heartbeat_seconds=1.0,
+        prefetch_seconds=0,
+        state_dir=str(state_dir),
+        webserver_port=0,
+    )
 
 
 WorkerFactory = Callable[..., Any]
 
 
 @pytest.fixture
-def running_worker(api_url: str, pool_name: str) -> WorkerFactory:
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def running_worker(api_url: str, pool_name: str, state_dir: Path) -> WorkerFactory:
     """``async with running_worker(**kwargs) as worker``: a started ProcessWorker."""
 
     @asynccontextmanager
     async def start(**kwargs: Any) -> AsyncIterator[ProcessWorker]:
         kwargs.setdefault("cancel_grace_seconds", 2.0)
         kwargs.setdefault("client_backoff_seconds", 0.05)
-        worker = ProcessWorker(
-            kwargs.pop("pool", pool_name), settings=fast_settings(api_url), **kwargs
-        )
+        settings = kwargs.pop("settings", None) or fast_settings(api_url, state_dir)
+        with_healthcheck = kwargs.pop("with_healthcheck", False)
+        worker = ProcessWorker(kwargs.pop("pool", pool_name), settings=settings, **kwargs)
         async with worker, trio.open_nursery() as nursery:
-            await nursery.start(_start, worker)
+            await nursery.start(_start, worker, with_healthcheck)
             yield worker
             nursery.cancel_scope.cancel()
 
     return start
 
 
-async def _start(worker: ProcessWorker, *, task_status: trio.TaskStatus[None]) -> None:
+async def _start(
+    worker: ProcessWorker, with_healthcheck: bool, *, task_status: trio.TaskStatus[None]
+) -> None:
     started = False
 
     def printer(line: str) -> None:
@@ -62,4 +77,4 @@ async def _start(worker: ProcessWorker, *, task_status: trio.TaskStatus[None]) -
             started = True
             task_status.started()
 
-    await worker.start(printer=printer)
+    await worker.start(printer=printer, with_healthcheck=with_healthcheck)

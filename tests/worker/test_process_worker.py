@@ -160,7 +160,7 @@ async def test_two_workers_never_start_the_same_run(
 
 
 async def test_run_once_returns_after_its_runs_end(
-    api_url: str, client: PrefectClient, pool_name: str, tmp_path: Path
+    api_url: str, client: PrefectClient, pool_name: str, state_dir: Path
 ) -> None:
     from tests.worker.conftest import fast_settings
 
@@ -169,7 +169,7 @@ async def test_run_once_returns_after_its_runs_end(
     )
     runs = [await client.create_flow_run_from_deployment(deployment.id) for _ in range(3)]
     lines: list[str] = []
-    async with ProcessWorker(pool_name, settings=fast_settings(api_url)) as worker:
+    async with ProcessWorker(pool_name, settings=fast_settings(api_url, state_dir)) as worker:
         with trio.fail_after(30):
             await worker.start(run_once=True, printer=lines.append)
     assert lines == [f"Worker {worker.name!r} started!"]

@@ -131,6 +131,7 @@ class StartOptions:
     cancel_grace_seconds: float
     drain_timeout: float
     on_shutdown: Literal["crash", "reschedule"]
+    reconcile: Literal["adopt", "kill"]
 
 
 async def _serve(options: StartOptions, settings: Settings) -> None:
@@ -152,6 +153,7 @@ async def _serve(options: StartOptions, settings: Settings) -> None:
             settings=settings,
             cancel_grace_seconds=options.cancel_grace_seconds,
             on_shutdown=options.on_shutdown,
+            reconcile=options.reconcile,
         )
         async with worker:
             await nursery.start(
@@ -253,6 +255,14 @@ async def _start_embedded_api(nursery: trio.Nursery) -> str:
     "for another worker (only for flows safe to run twice).",
 )
 @click.option(
+    "--reconcile",
+    type=click.Choice(["adopt", "kill"]),
+    default="adopt",
+    show_default=True,
+    help="Runs an earlier worker of this name left running on this host: adopt them "
+    "(watch, cancel, report) or kill them.",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
@@ -274,6 +284,7 @@ def start(
     cancel_grace_seconds: float,
     drain_timeout: float,
     on_shutdown: Literal["crash", "reschedule"],
+    reconcile: Literal["adopt", "kill"],
     log_format: Literal["text", "json"],
 ) -> None:
     """Start a worker that runs the flow runs of a work pool."""
@@ -301,6 +312,7 @@ def start(
         cancel_grace_seconds=cancel_grace_seconds,
         drain_timeout=drain_timeout,
         on_shutdown=on_shutdown,
+        reconcile=reconcile,
     )
     configure_logging(log_format)
     run_async(_serve, options, get_settings())

@@ -1,0 +1,99 @@
+"""A worker's local record of the processes it started, kept across restarts.
+
+When a worker dies (SIGKILL, OOM, a host reboot of the worker's container),
+its flow-run processes may live on in their own process groups, and their
+runs are left PENDING or RUNNING. The next worker of the same name on the same
+host reads this record and reconciles each entry (``_reconcile.py``).
+
+One JSON file per worker name, rewritten atomically (write, fsync, rename)
+on every change, from a thread so the loop never blocks on the disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import attrs
+import platformdirs
+import trio
+
+__all__ = ["RunRecord", "RunRecords", "default_state_dir"]
+
+
+def default_state_dir() -> Path:
+    """The user's state directory for trio-worker (platform conventions)."""
+    return Path(platformdirs.user_state_dir("trio-worker"))
+
+
+@attrs.frozen
+class RunRecord:
+    """One process a worker started.
+
+    Attributes:
+        flow_run_id: the run the process belongs to.
+        pid: the process id (also its process-group id: it leads its session).
+        start_ticks: when the process started, in clock ticks since boot; a
+            different value for the same pid means the pid was reused.
+        started_at: ISO time the worker started it, for people reading the file.
+    """
+
+    flow_run_id: str
+    pid: int
+    start_ticks: int | None
+    started_at: str
+
+
+class RunRecords:
+    """The record file of one worker name; changes are serialised and atomic."""
+
+    def __init__(self, worker_name: str, directory: str | Path | None = None) -> None:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", worker_name)
+        self.path = Path(directory or default_state_dir()) / f"runs-{slug}.json"
+        self._records: dict[str, RunRecord] = {}
+        self._lock = trio.Lock()
+
+    async def load(self) -> list[RunRecord]:
+        """Read the records an earlier worker of this name left behind."""
+        data = await trio.to_thread.run_sync(self._read)
+        self._records = {r["flow_run_id"]: RunRecord(**r) for r in data}
+        return list(self._records.values())
+
+    def _read(self) -> list[dict[str, Any]]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            return []  # a torn file cannot happen with rename; a hand-edited one is ignored
+        return data if isinstance(data, list) else []
+
+    async def add(self, record: RunRecord) -> None:
+        """Record a started process."""
+        async with self._lock:
+            self._records[record.flow_run_id] = record
+            await self._save()
+
+    async def remove(self, flow_run_id: str) -> None:
+        """Forget a process that has been reaped (or reconciled)."""
+        async with self._lock:
+            if self._records.pop(flow_run_id, None) is not None:
+                await self._save()
+
+    async def _save(self) -> None:
+        snapshot = [attrs.asdict(r) for r in self._records.values()]
+        await trio.to_thread.run_sync(self._write, snapshot)
+
+    def _write(self, snapshot: list[dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        with temporary.open("w", encoding="utf-8") as file:
+            json.dump(snapshot, file)
+            file.flush()
+            os.fsync(file.fileno())
+        temporary.replace(self.path)
