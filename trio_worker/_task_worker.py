@@ -111,6 +111,7 @@ class TaskWorker:
             Prefect's ``PREFECT_TASKS_SCHEDULING_DELETE_FAILED_SUBMISSIONS`` does.
         status_server_port: serve ``/status``, ``/health``, ``/metrics`` on this
             port (0 = any free port; see :attr:`status_url`); None = no server.
+        client_backoff_seconds: first wait before retrying an API request (tests shrink it).
     """
 
     def __init__(
@@ -122,6 +123,7 @@ class TaskWorker:
         drain_timeout_seconds: float = DEFAULT_DRAIN_TIMEOUT_SECONDS,
         delete_failed_submissions: bool = False,
         status_server_port: int | None = None,
+        client_backoff_seconds: float = 1.0,
     ) -> None:
         if not tasks:
             raise ValueError("a TaskWorker needs at least one task to serve")
@@ -139,6 +141,7 @@ class TaskWorker:
         self.drain_timeout_seconds = drain_timeout_seconds
         self.delete_failed_submissions = delete_failed_submissions
         self.status_server_port = status_server_port
+        self.client_backoff_seconds = client_backoff_seconds
         self.client_id = f"{socket.gethostname()}-{os.getpid()}"
         #: task key -> {run id: when it started here}
         self.in_flight_task_runs: dict[str, dict[uuid.UUID, Any]] = {k: {} for k in self.tasks}
@@ -218,7 +221,9 @@ class TaskWorker:
             raise ConfigurationError("PREFECT_API_URL is not set; the task worker needs an API")
         self.started_at = now()
         logger.info("task worker %s serving %s", self.client_id, ", ".join(self.tasks))
-        async with PrefectClient(settings.api_url, settings=settings) as client:
+        async with PrefectClient(
+            settings.api_url, settings=settings, backoff_seconds=self.client_backoff_seconds
+        ) as client:
             self._client = client
             try:
                 async with trio.open_nursery() as services:
@@ -264,7 +269,7 @@ class TaskWorker:
     async def _on_socket(self, runs: trio.Nursery, ws: JsonWebSocket) -> None:
         keys = sorted(self.tasks)
         await ws.send_json({"type": "subscribe", "keys": keys, "client_id": self.client_id})
-        logger.debug("subscribed to %s as %s", keys, self.client_id)
+        logger.info("subscribed to %s as %s", ", ".join(keys), self.client_id)
         while True:
             try:
                 await runs.start(self._receive_and_run, ws)
