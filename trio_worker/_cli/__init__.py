@@ -22,6 +22,7 @@ def _register_commands() -> None:
     # Command modules attach themselves to ``main`` when imported; importing
     # them here, after ``main`` exists, keeps each family in its own module.
     from trio_worker._cli import _server  # noqa: F401
+    from trio_worker._cli import _start  # noqa: F401
     from trio_worker._cli import _task_worker  # noqa: F401
 
 
