@@ -126,18 +126,33 @@ class Child:
         raise AssertionError(f"no {fragment!r} in the worker's output:\n{self.output}")
 
 
-@asynccontextmanager
-async def child_worker(api_url: str, tmp_path: Path, *args: str) -> AsyncIterator[Child]:
-    (tmp_path / "holdtasks.py").write_text(HOLD_MODULE)
-    env = {
+def child_env(api_url: str, tmp_path: Path) -> dict[str, str]:
+    return {
         **clean_env(),
         "PREFECT_API_URL": api_url,
         "TRIO_WORKER_TASK_STORAGE": str(tmp_path / "store"),
         "PYTHONUNBUFFERED": "1",
     }
-    command = [sys.executable, "-m", "trio_worker", "task-worker", "serve", "holdtasks:hold", *args]
+
+
+@asynccontextmanager
+async def child_worker(
+    api_url: str,
+    tmp_path: Path,
+    *args: str,
+    command: list[str] | None = None,
+    cwd: Path | None = None,
+) -> AsyncIterator[Child]:
+    """A task worker subprocess, by default the CLI serving ``holdtasks:hold``."""
+    (tmp_path / "holdtasks.py").write_text(HOLD_MODULE)
+    if command is None:
+        command = [sys.executable, "-m", "trio_worker", "task-worker", "serve", "holdtasks:hold"]
     process = await trio.lowlevel.open_process(
-        command, env=env, cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+        [*command, *args],
+        env=child_env(api_url, tmp_path),
+        cwd=cwd or tmp_path,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
     )
     child = Child(process)
     try:
@@ -480,3 +495,21 @@ def test_worker_refuses_duplicate_keys_and_bad_limits() -> None:
         TaskWorker(add, Task(add.fn, key="tw-add"))
     with pytest.raises(ValueError, match="limit must be at least 1"):
         TaskWorker(add, limit=0)
+
+
+# -- the example in examples/task_worker ------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "task_worker"
+
+
+async def test_example_serve_and_submit_scripts(api_url: str, tmp_path: Path) -> None:
+    serve_script = [sys.executable, str(EXAMPLE / "serve.py"), "4"]
+    async with child_worker(api_url, tmp_path, command=serve_script, cwd=EXAMPLE):
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                [sys.executable, str(EXAMPLE / "submit.py")],
+                env=child_env(api_url, tmp_path),
+                cwd=EXAMPLE,
+                capture_stdout=True,
+            )
+    assert done.stdout.decode().splitlines() == ["add: 42", "slugify: hello-background-tasks"]
