@@ -43,6 +43,9 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(log_format: Literal["text", "json"], *, level: int = logging.INFO) -> None:
     """Send log records to stderr in ``log_format``, replacing earlier handlers."""
     handler = logging.StreamHandler(sys.stderr)
+    # Loggers below may be more verbose (the run logger feeds the API at
+    # INFO); what reaches the terminal is decided here.
+    handler.setLevel(level)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -375,6 +375,11 @@ class BaseWorker:
         self.last_api_error = f"{type(exc).__name__}: {exc}"
         self.metrics.api_errors.labels(type(exc).__name__).inc()
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the worker has stopped taking new runs (a drain has begun)."""
+        return self._stopping
+
     def stop_polling(self) -> None:
         """Take no new runs; runs in flight go on (the first step of a drain)."""
         self._stopping = True
