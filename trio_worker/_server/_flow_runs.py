@@ -83,6 +83,8 @@ _SORTS: Final = {
     "NEXT_SCHEDULED_START_TIME_ASC": "fr.next_scheduled_start_time ASC, fr.id",
     "END_TIME_DESC": "fr.end_time DESC, fr.id DESC",
 }
+_LAST_EVENT_KEY: Final = "_last_state_event_id"
+
 DEFAULT_FLOW_RUN_POLICY: Final[dict[str, Any]] = {
     "max_retries": 0,
     "retry_delay_seconds": 0.0,
@@ -400,7 +402,14 @@ def _write_state(
     at: datetime,
 ) -> None:
     run_id = row["id"]
-    tx.update("flow_runs", run_id, state_columns(row, state, at))
+    values = state_columns(row, state, at)
+    body = loads(row["body"])
+    # The previous state event, for the next one's ``follows`` (kept out of responses).
+    follows = body.get(_LAST_EVENT_KEY)
+    event_id = new_id()
+    body[_LAST_EVENT_KEY] = event_id
+    values["body"] = dumps(body)
+    tx.update("flow_runs", run_id, values)
     tx.execute(
         "INSERT INTO flow_run_states (id, flow_run_id, timestamp, body) VALUES (?, ?, ?, ?)",
         (state["id"], run_id, state["timestamp"], dumps(state)),
@@ -410,6 +419,7 @@ def _write_state(
     event = flow_run_state_event(
         run, initial=initial, validated=state, related=_related(tx, fresh), at=at
     )
+    event.update(id=event_id, follows=follows)
     store_event(tx, bus, event)
 
 
