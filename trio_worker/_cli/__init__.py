@@ -21,9 +21,15 @@ def main() -> None:
 def _register_commands() -> None:
     # Command modules attach themselves to ``main`` when imported; importing
     # them here, after ``main`` exists, keeps each family in its own module.
-    from trio_worker._cli import _server  # noqa: F401
-    from trio_worker._cli import _start  # noqa: F401
-    from trio_worker._cli import _task_worker  # noqa: F401
+    from trio_worker._cli import (  # noqa: F401
+        _demo,
+        _deployment,
+        _flow_run,
+        _server,
+        _start,
+        _task_worker,
+        _work_pool,
+    )
 
 
 _register_commands()
