@@ -47,3 +47,32 @@ from trio_worker._exceptions import (
 )
 from trio_worker._settings import Settings as Settings
 from trio_worker._version import __version__ as __version__
+
+__all__ = [
+    "APIError",
+    "BadRequestError",
+    "ConfigurationError",
+    "ConflictError",
+    "InfrastructureError",
+    "JobVariableError",
+    "ModelError",
+    "NotFoundError",
+    "PrefectClient",
+    "ServerUnavailableError",
+    "Settings",
+    "TemplateError",
+    "TrioWorkerError",
+    "UnauthorizedError",
+    "WorkerTypeNotFoundError",
+    "__version__",
+]
+
+# Show the public name in reprs and tracebacks: ``trio_worker.NotFoundError``,
+# not ``trio_worker._exceptions.NotFoundError`` (as httpx does). Only for names
+# exported here: models keep their module, because their string annotations
+# are resolved in it.
+__locals = locals()
+for __name in __all__:
+    if not __name.startswith("__"):
+        __locals[__name].__module__ = "trio_worker"
+del __locals, __name

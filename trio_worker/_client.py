@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
+import attrs
 import httpx
 
 from trio_worker._converter import structure, unstructure
@@ -104,8 +105,19 @@ def _json_ready(value: Any) -> Any:
     return unstructure(value)
 
 
-def _state_body(state: State) -> dict[str, Any]:
-    details = {k: v for k, v in unstructure(state.state_details).items() if v is not None}
+def _state_body(
+    state: State,
+    *,
+    flow_run_id: uuid.UUID | None = None,
+    task_run_id: uuid.UUID | None = None,
+) -> dict[str, Any]:
+    """A ``StateCreate`` body; like Prefect, name the run in ``state_details``."""
+    state_details = state.state_details
+    if flow_run_id is not None and state_details.flow_run_id is None:
+        state_details = attrs.evolve(state_details, flow_run_id=flow_run_id)
+    if task_run_id is not None and state_details.task_run_id is None:
+        state_details = attrs.evolve(state_details, task_run_id=task_run_id)
+    details = {k: v for k, v in unstructure(state_details).items() if v is not None}
     return {
         "type": state.type.value,
         "name": state.name,
@@ -224,7 +236,18 @@ class PrefectClient:
             raise _error_for(response)
         if not response.content:
             return None
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:
+            url = str(response.request.url.copy_with(query=None))
+            raise APIError(
+                f"{method} {url} answered {response.status_code} with a body that is not JSON: "
+                f"{response.text[:200]!r}",
+                method=method,
+                url=url,
+                status_code=response.status_code,
+                detail=response.text[:500],
+            ) from None
 
     async def _get(self, path: str, cls: type[T]) -> T:
         return structure(await self.request("GET", path), cls)
@@ -416,7 +439,7 @@ class PrefectClient:
 
         ABORT and REJECT are answers, not errors: read ``result.status``.
         """
-        body = {"state": _state_body(state), "force": force}
+        body = {"state": _state_body(state, flow_run_id=flow_run_id), "force": force}
         data = await self.request("POST", f"flow_runs/{flow_run_id}/set_state", json_body=body)
         return structure(data, OrchestrationResult)
 
@@ -485,7 +508,7 @@ class PrefectClient:
         self, task_run_id: uuid.UUID, state: State, *, force: bool = False
     ) -> OrchestrationResult:
         """Propose ``state`` for a task run."""
-        body = {"state": _state_body(state), "force": force}
+        body = {"state": _state_body(state, task_run_id=task_run_id), "force": force}
         data = await self.request("POST", f"task_runs/{task_run_id}/set_state", json_body=body)
         return structure(data, OrchestrationResult)
 

@@ -11,10 +11,15 @@ ISO datetimes with an offset and UUIDs as strings.
 from __future__ import annotations
 
 import datetime as dt
+import typing
 import uuid
+from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar
 
+import attrs
 import cattrs
+import cattrs.cols
+import cattrs.gen
 
 from trio_worker._exceptions import ModelError
 
@@ -46,10 +51,32 @@ def _structure_uuid(value: Any, _: type) -> uuid.UUID:
         raise ValueError(f"{value!r} is not a UUID") from None
 
 
+def _structure_bool(value: Any, _: type) -> bool:
+    # cattrs' default is bool(value), which reads the string "false" as True.
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"{_short(value)} is not a boolean")
+
+
 def _unstructure_datetime(value: dt.datetime) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
     return value.isoformat()
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut short: messages name the value, not a whole document."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _type_name(type_: Any) -> str:
+    """``list[Log]`` rather than ``list`` or ``list[trio_worker._models.Log]``."""
+    origin = typing.get_origin(type_)
+    if origin is None:
+        return str(getattr(type_, "__name__", type_))
+    args = ", ".join(_type_name(arg) for arg in typing.get_args(type_))
+    return f"{_type_name(origin)}[{args}]"
 
 
 def _describe(exc: BaseException, type_: Any) -> str:
@@ -58,14 +85,68 @@ def _describe(exc: BaseException, type_: Any) -> str:
         return "required field missing"
     if isinstance(exc, ValueError | TypeError) and str(exc):
         return str(exc)
-    name = getattr(type_, "__name__", str(type_))
-    return f"invalid value, expected {name}"
+    return f"invalid value, expected {_type_name(type_)}"
+
+
+_Hook = Callable[[Any, Any], Any]
+
+
+def _guard(
+    inner: _Hook, accepts: Callable[[Any], bool], expected: str
+) -> Callable[[Any, Any], Any]:
+    """Refuse a value of the wrong JSON shape before cattrs iterates over it.
+
+    Without this a string where a list belongs becomes a list of characters,
+    and a list where an object belongs fails with an error about indices.
+    """
+
+    def structure_checked(value: Any, type_: Any) -> Any:
+        if not accepts(value):
+            raise ValueError(f"{_short(value)} is not {expected}")
+        return inner(value, type_)
+
+    return structure_checked
+
+
+def _is_object(value: Any) -> bool:
+    return isinstance(value, Mapping)
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, list | tuple)
+
+
+def _is_list_type(type_: Any) -> bool:
+    return typing.get_origin(type_) is list
+
+
+def _is_dict_type(type_: Any) -> bool:
+    return typing.get_origin(type_) is dict
 
 
 def configure_converter(converter: cattrs.Converter) -> None:
-    """Install the datetime and UUID hooks the API's JSON needs."""
+    """Install the hooks the API's JSON needs: datetimes, UUIDs, strict shapes."""
     converter.register_structure_hook(dt.datetime, _structure_datetime)
     converter.register_structure_hook(uuid.UUID, _structure_uuid)
+    converter.register_structure_hook(bool, _structure_bool)
+    converter.register_structure_hook_factory(
+        attrs.has,
+        lambda cls: _guard(
+            cattrs.gen.make_dict_structure_fn(cls, converter), _is_object, "a JSON object"
+        ),
+    )
+    converter.register_structure_hook_factory(
+        _is_list_type,
+        lambda type_: _guard(
+            cattrs.cols.list_structure_factory(type_, converter), _is_array, "a JSON array"
+        ),
+    )
+    converter.register_structure_hook_factory(
+        _is_dict_type,
+        lambda type_: _guard(
+            cattrs.cols.mapping_structure_factory(type_, converter), _is_object, "a JSON object"
+        ),
+    )
     converter.register_unstructure_hook(dt.datetime, _unstructure_datetime)
     converter.register_unstructure_hook(uuid.UUID, str)
 
@@ -93,9 +174,8 @@ def structure(data: Any, cls: type[T]) -> T:
         if isinstance(exc, cattrs.BaseValidationError):
             problems = "; ".join(cattrs.transform_error(exc, path="$", format_exception=_describe))
         else:
-            problems = str(exc)
-        name = getattr(cls, "__name__", str(cls))
-        raise ModelError(f"API JSON does not fit {name}: {problems}") from exc
+            problems = f"{_describe(exc, cls)} @ $"
+        raise ModelError(f"API JSON does not fit {_type_name(cls)}: {problems}") from exc
 
 
 def unstructure(value: Any) -> Any:

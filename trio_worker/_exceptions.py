@@ -68,7 +68,7 @@ class ModelError(TrioWorkerError, ValueError):
     """JSON from the API (or a file) does not fit the model it should.
 
     The message names the field path and the value, e.g.
-    ``invalid value for type, expected StateType @ $.state.type``.
+    ``'BOGUS' is not a valid StateType @ $.state.type``.
     """
 
 

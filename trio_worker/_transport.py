@@ -11,6 +11,7 @@ wrong ``PREFECT_API_URL`` fails fast at start-up instead of after a minute.
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import logging
 import random
@@ -31,7 +32,10 @@ JITTER_FACTOR: Final = 0.2
 
 
 def _retry_after_seconds(response: httpx.Response) -> float | None:
-    """Read ``Retry-After`` as seconds (it may be a number or an HTTP date)."""
+    """Read ``Retry-After`` as seconds (it may be a number or an HTTP date).
+
+    A value that is neither gives None: the usual backoff applies.
+    """
     value = response.headers.get("Retry-After")
     if value is None:
         return None
@@ -39,9 +43,12 @@ def _retry_after_seconds(response: httpx.Response) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
-    parsed = email.utils.parsedate_to_datetime(value) if value else None
-    if parsed is None:
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
         return None
+    if parsed.tzinfo is None:  # "-0000": UTC, per RFC 5322
+        parsed = parsed.replace(tzinfo=dt.UTC)
     return max(0.0, parsed.timestamp() - time.time())
 
 
@@ -82,6 +89,10 @@ class RetryTransport(httpx.AsyncBaseTransport):
         while True:
             try:
                 response = await self._wrapped.handle_async_request(request)
+                # Read the body here, inside the retry loop: a connection that
+                # drops mid-body is as transient as one that drops before the
+                # status line. (The client never streams responses.)
+                await response.aread()
             except httpx.TransportError as exc:
                 retryable = self._connected_once or not isinstance(exc, httpx.ConnectError)
                 if not retryable or attempt >= self._max_retries:
@@ -101,7 +112,6 @@ class RetryTransport(httpx.AsyncBaseTransport):
                 if response.status_code not in RETRY_STATUS_CODES or attempt >= self._max_retries:
                     return response
                 delay = self._delay(attempt, response)
-                await response.aread()
                 await response.aclose()
                 logger.info(
                     "%s %s answered %d; retry %d of %d in %.1f s",
