@@ -1,0 +1,78 @@
+"""``trio-worker demo``: one command shows every outcome and exits 0 when all went as meant."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import trio
+
+from tests.helpers import clean_env
+from trio_worker._cli._demo import plan_outcomes
+
+
+def test_plan_has_every_outcome_and_always_one_completion() -> None:
+    assert set(plan_outcomes(20)) == {"complete", "fail", "crash", "cancel"}
+    assert plan_outcomes(1) == ["complete"]
+    assert len(plan_outcomes(37)) == 37
+
+
+async def test_demo_runs_every_outcome_as_intended(tmp_path: object) -> None:
+    result = await trio.run_process(
+        [
+            sys.executable,
+            "-m",
+            "trio_worker",
+            "demo",
+            "--runs",
+            "10",
+            "--limit",
+            "4",
+            "--seconds",
+            "0.2",
+        ],
+        env=clean_env(),
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    out = result.stdout.decode()
+    assert result.returncode == 0, out + result.stderr.decode()
+    assert "10 of 10 runs ended as intended." in out
+    for state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        assert state in out
+    assert "Try next:" in out
+
+
+async def test_ctrl_c_drains_and_still_prints_the_summary() -> None:
+    process = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "trio_worker",
+            "demo",
+            "--runs",
+            "6",
+            "--limit",
+            "2",
+            "--seconds",
+            "30",
+        ],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    seen = b""
+    with trio.fail_after(30):
+        while b"starting a worker" not in seen:
+            seen += await process.stdout.receive_some(4096)
+        process.send_signal(signal.SIGINT)
+        async for chunk in process.stdout:
+            seen += chunk
+        code = await process.wait()
+    out = seen.decode()
+    assert code == 1
+    assert "Interrupted: draining the worker" in out
+    assert "runs ended as intended." in out
