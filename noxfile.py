@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
 import nox
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.error_on_missing_interpreters = True
@@ -35,3 +47,154 @@ def typecheck(session: nox.Session) -> None:
     """Type-check the package with mypy --strict."""
     _install_dev(session)
     session.run("mypy", "--strict", "trio_worker")
+
+
+# -- nox -s prefect --------------------------------------------------------------------------
+#
+# Prefect 3.9.x pins a certifi newer than the package index here offers, so it is
+# installed --no-deps plus its other requirements (certifi unpinned); 3.8.8 installs
+# normally. The newest version also refreshes the contract data on request.
+PREFECT_VERSIONS = ["3.8.8", "3.9.1"]
+PREFECT_NO_DEPS = {"3.9.1": {"certifi"}}
+PREFECT_CONTRACT_VERSION = "3.9.1"
+SERVER_START_SECONDS = 120.0
+
+
+def _install_prefect(session: nox.Session, version: str) -> None:
+    unpinned = PREFECT_NO_DEPS.get(version)
+    if unpinned is None:
+        session.install(f"prefect=={version}")
+        return
+    session.install("--no-deps", f"prefect=={version}")
+    listed = session.run(
+        "python",
+        "-c",
+        "import importlib.metadata as m, json; print(json.dumps(m.requires('prefect')))",
+        silent=True,
+    )
+    requirements = []
+    for raw in json.loads(str(listed).strip().splitlines()[-1]):
+        requirement = Requirement(raw)
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        requirement.marker = None
+        if requirement.name in unpinned:
+            requirement.specifier = SpecifierSet()
+        requirements.append(str(requirement))
+    session.install(*requirements)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_health(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_SECONDS
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(
+                f"prefect server exited with {server.returncode}:\n{log.read_text()}"
+            )
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(
+        f"prefect server not healthy after {SERVER_START_SECONDS} s:\n{log.read_text()}"
+    )
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            server.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@nox.session(python=PYTHON, default=False)
+@nox.parametrize("prefect", PREFECT_VERSIONS)
+def prefect(session: nox.Session, prefect: str) -> None:
+    """Run the interop suite against a real Prefect server (`-- --refresh-contract` saves its
+    responses to tests/data/prefect_contract/; other args go to pytest)."""
+    started = time.monotonic()
+    _install_prefect(session, prefect)
+    _install_dev(session)
+    session.log(
+        f"installed Prefect {prefect} and trio-worker in {time.monotonic() - started:.0f} s"
+    )
+    args = list(session.posargs)
+    refresh = "--refresh-contract" in args
+    args = [a for a in args if a != "--refresh-contract"] or ["tests/interop"]
+    with tempfile.TemporaryDirectory(prefix="trio-worker-prefect-") as tmp:
+        home = Path(tmp)
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}/api"
+        server_env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+            "PREFECT_HOME": str(home / "server"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",
+        }
+        log = home / "server.log"
+        prefect_bin = str(Path(str(session.bin)) / "prefect")
+        with log.open("wb") as out:
+            server = subprocess.Popen(
+                [prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                env=server_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        try:
+            _wait_for_health(url, server, log)
+            session.log(
+                f"prefect server {prefect} healthy at {url} ({time.monotonic() - started:.0f} s)"
+            )
+            env = {
+                "PREFECT_API_URL": url,
+                "PREFECT_HOME": str(home / "client"),
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            }
+            if refresh and prefect == PREFECT_CONTRACT_VERSION:
+                env["TRIO_WORKER_REFRESH_CONTRACT"] = "1"
+            session.run("pytest", "-m", "prefect", f"--api={url}", *args, env=env)
+        finally:
+            _stop(server)
+            if server.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL, None):
+                session.warn(f"prefect server exited with {server.returncode}")
+
+
+#: The Prefect release the benchmark compares against (3.9.x needs --no-deps here, see
+#: ../shared/prefect-api-subset.md). FastAPI >= 0.155 removed ``min_items``, which
+#: Prefect 3.8.8's server still passes to ``Body()``, so it is pinned below that.
+BENCH_PREFECT = ("prefect==3.8.8", "fastapi<0.155")
+
+
+@nox.session(python=PYTHON, default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmark trio-worker against Prefect's worker (driver flags after --, e.g. --quick)."""
+    session.install("-e", ".")
+    args = list(session.posargs)
+    try:
+        session.install(*BENCH_PREFECT, silent=True)
+    except Exception:  # nox raises its own failure type; any failure means "no Prefect"
+        session.warn(
+            f"could not install {' '.join(BENCH_PREFECT)}: the Prefect half of the benchmark"
+            " is skipped (trio-worker alone is measured)"
+        )
+        if "--prefect" in args:
+            session.error("--prefect needs Prefect, which could not be installed")
+        args += ["--workers", "trio"]
+    session.run("python", "benchmarks/bench_worker.py", *args)

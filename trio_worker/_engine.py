@@ -300,6 +300,11 @@ async def _execute(client: PrefectClient, flow_run_id: uuid.UUID) -> int | _Hand
         # handlers or otherwise expect it. Imports are short; the loop can wait.
         fn = load_entrypoint(entrypoint, search_dirs=search_dirs)
     except EntrypointError as exc:
+        if deployment.pull_steps and prefect_available():
+            # Prefect deployments (e.g. ``flow.from_source(...).deploy()``) put their
+            # code in place with pull steps, which prefect.engine runs and we do not.
+            logger.info("Entrypoint %r needs the deployment's pull steps: handing over", entrypoint)
+            return _Handover(run.id)
         return await _fail_to_load(client, run, f"Could not load entrypoint {entrypoint!r}: {exc}")
     except Exception as exc:
         logger.exception("Importing entrypoint %r raised", entrypoint)
