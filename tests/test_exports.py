@@ -32,9 +32,14 @@ def test_exports_report_the_public_module() -> None:
         value = getattr(trio_worker, name)
         if name in INCLUDED_PRIVATE_MEMBERS:
             continue
+        if name in trio_worker._STRUCTURED:
+            # Structured from JSON: their string annotations resolve in their own module.
+            assert value.__module__.startswith("trio_worker._"), name
+            continue
         assert value.__module__ == "trio_worker", name
         assert value.__qualname__ == name
-        assert repr(value) == f"<class 'trio_worker.{name}'>"
+        if isinstance(value, type):
+            assert repr(value) == f"<class 'trio_worker.{name}'>"
 
 
 def test_version_is_a_string() -> None:

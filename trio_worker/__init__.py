@@ -45,12 +45,32 @@ from trio_worker._exceptions import (
 from trio_worker._exceptions import (
     WorkerTypeNotFoundError as WorkerTypeNotFoundError,
 )
+from trio_worker._jobs import BaseJobConfiguration as BaseJobConfiguration
+from trio_worker._jobs import BaseVariables as BaseVariables
+from trio_worker._process import ProcessWorker as ProcessWorker
+from trio_worker._process_config import ProcessJobConfiguration as ProcessJobConfiguration
+from trio_worker._process_config import ProcessVariables as ProcessVariables
 from trio_worker._settings import Settings as Settings
+from trio_worker._task_worker import StopTaskWorker as StopTaskWorker
+from trio_worker._task_worker import TaskWorker as TaskWorker
+from trio_worker._task_worker import serve as serve
+from trio_worker._tasks import Task as Task
+from trio_worker._tasks import TaskRunFailedError as TaskRunFailedError
+from trio_worker._tasks import TaskRunHandle as TaskRunHandle
+from trio_worker._tasks import TaskRunTimeoutError as TaskRunTimeoutError
+from trio_worker._tasks import task as task
 from trio_worker._version import __version__ as __version__
+from trio_worker._worker import BaseWorker as BaseWorker
+from trio_worker._worker import BaseWorkerResult as BaseWorkerResult
+from trio_worker._worker import WorkerStatistics as WorkerStatistics
 
 __all__ = [
     "APIError",
     "BadRequestError",
+    "BaseJobConfiguration",
+    "BaseVariables",
+    "BaseWorker",
+    "BaseWorkerResult",
     "ConfigurationError",
     "ConflictError",
     "InfrastructureError",
@@ -58,21 +78,43 @@ __all__ = [
     "ModelError",
     "NotFoundError",
     "PrefectClient",
+    "ProcessJobConfiguration",
+    "ProcessVariables",
+    "ProcessWorker",
     "ServerUnavailableError",
     "Settings",
+    "StopTaskWorker",
+    "Task",
+    "TaskRunFailedError",
+    "TaskRunHandle",
+    "TaskRunTimeoutError",
+    "TaskWorker",
     "TemplateError",
     "TrioWorkerError",
     "UnauthorizedError",
+    "WorkerStatistics",
     "WorkerTypeNotFoundError",
     "__version__",
+    "serve",
+    "task",
 ]
 
 # Show the public name in reprs and tracebacks: ``trio_worker.NotFoundError``,
 # not ``trio_worker._exceptions.NotFoundError`` (as httpx does). Only for names
-# exported here: models keep their module, because their string annotations
-# are resolved in it.
+# exported here: attrs classes that are structured from JSON (models, job
+# configurations, statistics) keep their module, because their string
+# annotations are resolved in it.
+_STRUCTURED = {
+    "BaseJobConfiguration",
+    "BaseVariables",
+    "BaseWorkerResult",
+    "ProcessJobConfiguration",
+    "ProcessVariables",
+    "Settings",
+    "WorkerStatistics",
+}
 __locals = locals()
 for __name in __all__:
-    if not __name.startswith("__"):
+    if not __name.startswith("__") and __name not in _STRUCTURED:
         __locals[__name].__module__ = "trio_worker"
 del __locals, __name
