@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import time
 import uuid
+import weakref
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -50,6 +51,11 @@ REPORT_TIMEOUT_SECONDS: Final = 10.0
 #: Deployments are read at most this often per id, so a burst of runs of one
 #: deployment costs one read.
 DEPLOYMENT_CACHE_SECONDS: Final = 5.0
+#: Per worker, the locks that make concurrent submissions of one deployment
+#: read it (and its flow) once instead of once per run.
+_READ_LOCKS: weakref.WeakKeyDictionary[BaseWorker, dict[tuple[str, uuid.UUID], trio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _log(worker: BaseWorker, flow_run: FlowRun, level: int, message: str, *args: object) -> None:
@@ -335,23 +341,34 @@ async def _configure(worker: BaseWorker, flow_run: FlowRun) -> tuple[Any, dict[s
     return prepared, values
 
 
+def _read_lock(worker: BaseWorker, key: tuple[str, uuid.UUID]) -> trio.Lock:
+    """One lock per cached object, so runs submitted together share one read of it."""
+    locks = _READ_LOCKS.setdefault(worker, {})
+    lock = locks.get(key)
+    if lock is None:
+        lock = locks[key] = trio.Lock()
+    return lock
+
+
 async def _read_deployment(worker: BaseWorker, deployment_id: uuid.UUID) -> Deployment:
-    cached = worker.deployment_cache.get(deployment_id)
-    if cached is not None and time.monotonic() - cached[0] < DEPLOYMENT_CACHE_SECONDS:
-        return cached[1]
-    deployment = await worker.client.read_deployment(deployment_id)
-    worker.deployment_cache[deployment_id] = (time.monotonic(), deployment)
-    return deployment
+    async with _read_lock(worker, ("deployment", deployment_id)):
+        cached = worker.deployment_cache.get(deployment_id)
+        if cached is not None and time.monotonic() - cached[0] < DEPLOYMENT_CACHE_SECONDS:
+            return cached[1]
+        deployment = await worker.client.read_deployment(deployment_id)
+        worker.deployment_cache[deployment_id] = (time.monotonic(), deployment)
+        return deployment
 
 
 async def _read_flow(worker: BaseWorker, flow_id: uuid.UUID) -> Flow | None:
     cache = worker.flow_cache
-    if flow_id not in cache:
-        try:
-            cache[flow_id] = await worker.client.read_flow(flow_id)
-        except NotFoundError:
-            return None
-    return cache[flow_id]
+    async with _read_lock(worker, ("flow", flow_id)):
+        if flow_id not in cache:
+            try:
+                cache[flow_id] = await worker.client.read_flow(flow_id)
+            except NotFoundError:
+                return None
+        return cache[flow_id]
 
 
 async def _crash(worker: BaseWorker, flow_run: FlowRun, message: str) -> None:
