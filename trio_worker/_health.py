@@ -80,8 +80,10 @@ async def serve_health(
     config.errorlog = logger
     try:
         await serve(create_health_app(worker), config, task_status=task_status)  # type: ignore[arg-type]
-    except OSError as exc:
+    except* OSError as group:
+        # hypercorn binds inside its own nursery, so the error arrives grouped.
+        reason = getattr(group.exceptions[0], "strerror", None) or str(group.exceptions[0])
         raise ConfigurationError(
-            f"cannot serve health checks on {host}:{port}: {exc.strerror}; "
+            f"cannot serve health checks on {host}:{port}: {reason}; "
             "set PREFECT_WORKER_WEBSERVER_PORT to a free port"
         ) from None

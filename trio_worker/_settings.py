@@ -30,6 +30,7 @@ DEFAULT_REQUEST_TIMEOUT_SECONDS: Final = 60.0
 DEFAULT_MAX_RETRIES: Final = 5
 DEFAULT_WEBSERVER_HOST: Final = "127.0.0.1"
 DEFAULT_WEBSERVER_PORT: Final = 8080
+DEFAULT_EMBEDDED_API_PORT: Final = 4200
 
 
 def _env(name: str, help: str) -> dict[str, str]:
@@ -70,6 +71,13 @@ def _parse_int(text: str) -> int:
         return int(text)
     except ValueError:
         raise ValueError("is not a whole number") from None
+
+
+def _parse_non_negative_int(text: str) -> int:
+    value = _parse_int(text)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
 
 
 def _parse_port(text: str) -> int:
@@ -158,6 +166,14 @@ class Settings:
         default=DEFAULT_WEBSERVER_PORT,
         metadata=_env("PREFECT_WORKER_WEBSERVER_PORT", "Port of the health server."),
     )
+    embedded_api_port: int = attrs.field(
+        default=DEFAULT_EMBEDDED_API_PORT,
+        metadata=_env(
+            "TRIO_WORKER_API_PORT",
+            "Port of the embedded API that `trio-worker start` serves when PREFECT_API_URL "
+            "is unset (0 = any free port).",
+        ),
+    )
     state_dir: str | None = attrs.field(
         default=None,
         metadata=_env(
@@ -205,11 +221,12 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "api_request_timeout": _parse_positive_float,
     "tls_insecure_skip_verify": _parse_bool,
     "ssl_cert_file": _parse_optional_str,
-    "max_retries": _parse_int,
+    "max_retries": _parse_non_negative_int,
     "query_seconds": _parse_positive_float,
     "heartbeat_seconds": _parse_positive_float,
     "prefetch_seconds": _parse_non_negative_float,
     "webserver_host": str,
     "webserver_port": _parse_port,
     "state_dir": _parse_optional_str,
+    "embedded_api_port": _parse_port,
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -73,7 +74,17 @@ async def test_custom_type_from_an_entry_point_runs_a_flow_run(
         deployment = await make_deployment(client, "echo-pool", job_variables={"command": "true"})
         run = await client.create_flow_run_from_deployment(deployment.id)
         result = await trio.run_process(
-            [sys.executable, "-m", "trio_worker", "start", "-p", "echo-pool", "--run-once"],
+            [
+                sys.executable,
+                "-m",
+                "trio_worker",
+                "start",
+                "-p",
+                "echo-pool",
+                "-t",
+                "echo",
+                "--run-once",
+            ],
             env=env,
             capture_stdout=True,
             capture_stderr=True,
@@ -112,3 +123,48 @@ async def test_sigterm_stops_the_worker_cleanly(api_url: str) -> None:
     out = (await process.stdout.receive_some(65536)).decode()
     assert code == 0
     assert "Worker 'sig' started!" in out and "Worker 'sig' stopped!" in out
+
+
+async def test_health_port_in_use_is_one_line(api_url: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {
+            **clean_env(),
+            "PREFECT_API_URL": api_url,
+            "PREFECT_WORKER_WEBSERVER_PORT": str(port),
+        }
+        result = await trio.run_process(
+            [sys.executable, "-m", "trio_worker", "start", "-p", "hp", "--with-healthcheck"],
+            env=env,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr.decode()
+    assert f"127.0.0.1:{port}" in lines[-1]
+    assert "PREFECT_WORKER_WEBSERVER_PORT" in lines[-1]
+
+
+async def test_without_an_api_url_the_worker_serves_the_embedded_api(tmp_path: Path) -> None:
+    env = {
+        **clean_env(),
+        "TRIO_WORKER_DB": str(tmp_path / "api.db"),
+        "TRIO_WORKER_API_PORT": "0",
+        "TRIO_WORKER_STATE_DIR": str(tmp_path / "state"),
+    }
+    result = await trio.run_process(
+        [sys.executable, "-m", "trio_worker", "start", "-p", "solo", "--run-once"],
+        env=env,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    assert "serving the embedded API at http://127.0.0.1:" in out
+    assert "Worker" in out
+    assert "stopped!" in out

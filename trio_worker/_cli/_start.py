@@ -34,8 +34,6 @@ __all__ = ["start"]
 
 logger = logging.getLogger("trio_worker.cli")
 
-EMBEDDED_API_PORT = 4200
-
 
 def _read_base_job_template(path: str | None) -> dict[str, Any] | None:
     if path is None:
@@ -138,7 +136,7 @@ async def _serve(options: StartOptions, settings: Settings) -> None:
     async with trio.open_nursery() as nursery:
         api_url = settings.api_url
         if not api_url:
-            api_url = await _start_embedded_api(nursery)
+            api_url = await _start_embedded_api(nursery, settings.embedded_api_port)
             settings = attrs.evolve(settings, api_url=api_url)
         type_name = options.type or await _pool_type(settings, api_url, options.pool) or "process"
         worker_cls = _resolve_worker_class(type_name, options.install_policy)
@@ -170,10 +168,10 @@ async def _serve(options: StartOptions, settings: Settings) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def _start_embedded_api(nursery: trio.Nursery) -> str:
-    """Use the API on the default port if one answers, else serve one in this nursery."""
-    url = f"http://127.0.0.1:{EMBEDDED_API_PORT}/api"
-    if await _existing_api(url):
+async def _start_embedded_api(nursery: trio.Nursery, port: int) -> str:
+    """Use the API on ``port`` if one answers there, else serve one in this nursery."""
+    url = f"http://127.0.0.1:{port}/api"
+    if port and await _existing_api(url):
         click.echo(f"PREFECT_API_URL is not set; using the API already running at {url}")
         return url
     from trio_worker._cli._server import default_db_path
@@ -181,13 +179,11 @@ async def _start_embedded_api(nursery: trio.Nursery) -> str:
 
     db_path = default_db_path()
     try:
-        api_url: str = await nursery.start(
-            functools.partial(serve_api, port=EMBEDDED_API_PORT, db_path=db_path)
-        )
+        api_url: str = await nursery.start(functools.partial(serve_api, port=port, db_path=db_path))
     except OSError as exc:
         raise ConfigurationError(
-            f"cannot serve the embedded API on port {EMBEDDED_API_PORT}: {exc.strerror}; "
-            "set PREFECT_API_URL to the API to use"
+            f"cannot serve the embedded API on port {port}: {exc.strerror}; "
+            "set PREFECT_API_URL to the API to use, or TRIO_WORKER_API_PORT to a free port"
         ) from None
     click.echo(
         f"PREFECT_API_URL is not set; serving the embedded API at {api_url} (database {db_path})"
