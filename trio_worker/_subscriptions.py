@@ -212,6 +212,7 @@ async def serve_subscription(
     initial_backoff_seconds: float = DEFAULT_INITIAL_BACKOFF_SECONDS,
     max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_SECONDS,
     on_connected: Callable[[bool], None] | None = None,
+    log_outages: bool = True,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Keep a subscription alive, calling ``handler`` on every new connection.
@@ -232,6 +233,8 @@ async def serve_subscription(
         initial_backoff_seconds: first wait after a failure; doubles up to ``max_backoff_seconds``.
         max_backoff_seconds: the longest wait between attempts.
         on_connected: told True when a connection is authenticated, False when it drops.
+        log_outages: False logs outages at debug level only (for the extra
+            connections of a caller that already reports on its first one).
         task_status: for ``nursery.start``.
 
     Raises:
@@ -246,7 +249,7 @@ async def serve_subscription(
                 api_url, path, token=token, ssl_context=ssl_context
             ) as socket:
                 attempt = 0
-                if outage_started is not None:
+                if outage_started is not None and log_outages:
                     logger.info(
                         "reconnected to %s after %.1f s",
                         socket.url,
@@ -265,7 +268,8 @@ async def serve_subscription(
                 on_connected(False)
             if outage_started is None:
                 outage_started = trio.current_time()
-                logger.warning("lost %s (%s); reconnecting with backoff", path, exc)
+                level = logging.WARNING if log_outages else logging.DEBUG
+                logger.log(level, "lost %s (%s); reconnecting with backoff", path, exc)
             else:
                 logger.debug("still cannot reach %s: %s", path, exc)
         await trio.sleep(

@@ -72,6 +72,7 @@ logger = logging.getLogger("trio_worker.task_worker")
 SUBSCRIPTION_PATH: Final = "task_runs/subscriptions/scheduled"
 DEFAULT_LIMIT: Final = 10
 DEFAULT_DRAIN_TIMEOUT_SECONDS: Final = 30.0
+DEFAULT_LANES: Final = 4
 HANDOFF_TIMEOUT_SECONDS: Final = 15.0  # PENDING + ack, shielded from a stop
 REPORT_TIMEOUT_SECONDS: Final = 10.0  # a final state after cancellation
 ACK: Final = {"type": "ack"}
@@ -112,6 +113,8 @@ class TaskWorker:
         status_server_port: serve ``/status``, ``/health``, ``/metrics`` on this
             port (0 = any free port; see :attr:`status_url`); None = no server.
         client_backoff_seconds: first wait before retrying an API request (tests shrink it).
+        lanes: parallel subscriptions (default ``min(limit, 4)``); more lanes, more
+            handoffs per second, but each can hold one un-acked run while all slots are busy.
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class TaskWorker:
         delete_failed_submissions: bool = False,
         status_server_port: int | None = None,
         client_backoff_seconds: float = 1.0,
+        lanes: int | None = None,
     ) -> None:
         if not tasks:
             raise ValueError("a TaskWorker needs at least one task to serve")
@@ -150,7 +154,12 @@ class TaskWorker:
         #: (task key, final state type) -> count, for /metrics
         self.outcomes: Counter[tuple[str, str]] = Counter()
         self.started_at: Any = None
-        self.connected = False
+        # The API sends a subscriber its next run only after the last ack, and we
+        # ack only after PENDING is recorded: one connection is one handoff per
+        # round trip. A few connections ("lanes") hand off in parallel; each may
+        # hold one un-acked run while the worker is full, so never more than limit.
+        self.lanes = lanes if lanes is not None else min(limit or DEFAULT_LANES, DEFAULT_LANES)
+        self._connected_lanes: set[int] = set()
         self.status_url: str | None = None
         tokens = math.inf if limit is None else limit
         self._limiter = trio.CapacityLimiter(tokens)
@@ -250,21 +259,35 @@ class TaskWorker:
                     self._subscription_scope = scope
                     if self._stopping:
                         scope.cancel()
-                    await serve_subscription(
-                        settings.api_url,
-                        SUBSCRIPTION_PATH,
-                        functools.partial(self._on_socket, runs),
-                        token=websocket_token(settings),
-                        on_connected=self._set_connected,
-                        task_status=task_status,
-                    )
+                    async with trio.open_nursery() as lanes:
+                        for lane in range(self.lanes):
+                            await lanes.start(
+                                functools.partial(
+                                    serve_subscription,
+                                    settings.api_url,
+                                    SUBSCRIPTION_PATH,
+                                    functools.partial(self._on_socket, runs),
+                                    token=websocket_token(settings),
+                                    on_connected=functools.partial(self._set_connected, lane),
+                                    log_outages=lane == 0,
+                                )
+                            )
+                        task_status.started()
             finally:
-                self.connected = False
+                self._connected_lanes.clear()
                 # The drain: runs in flight get a bounded time to finish.
                 runs.cancel_scope.deadline = trio.current_time() + self.drain_timeout_seconds
 
-    def _set_connected(self, connected: bool) -> None:
-        self.connected = connected
+    @property
+    def connected(self) -> bool:
+        """Whether at least one subscription to the API is up."""
+        return bool(self._connected_lanes)
+
+    def _set_connected(self, lane: int, connected: bool) -> None:
+        if connected:
+            self._connected_lanes.add(lane)
+        else:
+            self._connected_lanes.discard(lane)
 
     async def _on_socket(self, runs: trio.Nursery, ws: JsonWebSocket) -> None:
         keys = sorted(self.tasks)
