@@ -15,6 +15,7 @@ from starlette.routing import Mount
 
 from trio_worker._server._common import APIProblem
 from trio_worker._server._http import ApiState
+from trio_worker._server._router import Dispatcher
 from trio_worker._server._routes_core import core_routes
 from trio_worker._server._routes_runs import run_routes
 from trio_worker._server._storage import open_database
@@ -40,7 +41,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"exception_message": "Internal Server Error"}, status_code=500)
 
 
-def create_app(db_path: str | Path) -> Starlette:
+def create_app(db_path: str | Path) -> Dispatcher:
     """Build the embedded API as an ASGI app storing its data in the SQLite file ``db_path``.
 
     The database is opened (created and migrated as needed) by the app's
@@ -58,9 +59,9 @@ def create_app(db_path: str | Path) -> Starlette:
             finally:
                 api.db = None
 
-    routes = [*core_routes(api), *run_routes(api), *websocket_routes(api)]
-    return Starlette(
-        routes=[Mount("/api", routes=routes)],
+    http_routes = [*core_routes(api), *run_routes(api)]
+    fallback = Starlette(
+        routes=[Mount("/api", routes=[*http_routes, *websocket_routes(api)])],
         exception_handlers={
             APIProblem: _problem,
             HTTPException: _http_error,
@@ -68,3 +69,4 @@ def create_app(db_path: str | Path) -> Starlette:
         },
         lifespan=lifespan,
     )
+    return Dispatcher("/api", http_routes, fallback)

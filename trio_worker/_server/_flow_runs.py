@@ -349,25 +349,30 @@ def state_columns(row: sqlite3.Row, state: dict[str, Any], at: datetime) -> dict
 
 def _related(tx: Tx, row: sqlite3.Row) -> list[dict[str, str]]:
     related: list[dict[str, str]] = []
-    flow = tx.one("SELECT name FROM flows WHERE id = ?", (row["flow_id"],))
-    if flow is not None:
+    # One round trip for the three names the event carries.
+    names = tx.one(
+        "SELECT (SELECT name FROM flows WHERE id = ?) AS flow, "
+        "(SELECT name FROM deployments WHERE id = ?) AS deployment, "
+        "(SELECT type FROM work_pools WHERE id = ?) AS pool_type",
+        (row["flow_id"], row["deployment_id"], row["wp_id"]),
+    )
+    assert names is not None
+    if names["flow"] is not None:
         related.append(
             {
                 "prefect.resource.id": f"prefect.flow.{row['flow_id']}",
                 "prefect.resource.role": "flow",
-                "prefect.resource.name": flow["name"],
+                "prefect.resource.name": names["flow"],
             }
         )
-    if row["deployment_id"]:
-        dep = tx.one("SELECT name FROM deployments WHERE id = ?", (row["deployment_id"],))
-        if dep is not None:
-            related.append(
-                {
-                    "prefect.resource.id": f"prefect.deployment.{row['deployment_id']}",
-                    "prefect.resource.role": "deployment",
-                    "prefect.resource.name": dep["name"],
-                }
-            )
+    if row["deployment_id"] and names["deployment"] is not None:
+        related.append(
+            {
+                "prefect.resource.id": f"prefect.deployment.{row['deployment_id']}",
+                "prefect.resource.role": "deployment",
+                "prefect.resource.name": names["deployment"],
+            }
+        )
     if row["work_queue_id"] and row["wq_name"]:
         related.append(
             {
@@ -377,7 +382,7 @@ def _related(tx: Tx, row: sqlite3.Row) -> list[dict[str, str]]:
             }
         )
     if row["wp_id"]:
-        pool_type = tx.scalar("SELECT type FROM work_pools WHERE id = ?", (row["wp_id"],))
+        pool_type = names["pool_type"]
         related.append(
             {
                 "prefect.resource.id": f"prefect.work-pool.{row['wp_id']}",
@@ -414,10 +419,13 @@ def _write_state(
         "INSERT INTO flow_run_states (id, flow_run_id, timestamp, body) VALUES (?, ?, ?, ?)",
         (state["id"], run_id, state["timestamp"], dumps(state)),
     )
-    fresh = _run_row(tx, run_id)
-    run = {"id": run_id, "name": fresh["name"], "run_count": fresh["run_count"]}
+    run = {
+        "id": run_id,
+        "name": row["name"],
+        "run_count": values.get("run_count", row["run_count"]),
+    }
     event = flow_run_state_event(
-        run, initial=initial, validated=state, related=_related(tx, fresh), at=at
+        run, initial=initial, validated=state, related=_related(tx, row), at=at
     )
     event.update(id=event_id, follows=follows)
     store_event(tx, bus, event)

@@ -6,9 +6,10 @@ API therefore never has two: a single :class:`sqlite3.Connection` is used only
 from inside ``trio.to_thread.run_sync`` calls guarded by a
 ``trio.CapacityLimiter(1)``, so exactly one worker thread touches it at a time
 and the trio loop never blocks on disk. Each request hands the owner one
-function, which runs as one ``BEGIN IMMEDIATE … COMMIT`` transaction: it either
-all happens or, when it raises (an :class:`~trio_worker._server._common.APIProblem`
-for a refused request), none of it does.
+function, which runs as its own savepoint inside a ``BEGIN IMMEDIATE … COMMIT``
+(requests that arrive together share the commit): it either all happens or,
+when it raises (an :class:`~trio_worker._server._common.APIProblem` for a
+refused request), none of it does.
 
 Durability: the database is in WAL mode with ``synchronous=NORMAL``; a commit
 is in the WAL file (the OS page cache) before the API answers, so an
@@ -19,6 +20,7 @@ the last commits.
 from __future__ import annotations
 
 import sqlite3
+import typing
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -90,44 +92,102 @@ class Tx:
         )
 
 
+class _Job:
+    """One request's transaction function, waiting for (or done by) a batch."""
+
+    __slots__ = ("error", "finished", "fn", "result", "turn", "tx")
+
+    def __init__(self, fn: Callable[[Tx], Any], tx: Tx) -> None:
+        self.fn = fn
+        self.tx = tx
+        self.turn = trio.Event()
+        self.finished = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
 class Database:
-    """The single owner of the API's SQLite connection. Build it with :func:`open_database`."""
+    """The single owner of the API's SQLite connection. Build it with :func:`open_database`.
+
+    Requests that arrive while a transaction is running are batched: the next
+    thread call runs all of them, each inside its own ``SAVEPOINT`` (so each
+    still commits or rolls back on its own) and one ``COMMIT`` makes the whole
+    batch durable before any of them is answered. With many concurrent
+    clients this turns N thread hand-offs and N commits into one of each,
+    which is what lets one SQLite connection keep up.
+    """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._limiter = trio.CapacityLimiter(1)
+        self._queue: list[_Job] = []
+        self._busy = False
         self._closed = False
 
     async def run(self, fn: Callable[[Tx], T]) -> T:
         """Run ``fn`` as one transaction in the owner thread and return its result.
 
         After the commit, the callbacks ``fn`` registered in ``tx.after_commit``
-        run here, on the trio side. If ``fn`` raises, the transaction is rolled
-        back and the exception propagates. The call is not abandoned when
-        cancelled: a transaction always finishes (or rolls back) before the
-        caller moves on, so a client that hangs up cannot leave a half write.
+        run on the trio side, in commit order. If ``fn`` raises, its changes
+        are rolled back and the exception propagates. Waiting for the commit
+        is shielded from cancellation: a transaction always finishes (or rolls
+        back) before its caller moves on, so a client that hangs up cannot
+        leave a half write, and the batch leader never abandons the others.
 
         Raises:
             RuntimeError: the database is closed.
         """
         if self._closed:
             raise RuntimeError("the embedded API database is closed")
-        tx = Tx(self._conn)
-        result = await trio.to_thread.run_sync(self._transact, fn, tx, limiter=self._limiter)
-        for callback in tx.after_commit:
-            callback()
-        return result
+        job = _Job(fn, Tx(self._conn))
+        self._queue.append(job)
+        with trio.CancelScope(shield=True):
+            if self._busy:
+                await job.turn.wait()
+            if not job.finished:
+                # Nobody was running a batch, or the previous leader handed us the turn.
+                await self._lead()
+        if job.error is not None:
+            raise job.error
+        return typing.cast(T, job.result)
 
-    def _transact(self, fn: Callable[[Tx], T], tx: Tx) -> T:
+    async def _lead(self) -> None:
+        self._busy = True
+        batch, self._queue = self._queue, []
+        try:
+            await trio.to_thread.run_sync(self._transact, batch, limiter=self._limiter)
+        finally:
+            for job in batch:
+                job.finished = True
+                if job.error is None:
+                    for callback in job.tx.after_commit:
+                        callback()
+                job.turn.set()
+            if self._queue:
+                self._queue[0].turn.set()  # the oldest waiter leads the next batch
+            else:
+                self._busy = False
+
+    def _transact(self, batch: list[_Job]) -> None:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            result = fn(tx)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
+            for job in batch:
+                conn.execute("SAVEPOINT request")
+                try:
+                    job.result = job.fn(job.tx)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO request")
+                    job.error = exc
+                conn.execute("RELEASE request")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for job in batch:
+                if job.error is None:
+                    job.error = exc
+                    job.result = None
 
     async def aclose(self) -> None:
         """Close the connection once every transaction in flight is done."""
