@@ -13,8 +13,8 @@ import trio
 
 from trio_worker._client import PrefectClient
 from trio_worker._exceptions import NotFoundError
-from trio_worker._process_config import process_base_job_template
 from trio_worker._models import Deployment, FlowRun, StateType
+from trio_worker._process_config import process_base_job_template
 
 T = TypeVar("T")
 
