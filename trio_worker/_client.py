@@ -181,7 +181,9 @@ class PrefectClient:
             verify = False
         elif settings.ssl_cert_file:
             verify = settings.ssl_cert_file
-        limits = httpx.Limits(max_connections=16, max_keepalive_connections=8)
+        # As many idle connections kept as may be open: with fewer, a burst of
+        # concurrent submissions closed and reopened a connection per request.
+        limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
         inner = httpx.AsyncHTTPTransport(verify=verify, limits=limits)
         transport = RetryTransport(
             inner, max_retries=settings.max_retries, backoff_seconds=self._backoff_seconds
