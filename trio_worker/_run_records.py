@@ -55,6 +55,10 @@ class RunRecords:
         self.path = Path(directory or default_state_dir()) / f"runs-{slug}.json"
         self._records: dict[str, RunRecord] = {}
         self._lock = trio.Lock()
+        # Group commit: every change bumps the generation; one write covers all
+        # the changes made before its snapshot was taken.
+        self._generation = 0
+        self._written = 0
 
     async def load(self) -> list[RunRecord]:
         """Read the records an earlier worker of this name left behind."""
@@ -74,20 +78,31 @@ class RunRecords:
         return data if isinstance(data, list) else []
 
     async def add(self, record: RunRecord) -> None:
-        """Record a started process."""
-        async with self._lock:
-            self._records[record.flow_run_id] = record
-            await self._save()
+        """Record a started process; return once the record is on disk."""
+        self._records[record.flow_run_id] = record
+        self._generation += 1
+        await self._save(self._generation)
 
     async def remove(self, flow_run_id: str) -> None:
-        """Forget a process that has been reaped (or reconciled)."""
-        async with self._lock:
-            if self._records.pop(flow_run_id, None) is not None:
-                await self._save()
+        """Forget a process that has been reaped (or reconciled); return once on disk."""
+        if self._records.pop(flow_run_id, None) is not None:
+            self._generation += 1
+            await self._save(self._generation)
 
-    async def _save(self) -> None:
-        snapshot = [attrs.asdict(r) for r in self._records.values()]
-        await trio.to_thread.run_sync(self._write, snapshot)
+    async def _save(self, generation: int) -> None:
+        """Make sure a snapshot with every change up to ``generation`` is on disk.
+
+        Writes are serialised; a caller whose change was taken into a write
+        that finished while it waited for the lock returns without writing,
+        so a burst of N changes costs a few writes (and fsyncs), not N.
+        """
+        async with self._lock:
+            if self._written >= generation:
+                return
+            taken = self._generation
+            snapshot = [attrs.asdict(r) for r in self._records.values()]
+            await trio.to_thread.run_sync(self._write, snapshot)
+            self._written = taken
 
     def _write(self, snapshot: list[dict[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
