@@ -91,20 +91,24 @@ STATS = Stats()
 
 
 def _socket_inode(client_port: int, proxy_port: int) -> str | None:
-    """The inode of the client's end of a loopback connection, from /proc/net/tcp."""
-    local = f":{client_port:04X} "
-    remote = f":{proxy_port:04X} "
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table, encoding="ascii") as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    if fields[1].endswith(local[:-1]) and fields[2].endswith(remote[:-1]):
-                        return fields[9]
-        except OSError:
-            continue
-    return None
+    """The inode of the client's end of a loopback connection, from /proc/net/tcp.
+
+    One substring search over the whole table (which holds every TIME_WAIT
+    socket too), not a parse of each line.
+    """
+    needle = f"0100007F:{client_port:04X} 0100007F:{proxy_port:04X}"
+    try:
+        with open("/proc/net/tcp", encoding="ascii") as f:
+            table = f.read()
+    except OSError:
+        return None
+    at = table.find(needle)
+    if at < 0:
+        return None
+    end = table.find("\n", at)
+    fields = table[at : end if end >= 0 else None].split()
+    # local, remote, st, tx:rx, tr:when, retrnsmt, uid, timeout, inode
+    return fields[8] if len(fields) > 8 else None
 
 
 def _pid_has_socket(pid: int, inode: str) -> bool:
