@@ -47,6 +47,7 @@ from trio_worker._exceptions import (
 )
 from trio_worker._jobs import BaseJobConfiguration as BaseJobConfiguration
 from trio_worker._jobs import BaseVariables as BaseVariables
+from trio_worker._jobs import job_metadata as job_metadata
 from trio_worker._process import ProcessWorker as ProcessWorker
 from trio_worker._process_config import ProcessJobConfiguration as ProcessJobConfiguration
 from trio_worker._process_config import ProcessVariables as ProcessVariables
@@ -95,6 +96,7 @@ __all__ = [
     "WorkerStatistics",
     "WorkerTypeNotFoundError",
     "__version__",
+    "job_metadata",
     "serve",
     "task",
 ]

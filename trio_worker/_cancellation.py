@@ -77,24 +77,8 @@ async def cancel_run(worker: BaseWorker, flow_run: FlowRun) -> None:
             force=True,
         )
         return
-    from trio_worker._process import is_orphaned, parse_infrastructure_pid
-    from trio_worker._worker import HOSTNAME
-
-    try:
-        host, local_pid = parse_infrastructure_pid(pid)
-    except ValueError:
-        logger.warning("Flow run '%s' has an unreadable infrastructure_pid %r", flow_run.id, pid)
-        return
-    if host != HOSTNAME:
-        worker._warn_once(
-            f"foreign-{flow_run.id}",
-            "Flow run '%s' runs on %s; leaving its cancellation to that host's worker",
-            flow_run.id,
-            host or "an unknown host",
-        )
-        return
-    if not is_orphaned(local_pid) and _exists(local_pid):
-        # A live worker on this host owns it and will cancel it itself.
+    if not worker.infrastructure_is_abandoned(flow_run, pid):
+        # Its own worker (elsewhere, or alive on this host) will stop it.
         return
     try:
         await worker.kill_infrastructure(pid, None, worker.cancel_grace_seconds)
@@ -104,12 +88,6 @@ async def cancel_run(worker: BaseWorker, flow_run: FlowRun) -> None:
     await propose_final_state(
         worker, flow_run.id, State.of(StateType.CANCELLED, CANCELLED_MESSAGE), force=True
     )
-
-
-def _exists(pid: int) -> bool:
-    from trio_worker._process_group import parent_pid
-
-    return parent_pid(pid) is not None
 
 
 async def listen_for_cancellations(worker: BaseWorker) -> None:

@@ -53,3 +53,7 @@ def configure_logging(log_format: Literal["text", "json"], *, level: int = loggi
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # One line per HTTP request drowns what the worker says; its own logs
+    # already name failed calls.
+    for chatty in ("httpx", "httpcore", "hpack"):
+        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))

@@ -10,6 +10,7 @@ is swept with SIGKILL, so nothing the run spawned survives it.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import resource
 import shlex
@@ -37,6 +38,8 @@ from trio_worker._run_records import RunRecord, RunRecords
 from trio_worker._worker import HOSTNAME, BaseWorker, BaseWorkerResult
 
 __all__ = ["ProcessWorker", "format_infrastructure_pid", "parse_infrastructure_pid"]
+
+logger = logging.getLogger("trio_worker.process")
 
 ENGINE_COMMAND: Final = (sys.executable, "-m", "trio_worker.engine")
 
@@ -156,6 +159,32 @@ class ProcessWorker(BaseWorker):
         return BaseWorkerResult(
             identifier=format_infrastructure_pid(process.pid), status_code=process.returncode
         )
+
+    def infrastructure_is_abandoned(self, flow_run: FlowRun, infrastructure_pid: str) -> bool:
+        """Only a process on this host whose worker died is ours to stop.
+
+        A process on another host belongs to that host's worker (a bare pid,
+        as Prefect 3.9 writes, has an unknown host). A process whose parent
+        is still alive belongs to the live worker that started it.
+        """
+        try:
+            host, pid = parse_infrastructure_pid(infrastructure_pid)
+        except ValueError:
+            logger.warning(
+                "Flow run '%s' has an unreadable infrastructure_pid %r",
+                flow_run.id,
+                infrastructure_pid,
+            )
+            return False
+        if host != HOSTNAME:
+            self._warn_once(
+                f"foreign-{flow_run.id}",
+                "Flow run '%s' runs on %s; leaving its cancellation to that host's worker",
+                flow_run.id,
+                host or "an unknown host",
+            )
+            return False
+        return is_orphaned(pid) or parent_pid(pid) is None
 
     async def kill_infrastructure(
         self, infrastructure_pid: str, configuration: Any, grace_seconds: float

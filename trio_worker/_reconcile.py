@@ -88,6 +88,8 @@ async def _crash_if_unfinished(worker: ProcessWorker, run_id: uuid.UUID, message
 
 
 async def _adopt(worker: ProcessWorker, record: RunRecord, run_id: uuid.UUID) -> None:
+    from trio_worker._process import format_infrastructure_pid
+
     try:
         flow_run = await worker.client.read_flow_run(run_id)
     except APIError as exc:
@@ -101,7 +103,9 @@ async def _adopt(worker: ProcessWorker, record: RunRecord, run_id: uuid.UUID) ->
         borrowed = True
     except trio.WouldBlock:
         borrowed = False
-    tracked = InFlightRun(flow_run=flow_run, owned=True, infrastructure_pid=str(record.pid))
+    tracked = InFlightRun(
+        flow_run=flow_run, owned=True, infrastructure_pid=format_infrastructure_pid(record.pid)
+    )
     worker._track(tracked)
     worker.runs_nursery.start_soon(_watch_adopted, worker, tracked, record, borrowed)
 

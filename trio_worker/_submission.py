@@ -385,7 +385,10 @@ async def _complete_if_unreported(worker: BaseWorker, flow_run: FlowRun, *, engi
     """
     current = await worker.client.read_flow_run(flow_run.id)
     state = current.state
-    if state is None or state.is_final:
+    if state is None:
+        return
+    if state.is_final:
+        _count_outcome(worker, state.type)
         return
     if state.type is StateType.CANCELLING:
         await propose_final_state(
@@ -440,6 +443,13 @@ async def propose_final_state(
         logger.error("Could not report %s for flow run '%s': %s", state.type, flow_run_id, exc)
         return
     if verdict.status is SetStateStatus.ACCEPT:
-        worker.metrics.runs_finished.labels(state.type.value.lower()).inc()
-    else:
-        logger.info("Flow run '%s' not moved to %s: %s", flow_run_id, state.type, verdict.reason)
+        _count_outcome(worker, state.type)
+        return
+    logger.info("Flow run '%s' not moved to %s: %s", flow_run_id, state.type, verdict.reason)
+    if verdict.state is not None and verdict.state.is_final:
+        # It had ended already (the engine reported it): count how it ended.
+        _count_outcome(worker, verdict.state.type)
+
+
+def _count_outcome(worker: BaseWorker, state_type: StateType) -> None:
+    worker.metrics.runs_finished.labels(state_type.value.lower()).inc()

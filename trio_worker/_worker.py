@@ -395,8 +395,9 @@ class BaseWorker:
         """Stop polling, let runs finish for up to ``timeout_seconds``, then cancel them.
 
         Cancelled runs report CRASHED ("worker NAME shut down before the run
-        finished") unless they had already ended; this returns once every run
-        has reported and its infrastructure is gone.
+        finished"), or go back to SCHEDULED with ``on_shutdown="reschedule"``,
+        unless they had already ended; this returns once every run has
+        reported and its infrastructure is gone.
         """
         self.stop_polling()
         with trio.move_on_after(timeout_seconds):
@@ -413,9 +414,10 @@ class BaseWorker:
             self._warned.add(key)
             logger.warning(message, *args)
 
-    def get_default_base_job_template(self) -> dict[str, Any]:
+    @classmethod
+    def get_default_base_job_template(cls) -> dict[str, Any]:
         """Return the base job template a new pool of this type gets."""
-        return default_base_job_template(self.job_configuration, self.job_configuration_variables)
+        return default_base_job_template(cls.job_configuration, cls.job_configuration_variables)
 
     async def sync_with_backend(self) -> None:
         """Read (or create) the pool, give it a template if it has none, and heartbeat."""
@@ -566,6 +568,17 @@ class BaseWorker:
                 message becomes the run's CRASHED message.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement run()")
+
+    def infrastructure_is_abandoned(self, flow_run: FlowRun, infrastructure_pid: str) -> bool:
+        """Whether this worker should stop a cancelled run it did not start.
+
+        Called for a cancelling run of this pool that is not in flight here.
+        The base class says yes and lets :meth:`kill_infrastructure` decide
+        (raising ``NotImplementedError`` when it cannot); a backend whose
+        infrastructure has an owner that may still be alive (the process
+        worker: a worker on the same host) says no for those.
+        """
+        return True
 
     async def kill_infrastructure(
         self, infrastructure_pid: str, configuration: Any, grace_seconds: float

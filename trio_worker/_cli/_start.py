@@ -134,6 +134,16 @@ class StartOptions:
 
 async def _serve(options: StartOptions, settings: Settings) -> None:
     async with trio.open_nursery() as nursery:
+        workers: list[BaseWorker] = []
+
+        def on_first_signal() -> None:
+            if workers:
+                nursery.start_soon(workers[0].drain, options.drain_timeout)
+            else:  # nothing started yet: there is nothing to drain
+                nursery.cancel_scope.cancel()
+
+        # Installed first, so a signal at any point of start-up is handled.
+        await nursery.start(watch_shutdown_signals, on_first_signal, nursery.cancel_scope)
         api_url = settings.api_url
         if not api_url:
             api_url = await _start_embedded_api(nursery, settings.embedded_api_port)
@@ -154,11 +164,7 @@ async def _serve(options: StartOptions, settings: Settings) -> None:
             reconcile=options.reconcile,
         )
         async with worker:
-            await nursery.start(
-                watch_shutdown_signals,
-                functools.partial(nursery.start_soon, worker.drain, options.drain_timeout),
-                nursery.cancel_scope,
-            )
+            workers.append(worker)
             await worker.start(
                 run_once=options.run_once,
                 with_healthcheck=options.with_healthcheck,
@@ -208,7 +214,7 @@ async def _start_embedded_api(nursery: trio.Nursery, port: int) -> str:
 @click.option(
     "--with-healthcheck",
     is_flag=True,
-    help="Serve /health, /ready and /status on PREFECT_WORKER_WEBSERVER_HOST:PORT.",
+    help="Serve /health, /ready, /status and /metrics on PREFECT_WORKER_WEBSERVER_HOST:PORT.",
 )
 @click.option(
     "--install-policy",

@@ -19,9 +19,9 @@ from trio_worker._cli._common import (
     run_async,
 )
 from trio_worker._client import PrefectClient
-from trio_worker._exceptions import ConflictError, NotFoundError
+from trio_worker._exceptions import ConflictError, NotFoundError, WorkerTypeNotFoundError
 from trio_worker._models import Worker, WorkPool, WorkQueue
-from trio_worker._process_config import process_base_job_template
+from trio_worker._registry import get_worker_class
 from trio_worker._settings import Settings
 
 __all__ = ["work_pool"]
@@ -30,14 +30,17 @@ _DEFAULT_TYPE = "process"
 
 
 def _default_base_job_template(pool_type: str) -> dict[str, Any]:
-    """Return the default base job template for ``pool_type`` (``{}`` when none is known).
+    """Return the default base job template of ``pool_type`` (``{}`` when it is not installed).
 
-    A ``process`` pool gets the template a Prefect server gives one, so a pool
-    created by either tool works with the other's workers.
+    The installed worker type provides it (a ``process`` pool gets the one a
+    Prefect server gives, so a pool created by either tool works with the
+    other's workers); a type not installed here gets ``{}``, and its worker
+    fills it in when it first serves the pool.
     """
-    if pool_type == _DEFAULT_TYPE:
-        return process_base_job_template()
-    return {}
+    try:
+        return get_worker_class(pool_type).get_default_base_job_template()
+    except WorkerTypeNotFoundError:
+        return {}
 
 
 def _read_template(path: Path) -> dict[str, Any]:
