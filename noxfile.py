@@ -36,10 +36,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """Check style and formatting with ruff."""
-    session.install("ruff==0.17.6")
+    """Check style and formatting with ruff, and the import layers with import-linter."""
+    session.install("ruff==0.17.6", "import-linter>=2", "-e", ".")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports")
 
 
 @nox.session(python=PYTHON)
