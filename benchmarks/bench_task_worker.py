@@ -61,7 +61,14 @@ async def _first_line(process: trio.Process) -> str:
     return data.split(b"\n", 1)[0].decode()
 
 
-async def _wait_for_subscriber(process: trio.Process) -> None:
+async def _follow_worker(
+    process: trio.Process, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Report started once the worker subscribed, then keep draining its stderr.
+
+    A pipe nobody reads fills up and blocks the worker's logging: the benchmark
+    would measure a stalled process.
+    """
     assert process.stderr is not None
     data = b""
     while b"subscribed to" not in data:
@@ -69,6 +76,9 @@ async def _wait_for_subscriber(process: trio.Process) -> None:
         if not chunk:
             raise RuntimeError(f"the task worker exited:\n{data.decode()}")
         data += chunk
+    task_status.started()
+    while await process.stderr.receive_some():
+        pass
 
 
 async def bench(runs: int, submitters: int, limit: int) -> dict[str, Any]:
@@ -88,8 +98,11 @@ async def bench(runs: int, submitters: int, limit: int) -> dict[str, Any]:
                 stderr=subprocess.PIPE,
             )
             try:
-                await _wait_for_subscriber(worker)
-                return await _measure(api_url, runs, submitters)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(_follow_worker, worker)
+                    result = await _measure(api_url, runs, submitters)
+                    nursery.cancel_scope.cancel()
+                return result
             finally:
                 worker.kill()
                 await worker.wait()
