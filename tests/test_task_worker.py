@@ -338,7 +338,8 @@ async def test_worker_reconnects_after_the_api_restarts_and_keeps_its_runs(
 
         url: str = await nursery.start(api, 0, api_scope)
         port = int(url.rsplit(":", 1)[1].split("/")[0])
-        async with running(url, gated_task) as worker:
+        # One lane: the outage and the reconnect are logged by lane 0 only.
+        async with running(url, gated_task, lanes=1) as worker:
             async with PrefectClient(url, backoff_seconds=0.05) as client:
                 in_flight = await gated_task.enqueue(client, (7,))
                 await wait_state(client, in_flight.task_run_id, StateType.RUNNING)
