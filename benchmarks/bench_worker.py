@@ -81,6 +81,7 @@ POLLING_ENDPOINTS: Final = frozenset(
         ("GET", "/api/admin/version"),
     }
 )
+NOTES_MARKER: Final = "<!-- notes: kept when the tables above are regenerated -->"
 NOOP_PLAIN: Final = "def noop():\n    return None\n"
 NOOP_FLOW: Final = "from prefect import flow\n\n\n@flow\ndef noop():\n    return None\n"
 
@@ -1301,8 +1302,9 @@ behind a counting loopback proxy. Reproduce with:
 {report["command"]}
 ```
 
-(`nox -s bench -- ARGS` passes `ARGS` to the driver; add `--prefect` to run against a real Prefect
-server on SQLite.) Machine: {m.get("cpu_model", "?")}, {m["cpus"]} CPUs, {m.get("memory", "?")},
+(`nox -s bench -- ARGS` runs `python benchmarks/bench_worker.py ARGS` in a venv with Prefect 3.8.8;
+add `--prefect` to run against a real Prefect server on SQLite.)
+Machine: {m.get("cpu_model", "?")}, {m["cpus"]} CPUs, {m.get("memory", "?")},
 Python {m["python"]}; load average {m["loadavg"][0]:.2f} at the start and
 {m["loadavg_end"][0]:.2f} at the end (other work was running). Versions: trio-worker
 {v["trio-worker"]}, Prefect {v["prefect"]}.
@@ -1317,14 +1319,27 @@ pool/queue reads and `flow_runs/filter` (cancellation checks).
 
 {tables}
 """
-    path.write_text(text)
+    # Hand-written analysis below the marker survives regeneration.
+    notes = ""
+    if path.exists():
+        previous = path.read_text()
+        if NOTES_MARKER in previous:
+            notes = previous[previous.index(NOTES_MARKER) :]
+    path.write_text(text + ("\n" + notes if notes else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python benchmarks/bench_worker.py " + shlex.join(
-        sys.argv[1:] if argv is None else argv
-    )
+    # The flags that change figures, for the docs (not --keep, --py-spy, --out).
+    given = list(sys.argv[1:] if argv is None else argv)
+    shown: list[str] = []
+    while given:
+        flag = given.pop(0)
+        if flag in ("--py-spy", "--out", "--docs"):
+            given = given[1:]
+        elif flag != "--keep" and not flag.startswith(("--py-spy=", "--out=", "--docs=")):
+            shown.append(flag)
+    command = "nox -s bench -- " + shlex.join(shown) if shown else "nox -s bench"
     report = trio.run(run_bench, args, command.strip())
     tables = render(report["results"], report)
     print(tables)
