@@ -52,6 +52,8 @@ from trio_worker._process import ProcessWorker as ProcessWorker
 from trio_worker._process_config import ProcessJobConfiguration as ProcessJobConfiguration
 from trio_worker._process_config import ProcessVariables as ProcessVariables
 from trio_worker._settings import Settings as Settings
+from trio_worker._task_store import LocalTaskStore as LocalTaskStore
+from trio_worker._task_store import TaskStore as TaskStore
 from trio_worker._task_worker import StopTaskWorker as StopTaskWorker
 from trio_worker._task_worker import TaskWorker as TaskWorker
 from trio_worker._task_worker import serve as serve
@@ -76,6 +78,7 @@ __all__ = [
     "ConflictError",
     "InfrastructureError",
     "JobVariableError",
+    "LocalTaskStore",
     "ModelError",
     "NotFoundError",
     "PrefectClient",
@@ -89,6 +92,7 @@ __all__ = [
     "TaskRunFailedError",
     "TaskRunHandle",
     "TaskRunTimeoutError",
+    "TaskStore",
     "TaskWorker",
     "TemplateError",
     "TrioWorkerError",
@@ -108,6 +112,7 @@ __all__ = [
 # annotations are resolved in it.
 _STRUCTURED = {
     "BaseJobConfiguration",
+    "LocalTaskStore",
     "BaseVariables",
     "BaseWorkerResult",
     "ProcessJobConfiguration",
