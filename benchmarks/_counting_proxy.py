@@ -273,23 +273,26 @@ async def handle(client: trio.SocketStream, upstream_port: int, proxy_port: int)
             data = await src.receive_some(BUFFER)
             if not data:
                 return
-            scanner.feed(data)
+            try:
+                scanner.feed(data)
+            except (ValueError, IndexError) as exc:  # pass the rest on, uncounted
+                print(f"proxy: cannot follow a message: {exc!r}", file=sys.stderr)
+                scanner.state = "raw"
             await dst.send_all(data)
 
-    async with client, upstream:
-        try:
-            async with trio.open_nursery() as nursery:
+    async with client, upstream, trio.open_nursery() as nursery:
 
-                async def run(src: trio.SocketStream, dst: trio.SocketStream, sc: Scanner) -> None:
-                    try:
-                        await pipe(src, dst, sc)
-                    finally:
-                        nursery.cancel_scope.cancel()
+        async def run(src: trio.SocketStream, dst: trio.SocketStream, sc: Scanner) -> None:
+            # A peer that resets or closes ends the connection, never the proxy.
+            try:
+                await pipe(src, dst, sc)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+            finally:
+                nursery.cancel_scope.cancel()
 
-                nursery.start_soon(run, client, upstream, Scanner(on_request))
-                nursery.start_soon(run, upstream, client, Scanner(on_response))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
+        nursery.start_soon(run, client, upstream, Scanner(on_request))
+        nursery.start_soon(run, upstream, client, Scanner(on_response))
 
 
 async def control() -> None:
