@@ -33,6 +33,7 @@ from trio_worker._models import (
     Deployment,
     Flow,
     FlowRun,
+    OrchestrationResult,
     SetStateStatus,
     State,
     StateType,
@@ -125,12 +126,9 @@ async def _report_interrupted(worker: BaseWorker, flow_run: FlowRun) -> None:
 async def _submit(worker: BaseWorker, tracked: InFlightRun) -> None:
     flow_run = tracked.flow_run
     client = worker.client
-    verdict = await client.set_flow_run_state(flow_run.id, State.of(StateType.PENDING))
-    if (
-        verdict.status is not SetStateStatus.ACCEPT
-        or verdict.state is None
-        or verdict.state.type is not StateType.PENDING
-    ):
+    pending = State.of(StateType.PENDING)
+    verdict = await client.set_flow_run_state(flow_run.id, pending)
+    if not landed(verdict, pending) or verdict.state is None:
         # Another worker has it, or it changed under us: not ours to start.
         logger.info(
             "Aborted submission of flow run '%s': %s",
@@ -429,6 +427,24 @@ async def report_cancelled(worker: BaseWorker, tracked: InFlightRun) -> None:
     )
 
 
+def landed(verdict: OrchestrationResult, proposed: State) -> bool:
+    """Whether the API now holds ``proposed``: accepted, or accepted before.
+
+    A proposal whose answer was lost (a 503 or a dropped connection after the
+    API had committed it) is retried by the client with the same
+    ``transition_id``; the API then answers REJECT "already made this state
+    transition" with the state it holds, which is ours.
+    """
+    if verdict.status is SetStateStatus.ACCEPT:
+        return verdict.state is None or verdict.state.type is proposed.type
+    ours = proposed.state_details.transition_id
+    return (
+        verdict.state is not None
+        and ours is not None
+        and verdict.state.state_details.transition_id == ours
+    )
+
+
 async def propose_final_state(
     worker: BaseWorker, flow_run_id: uuid.UUID, state: State, *, force: bool = False
 ) -> None:
@@ -442,7 +458,7 @@ async def propose_final_state(
     except APIError as exc:
         logger.error("Could not report %s for flow run '%s': %s", state.type, flow_run_id, exc)
         return
-    if verdict.status is SetStateStatus.ACCEPT:
+    if landed(verdict, state):
         _count_outcome(worker, state.type)
         return
     logger.info("Flow run '%s' not moved to %s: %s", flow_run_id, state.type, verdict.reason)
