@@ -75,7 +75,6 @@ POLLING_ENDPOINTS: Final = frozenset(
         ("POST", "/api/flow_runs/filter"),
         ("POST", "/api/work_pools/{pool}/queues/filter"),
         ("GET", "/api/work_pools/{pool}/queues/{queue}"),
-        ("GET", "/api/events/out"),
         ("GET", "/api/health"),
         ("GET", "/api/csrf-token"),
         ("GET", "/api/admin/version"),
@@ -602,12 +601,6 @@ async def scenario_throughput(bench: Bench, kind: str, n: int, mode: str) -> dic
     tally = await bench.tally(deployment_id, n)
     final = sum(v for k, v in tally.items() if k in ("Completed", "Failed", "Cancelled", "Crashed"))
     completed = tally.get("Completed", 0)
-    worker_requests = counts["total"].get("worker", 0)
-    per_run = {
-        k.split(" ", 1)[1]: v["count"] / n
-        for k, v in counts["by_endpoint"].items()
-        if k.startswith("worker ")
-    }
     server_cpu = None
     if server_before is not None and server_after is not None:
         server_cpu = server_after.cpu - server_before.cpu
@@ -632,15 +625,31 @@ async def scenario_throughput(bench: Bench, kind: str, n: int, mode: str) -> dic
         "final": final,
         "completed": completed,
         "not_final": n - final,
-        "worker_requests_per_run": worker_requests / n,
-        "worker_non_polling_requests_per_run": (
-            worker_requests - counts["polling"].get("worker", 0)
-        )
-        / n,
-        "run_process_requests_per_run": counts["total"].get("runs", 0) / n,
-        "worker_5xx": counts["server_errors"].get("worker", 0),
-        "per_run_by_endpoint": per_run,
         "requests": counts,
+        **request_figures(counts, n),
+    }
+
+
+def request_figures(counts: dict[str, Any], n: int) -> dict[str, Any]:
+    """Requests per run, from the proxy's counts by endpoint (also used by ``--render``)."""
+    worker = polling = runs = errors = 0
+    per_run: dict[str, float] = {}
+    for key, entry in counts["by_endpoint"].items():
+        origin, method, path = key.split(" ", 2)
+        if origin == "worker":
+            worker += entry["count"]
+            per_run[f"{method} {path}"] = entry["count"] / n
+            if (method, path) in POLLING_ENDPOINTS:
+                polling += entry["count"]
+            errors += sum(c for s, c in entry["statuses"].items() if int(s) >= 500)
+        else:
+            runs += entry["count"]
+    return {
+        "worker_requests_per_run": worker / n,
+        "worker_non_polling_requests_per_run": (worker - polling) / n,
+        "run_process_requests_per_run": runs / n,
+        "worker_5xx": errors,
+        "per_run_by_endpoint": per_run,
     }
 
 
@@ -1178,6 +1187,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="PATH",
         help="profile each worker with this py-spy executable (collapsed stacks next to the JSON)",
     )
+    parser.add_argument(
+        "--render", type=Path, help="re-render the tables and docs of a saved JSON; run nothing"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.big_runs, args.engine_runs = min(args.runs, 20), 0, min(args.engine_runs, 5)
@@ -1340,12 +1352,21 @@ def main(argv: list[str] | None = None) -> int:
         elif flag != "--keep" and not flag.startswith(("--py-spy=", "--out=", "--docs=")):
             shown.append(flag)
     command = "nox -s bench -- " + shlex.join(shown) if shown else "nox -s bench"
-    report = trio.run(run_bench, args, command.strip())
+    if args.render is not None:
+        # Re-render tables (and docs) from a saved run, recomputing request figures.
+        report = json.loads(args.render.read_text())
+        for results in report["results"].values():
+            for result in results.values():
+                if "requests" in result and "runs" in result and "mode" in result:
+                    result.update(request_figures(result["requests"], result["runs"]))
+        args.out = args.render.parent
+    else:
+        report = trio.run(run_bench, args, command.strip())
     tables = render(report["results"], report)
     print(tables)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = report["date"].replace(":", "").replace("+0000", "Z")
-    out = args.out / f"worker-{report['api']['kind']}-{stamp}.json"
+    out = args.render or args.out / f"worker-{report['api']['kind']}-{stamp}.json"
     out.write_text(json.dumps({**report, "tables": tables}, indent=2, default=str))
     log(f"raw figures in {out}")
     if not args.no_docs:
