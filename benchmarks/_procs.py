@@ -41,6 +41,18 @@ def read_stat(pid: int) -> ProcStat | None:
     )
 
 
+def peak_rss(pid: int) -> int | None:
+    """The process's own peak RSS in bytes (``VmHWM``), tracked by the kernel; None if gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def children(pid: int) -> list[int]:
     """Direct children of ``pid`` (all its threads), from ``/proc/PID/task/*/children``."""
     result: list[int] = []

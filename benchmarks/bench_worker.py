@@ -55,7 +55,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _procs import alive, descendants, read_stat, sample_tree
+from _procs import alive, descendants, peak_rss, read_stat, sample_tree
 
 from trio_worker._client import PrefectClient
 from trio_worker._models import State, StateType
@@ -536,7 +536,7 @@ async def scenario_throughput(bench: Bench, kind: str, n: int, mode: str) -> dic
         first_poll, samples = await worker.wait_first_poll()
         before = [s for t, s in samples if t <= first_poll and s is not None]
         cpu_at_poll = before[-1] if before else samples[0][1]
-        peak_rss = max((s.rss for _, s in samples if s is not None), default=0)
+        tree_peak = max((s.rss for _, s in samples if s is not None), default=0)
         peak_processes = 0
         last_activity = time.monotonic()
         last_requests = -1
@@ -553,7 +553,7 @@ async def scenario_throughput(bench: Bench, kind: str, n: int, mode: str) -> dic
                 outcome = "worker exited"
                 break
             sample = current
-            peak_rss = max(peak_rss, current.rss)
+            tree_peak = max(tree_peak, current.rss)
             peak_processes = max(peak_processes, current.processes)
             if current.processes > 1:
                 last_activity = now
@@ -594,6 +594,7 @@ async def scenario_throughput(bench: Bench, kind: str, n: int, mode: str) -> dic
         tree_cpu = sample.tree_cpu - cpu_at_poll.tree_cpu
         counts = await bench.counts()
         server_after = read_stat(bench.api["pid"])
+        worker_peak_rss = peak_rss(worker.pid)
         proxy_after = read_stat(bench.proxy.process.pid)
     finally:
         await worker.stop()
@@ -619,7 +620,8 @@ async def scenario_throughput(bench: Bench, kind: str, n: int, mode: str) -> dic
         "tree_cpu_per_run_s": tree_cpu / n,
         "server_cpu_s": server_cpu,
         "proxy_cpu_s": proxy_cpu,
-        "peak_rss_bytes": peak_rss,
+        "peak_rss_bytes": tree_peak,
+        "worker_peak_rss_bytes": worker_peak_rss,
         "peak_processes": peak_processes,
         "states": tally,
         "final": final,
@@ -947,7 +949,14 @@ def render(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
                 "",
             ),
             (
-                "peak RSS (worker + children)",
+                "peak RSS of the worker process (VmHWM)",
+                a.get("worker_peak_rss_bytes"),
+                b.get("worker_peak_rss_bytes"),
+                "MB",
+                "",
+            ),
+            (
+                "peak summed RSS, worker + children (*)",
                 a.get("peak_rss_bytes"),
                 b.get("peak_rss_bytes"),
                 "MB",
@@ -1324,7 +1333,9 @@ Raw figures: `bench-results/` (JSON, not committed).
 
 Ratios are trio-worker / Prefect. Both workers poll every {report["args"]["query_seconds"]:g} s
 (`PREFECT_WORKER_QUERY_SECONDS`). "Worker" figures are the worker process itself; "incl. run
-processes" adds its descendants (reaped children included). RSS is summed over the process tree.
+processes" adds its descendants (reaped children included). (*) Summed RSS counts shared pages
+once per process, and a child caught between fork and exec shows its parent's whole RSS, so it
+overstates; the worker's own peak (`VmHWM`) is exact.
 Requests are attributed to the worker when the worker process owns the socket; flow-run
 processes (engines) are counted separately. "Polling" is `get_scheduled_flow_runs`, heartbeats,
 pool/queue reads and `flow_runs/filter` (cancellation checks).
