@@ -58,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _procs import alive, descendants, peak_rss, read_stat, sample_tree
 
 from trio_worker._client import PrefectClient
+from trio_worker._exceptions import APIError
 from trio_worker._models import State, StateType
 from trio_worker._process_config import process_base_job_template
 
@@ -386,14 +387,28 @@ class Bench:
     async def create_runs(self, deployment_id: uuid.UUID, n: int) -> list[uuid.UUID]:
         ids: list[uuid.UUID] = []
 
+        # A SQLite-backed Prefect server answers 503 ("database is locked") to bursts
+        # of writes for longer than the client's own retries last: fewer writers
+        # there, and each run is retried until it is created.
+        writers = 2 if self.api["kind"] == "prefect" else 8
+
         async def create(count: int) -> None:
             for _ in range(count):
-                run = await self.client.create_flow_run_from_deployment(deployment_id)
-                ids.append(run.id)
+                for attempt in range(30):
+                    try:
+                        run = await self.client.create_flow_run_from_deployment(deployment_id)
+                    except APIError as exc:
+                        if attempt == 29:
+                            raise
+                        log(f"  creating a run failed ({exc}); retrying")
+                        await trio.sleep(1.0)
+                    else:
+                        ids.append(run.id)
+                        break
 
         async with trio.open_nursery() as nursery:
-            for i in range(8):
-                nursery.start_soon(create, n // 8 + (1 if i < n % 8 else 0))
+            for i in range(writers):
+                nursery.start_soon(create, n // writers + (1 if i < n % writers else 0))
         return ids
 
     async def runs_of(
@@ -910,6 +925,9 @@ def render(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     for key in dict.fromkeys(keys):
         a, b = t.get(key, {}), p.get(key, {})
         n = a.get("runs") or b.get("runs")
+        if n is None:
+            out.append(f"### 2. Throughput `{key}` failed\n\n{a.get('error')} / {b.get('error')}\n")
+            continue
         what = "`true`" if key.startswith("true") else "no-op Python function through the engine"
         rows = [
             (
@@ -1277,6 +1295,8 @@ async def run_bench(args: argparse.Namespace, command: str) -> dict[str, Any]:
                         try:
                             results[kind][name] = await fn(kind)
                         except Exception as exc:  # one broken scenario must not lose the others
+                            while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+                                exc = exc.exceptions[0]
                             log(f"{name}: {kind} failed: {type(exc).__name__}: {exc}")
                             results[kind][name] = {"error": f"{type(exc).__name__}: {exc}"}
                         results[kind][name]["scenario_seconds"] = time.monotonic() - started
