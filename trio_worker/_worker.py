@@ -481,12 +481,20 @@ class BaseWorker:
             return []
         from trio_worker._submission import submit_flow_run
 
+        free = self.limiter.total_tokens - self.limiter.borrowed_tokens
+        if free <= 0:
+            # Every token is borrowed: a page of runs we could not take would
+            # only cost the API and this worker the parsing (a backlog of
+            # hundreds of runs re-read every poll); the next poll looks again.
+            self.last_polled = time.monotonic()
+            return []
         scheduled_before = now() + dt.timedelta(seconds=int(self.prefetch_seconds))
         with self.metrics.poll_seconds.time():
             responses = await self.client.get_scheduled_flow_runs(
                 self.work_pool_name,
                 work_queue_names=self.work_queues,
                 scheduled_before=scheduled_before,
+                limit=None if math.isinf(free) else int(free),
             )
         self.last_polled = time.monotonic()
         self.last_api_error = None
