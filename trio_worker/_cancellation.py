@@ -77,17 +77,22 @@ async def cancel_run(worker: BaseWorker, flow_run: FlowRun) -> None:
             force=True,
         )
         return
-    if not worker.infrastructure_is_abandoned(flow_run, pid):
-        # Its own worker (elsewhere, or alive on this host) will stop it.
+    if flow_run.id in worker.cancelling or not worker.infrastructure_is_abandoned(flow_run, pid):
+        # Being stopped already (the stream and the poll both saw it), or its
+        # own worker (elsewhere, or alive on this host) will stop it.
         return
+    worker.cancelling.add(flow_run.id)
     try:
-        await worker.kill_infrastructure(pid, None, worker.cancel_grace_seconds)
-    except (InfrastructureError, NotImplementedError) as exc:
-        logger.warning("Could not stop flow run '%s': %s", flow_run.id, exc)
-        return
-    await propose_final_state(
-        worker, flow_run.id, State.of(StateType.CANCELLED, CANCELLED_MESSAGE), force=True
-    )
+        try:
+            await worker.kill_infrastructure(pid, None, worker.cancel_grace_seconds)
+        except (InfrastructureError, NotImplementedError) as exc:
+            logger.warning("Could not stop flow run '%s': %s", flow_run.id, exc)
+            return
+        await propose_final_state(
+            worker, flow_run.id, State.of(StateType.CANCELLED, CANCELLED_MESSAGE), force=True
+        )
+    finally:
+        worker.cancelling.discard(flow_run.id)
 
 
 async def listen_for_cancellations(worker: BaseWorker) -> None:
@@ -132,5 +137,19 @@ async def _on_cancelling(worker: BaseWorker, flow_run_id: str) -> None:
     except APIError as exc:
         logger.debug("Could not read cancelling flow run '%s': %s", run_id, exc)
         return
-    if flow_run.work_pool_name == worker.work_pool_name:
+    if flow_run.work_pool_name != worker.work_pool_name:
+        return
+    if worker.work_queues and flow_run.work_queue_name not in worker.work_queues:
+        return
+    if _is_cancelling(flow_run):  # not already handled by someone else
         await cancel_run(worker, flow_run)
+
+
+def _is_cancelling(flow_run: FlowRun) -> bool:
+    """CANCELLING, or the legacy CANCELLED state named "Cancelling"."""
+    state = flow_run.state
+    if state is None:
+        return False
+    return state.type is StateType.CANCELLING or (
+        state.type is StateType.CANCELLED and state.name == "Cancelling"
+    )

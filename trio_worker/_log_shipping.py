@@ -17,13 +17,15 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from trio_worker._exceptions import APIError
+from trio_worker._exceptions import APIError, ServerUnavailableError
 from trio_worker._models import Log
 
 if TYPE_CHECKING:
     from trio_worker._client import PrefectClient
 
 __all__ = ["APILogHandler", "ship_logs"]
+
+logger = logging.getLogger("trio_worker.log_shipping")
 
 DEFAULT_CAPACITY: Final = 10_000
 DEFAULT_BATCH_SIZE: Final = 500
@@ -91,14 +93,25 @@ class APILogHandler(logging.Handler):
 
 
 async def flush_logs(client: PrefectClient, handler: APILogHandler, *, batch_size: int) -> None:
-    """Send everything buffered now; keep what could not be sent."""
+    """Send everything buffered now; keep what may be sent later.
+
+    A batch the API could not take now (unavailable, or the send was
+    cancelled) goes back to the buffer; a batch it refused (4xx) never would
+    be taken, so it is dropped and counted rather than blocking every later line.
+    """
     while handler.buffer:
         batch = handler.take(batch_size)
         try:
             await client.create_logs(batch)
-        except APIError:
+        except ServerUnavailableError:
             handler.give_back(batch)
             return
+        except APIError as exc:
+            handler.dropped += len(batch)
+            logger.warning("The API refused %d log lines, dropped: %s", len(batch), exc)
+        except BaseException:
+            handler.give_back(batch)
+            raise
 
 
 async def ship_logs(

@@ -9,6 +9,7 @@ is swept with SIGKILL, so nothing the run spawned survives it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -19,7 +20,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from typing import Any, Final
 
 import trio
@@ -30,6 +30,7 @@ from trio_worker._process_config import ProcessJobConfiguration, ProcessVariable
 from trio_worker._process_group import (
     kill_process_group,
     parent_pid,
+    process_env_value,
     process_start_time,
     signal_process_group,
     terminate_process_group,
@@ -120,7 +121,6 @@ class ProcessWorker(BaseWorker):
             stdout=output,
             stderr=output,
             start_new_session=True,
-            preexec_fn=_memory_ceiling(memory_limit_mb),
             deliver_cancel=functools.partial(
                 terminate_process_group, grace_seconds=self.cancel_grace_seconds
             ),
@@ -134,6 +134,8 @@ class ProcessWorker(BaseWorker):
                 except OSError as exc:
                     spawn_error = exc
                 else:
+                    if memory_limit_mb is not None:
+                        _cap_memory(process.pid, memory_limit_mb)
                     task_status.started(format_infrastructure_pid(process.pid))
                     await self.run_records.add(
                         RunRecord(
@@ -165,7 +167,9 @@ class ProcessWorker(BaseWorker):
 
         A process on another host belongs to that host's worker (a bare pid,
         as Prefect 3.9 writes, has an unknown host). A process whose parent
-        is still alive belongs to the live worker that started it.
+        is still alive belongs to the live worker that started it. A pid that
+        now belongs to another program (reused) is never signalled: the
+        process must carry the run's ``PREFECT__FLOW_RUN_ID``.
         """
         try:
             host, pid = parse_infrastructure_pid(infrastructure_pid)
@@ -184,7 +188,13 @@ class ProcessWorker(BaseWorker):
                 host or "an unknown host",
             )
             return False
-        return is_orphaned(pid) or parent_pid(pid) is None
+        if parent_pid(pid) is None:
+            # The leader is gone; a group with its id can only hold its leftovers
+            # (a new group of that id would need a leader with that pid).
+            return True
+        if process_env_value(pid, "PREFECT__FLOW_RUN_ID") != str(flow_run.id):
+            return False
+        return is_orphaned(pid)
 
     async def kill_infrastructure(
         self, infrastructure_pid: str, configuration: Any, grace_seconds: float
@@ -207,20 +217,18 @@ class ProcessWorker(BaseWorker):
         await kill_process_group(pid, grace_seconds=grace_seconds)
 
 
-def _memory_ceiling(limit_mb: int | None) -> Callable[[], None] | None:
-    """Return a pre-exec hook that caps the child's address space, or None.
+def _cap_memory(pid: int, limit_mb: int) -> None:
+    """Cap the address space of the just-started process (and what it spawns).
 
-    It runs in the child between fork and exec, so the limit applies to the
-    flow run's process (and what it spawns) and never to the worker.
+    Set from the parent with ``prlimit`` right after the spawn rather than in
+    a pre-exec hook: running Python between fork and exec is unsafe while
+    other threads exist (trio's thread cache). The child is still starting
+    its interpreter when the cap lands.
     """
-    if limit_mb is None:
-        return None
     limit = limit_mb * 1024 * 1024
-
-    def set_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    return set_limit
+    # Already exited: its exit status tells the rest.
+    with contextlib.suppress(ProcessLookupError):
+        resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
 
 
 def is_orphaned(pid: int) -> bool:

@@ -20,6 +20,7 @@ __all__ = [
     "group_is_alive",
     "kill_process_group",
     "parent_pid",
+    "process_env_value",
     "process_start_time",
     "signal_process_group",
     "terminate_process_group",
@@ -86,6 +87,20 @@ def _proc_stat_fields(pid: int) -> list[str] | None:
     # The command name (field 2) may contain spaces and parentheses; the rest
     # follows the last ')'.
     return text[text.rindex(")") + 2 :].split()
+
+
+def process_env_value(pid: int, name: str) -> str | None:
+    """The value of env var ``name`` in process ``pid``, or None (unset or unreadable)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            entries = environ.read().split(b"\0")
+    except OSError:
+        return None
+    prefix = name.encode() + b"="
+    for entry in entries:
+        if entry.startswith(prefix):
+            return entry[len(prefix) :].decode(errors="replace")
+    return None
 
 
 def parent_pid(pid: int) -> int | None:

@@ -11,7 +11,10 @@ For each entry of the run record (``_run_records.py``):
   no longer exists".
 
 A pid is only ours if its start time matches the record: a reused pid is
-never signalled.
+never signalled. A run the API now records on other infrastructure (retried
+or rescheduled since) is left alone. Adopted runs are not stopped by a drain:
+they are not this process's children, and their record stays for the next
+worker of this name to adopt again.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from trio_worker._exceptions import APIError
-from trio_worker._models import State, StateType
+from trio_worker._models import FlowRun, State, StateType
 from trio_worker._process_group import group_is_alive, kill_process_group, process_start_time
 from trio_worker._run_records import RunRecord
-from trio_worker._submission import propose_final_state, report_cancelled
+from trio_worker._submission import REPORT_TIMEOUT_SECONDS, propose_final_state, report_cancelled
 from trio_worker._worker import InFlightRun
 
 if TYPE_CHECKING:
@@ -65,22 +68,41 @@ async def reconcile_process_runs(worker: ProcessWorker) -> None:
     for record in records:
         run_id = uuid.UUID(record.flow_run_id)
         if not still_ours(record):
-            await _crash_if_unfinished(worker, run_id, GONE_MESSAGE.format(name=worker.name))
+            message = GONE_MESSAGE.format(name=worker.name)
+            await _crash_if_unfinished(worker, run_id, message, pid=record.pid)
             await worker.run_records.remove(record.flow_run_id)
         elif worker.reconcile == "kill":
             logger.warning("Killing leftover process group %d of flow run '%s'", record.pid, run_id)
             await kill_process_group(record.pid, grace_seconds=worker.cancel_grace_seconds)
-            await _crash_if_unfinished(worker, run_id, KILLED_MESSAGE.format(name=worker.name))
+            message = KILLED_MESSAGE.format(name=worker.name)
+            await _crash_if_unfinished(worker, run_id, message, pid=record.pid)
             await worker.run_records.remove(record.flow_run_id)
         else:
             await _adopt(worker, record, run_id)
 
 
-async def _crash_if_unfinished(worker: ProcessWorker, run_id: uuid.UUID, message: str) -> None:
+def _still_runs_there(flow_run: FlowRun, pid: int) -> bool:
+    """Whether the API still records ``pid`` (of this host) as the run's infrastructure.
+
+    A run that was retried or rescheduled since may run elsewhere now: its
+    record here is stale and its state is not ours to touch.
+    """
+    from trio_worker._process import format_infrastructure_pid
+
+    recorded = flow_run.infrastructure_pid
+    return recorded in (None, "", str(pid), format_infrastructure_pid(pid))
+
+
+async def _crash_if_unfinished(
+    worker: ProcessWorker, run_id: uuid.UUID, message: str, *, pid: int
+) -> None:
     try:
         flow_run = await worker.client.read_flow_run(run_id)
     except APIError as exc:
         logger.warning("Could not read flow run '%s' to reconcile it: %s", run_id, exc)
+        return
+    if not _still_runs_there(flow_run, pid):
+        logger.info("Flow run '%s' moved on to other infrastructure; leaving it", run_id)
         return
     if flow_run.state is not None and not flow_run.state.is_final:
         logger.warning("Flow run '%s': %s", run_id, message)
@@ -94,6 +116,15 @@ async def _adopt(worker: ProcessWorker, record: RunRecord, run_id: uuid.UUID) ->
         flow_run = await worker.client.read_flow_run(run_id)
     except APIError as exc:
         logger.warning("Could not read flow run '%s' to adopt it: %s", run_id, exc)
+        return
+    if not _still_runs_there(flow_run, record.pid):
+        logger.warning(
+            "Process group %d of flow run '%s' runs on, but the run moved on to other "
+            "infrastructure; leaving the process alone",
+            record.pid,
+            run_id,
+        )
+        await worker.run_records.remove(record.flow_run_id)
         return
     logger.info("Adopting flow run '%s' (process group %d) after a restart", run_id, record.pid)
     # An adopted run holds a token like any other; over the limit it is still
@@ -125,13 +156,13 @@ async def _watch_adopted(
                         await kill_process_group(
                             record.pid, grace_seconds=worker.cancel_grace_seconds
                         )
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + REPORT_TIMEOUT_SECONDS
             if tracked.cancel_reason is not None:
                 await report_cancelled(worker, tracked)
             else:
-                await _crash_if_unfinished(
-                    worker, run_id, UNKNOWN_EXIT_MESSAGE.format(name=worker.name)
-                )
+                message = UNKNOWN_EXIT_MESSAGE.format(name=worker.name)
+                await _crash_if_unfinished(worker, run_id, message, pid=record.pid)
             await worker.run_records.remove(record.flow_run_id)
     finally:
         worker._untrack(run_id, release=borrowed)

@@ -12,6 +12,7 @@ on every change, from a thread so the loop never blocks on the disk.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -22,6 +23,8 @@ import platformdirs
 import trio
 
 __all__ = ["RunRecord", "RunRecords", "default_state_dir"]
+
+logger = logging.getLogger("trio_worker.run_records")
 
 
 def default_state_dir() -> Path:
@@ -58,6 +61,7 @@ class RunRecords:
         # Group commit: every change bumps the generation; one write covers all
         # the changes made before its snapshot was taken.
         self._generation = 0
+        self._warned = False
         self._written = 0
 
     async def load(self) -> list[RunRecord]:
@@ -101,7 +105,20 @@ class RunRecords:
                 return
             taken = self._generation
             snapshot = [attrs.asdict(r) for r in self._records.values()]
-            await trio.to_thread.run_sync(self._write, snapshot)
+            try:
+                await trio.to_thread.run_sync(self._write, snapshot)
+            except OSError as exc:
+                # The record only helps a later restart; a run must not fail
+                # because the state directory cannot be written.
+                if not self._warned:
+                    self._warned = True
+                    logger.warning(
+                        "Cannot record started runs in %s (%s); a restarted worker will "
+                        "not be able to reconcile them",
+                        self.path,
+                        exc,
+                    )
+                return
             self._written = taken
 
     def _write(self, snapshot: list[dict[str, Any]]) -> None:

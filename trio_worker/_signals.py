@@ -40,7 +40,10 @@ async def watch_shutdown_signals(
             if received == 1:
                 logger.warning("%s received: draining (send it again to stop at once)", name)
                 on_first()
-            else:
+            elif received == 2:
                 logger.warning("%s received again: stopping now", name)
                 cancel_scope.cancel()
-                return
+            else:
+                # Keep the handler: a third Ctrl-C must not interrupt the
+                # final state reports with a KeyboardInterrupt.
+                logger.warning("%s received: already stopping", name)

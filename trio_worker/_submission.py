@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import time
 import uuid
-import weakref
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -52,11 +52,6 @@ REPORT_TIMEOUT_SECONDS: Final = 10.0
 #: Deployments are read at most this often per id, so a burst of runs of one
 #: deployment costs one read.
 DEPLOYMENT_CACHE_SECONDS: Final = 5.0
-#: Per worker, the locks that make concurrent submissions of one deployment
-#: read it (and its flow) once instead of once per run.
-_READ_LOCKS: weakref.WeakKeyDictionary[BaseWorker, dict[tuple[str, uuid.UUID], trio.Lock]] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 def _log(worker: BaseWorker, flow_run: FlowRun, level: int, message: str, *args: object) -> None:
@@ -71,29 +66,49 @@ async def submit_flow_run(worker: BaseWorker, flow_run: FlowRun) -> None:
 
     The caller has borrowed a limiter token on behalf of ``flow_run.id`` and
     tracked the run in ``worker.in_flight``; this returns both in its
-    ``finally``. If the run's task is cancelled by a shutdown, the run is
-    reported CRASHED from a shielded, time-bounded scope before the
-    cancellation goes on.
+    ``finally``. Whatever ends the run's task, the run's final state is
+    reported from a shielded, time-bounded scope: CANCELLED (or CRASHED for a
+    timeout) when the worker stopped it on purpose, CRASHED with the error when
+    handling it failed, and CRASHED (or SCHEDULED again) when a shutdown cut it
+    short.
     """
     tracked = worker.in_flight[flow_run.id]
-    finished = False
+    interrupted = True  # until the run's own path has run to its end
+    failure: Exception | None = None
     try:
         with tracked.cancel_scope:
             await _submit(worker, tracked)
         if tracked.cancel_scope.cancelled_caught and tracked.cancel_reason is None:
             # Nobody asked for it: the run's deadline passed.
             tracked.cancel_reason = f"timed out after {tracked.timeout_seconds:g} s"
-        if tracked.cancel_reason is not None and tracked.owned:
-            await report_cancelled(worker, tracked)
-        finished = True
+        interrupted = False
+    except Exception as exc:
+        # An API outage longer than the retries, or a bug in a backend's run():
+        # it ends this run, never the worker and the other runs.
+        logger.exception("Handling flow run '%s' failed", flow_run.id)
+        interrupted = False
+        failure = exc
     finally:
         try:
-            if not finished and tracked.owned:
+            if tracked.owned:
                 with trio.CancelScope(shield=True) as scope:
                     scope.deadline = trio.current_time() + REPORT_TIMEOUT_SECONDS
-                    await _report_interrupted(worker, flow_run)
+                    await _report_end(worker, tracked, failure=failure, interrupted=interrupted)
         finally:
             worker._untrack(flow_run.id)
+
+
+async def _report_end(
+    worker: BaseWorker, tracked: InFlightRun, *, failure: Exception | None, interrupted: bool
+) -> None:
+    """Report the end of a run whose own path did not report it."""
+    if tracked.cancel_reason is not None:
+        await report_cancelled(worker, tracked)
+    elif failure is not None:
+        message = f"The worker failed while handling the run: {type(failure).__name__}: {failure}"
+        await propose_final_state(worker, tracked.flow_run.id, State.of(StateType.CRASHED, message))
+    elif interrupted:
+        await _report_interrupted(worker, tracked.flow_run)
 
 
 async def _report_interrupted(worker: BaseWorker, flow_run: FlowRun) -> None:
@@ -111,6 +126,12 @@ async def _report_interrupted(worker: BaseWorker, flow_run: FlowRun) -> None:
             return
         if current.state is not None and current.state.is_final:
             return
+        if current.state is not None and current.state.type is StateType.CANCELLING:
+            # A user asked for it to stop: it must not run again elsewhere.
+            await propose_final_state(
+                worker, flow_run.id, State.of(StateType.CANCELLED, CANCELLED_MESSAGE), force=True
+            )
+            return
         message = f"Worker {worker.name!r} shut down; the run was rescheduled."
         await propose_final_state(
             worker,
@@ -126,23 +147,31 @@ async def _report_interrupted(worker: BaseWorker, flow_run: FlowRun) -> None:
 async def _submit(worker: BaseWorker, tracked: InFlightRun) -> None:
     flow_run = tracked.flow_run
     client = worker.client
-    pending = State.of(StateType.PENDING)
-    verdict = await client.set_flow_run_state(flow_run.id, pending)
-    if not landed(verdict, pending) or verdict.state is None:
-        # Another worker has it, or it changed under us: not ours to start.
-        logger.info(
-            "Aborted submission of flow run '%s': %s",
-            flow_run.id,
-            verdict.reason or f"server answered {verdict.status}",
-        )
-        worker.metrics.runs_finished.labels("aborted").inc()
+    # Shielded: a shutdown arriving between the API's commit of PENDING and
+    # our reading the answer would otherwise leave the run PENDING, owned by
+    # no one.
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + REPORT_TIMEOUT_SECONDS
+        pending = State.of(StateType.PENDING)
+        verdict = await client.set_flow_run_state(flow_run.id, pending)
+        if not landed(verdict, pending) or verdict.state is None:
+            # Another worker has it, or it changed under us: not ours to start.
+            logger.info(
+                "Aborted submission of flow run '%s': %s",
+                flow_run.id,
+                verdict.reason or f"server answered {verdict.status}",
+            )
+            worker.metrics.runs_finished.labels("aborted").inc()
+            return
+        if verdict.state.state_details.scheduled_time is None and await _reopened_finished_run(
+            worker, flow_run, verdict.state
+        ):
+            worker.metrics.runs_finished.labels("aborted").inc()
+            return
+        tracked.owned = True
+    if scope.cancelled_caught and not tracked.owned:
+        logger.error("Proposing PENDING for flow run '%s' took too long; skipped", flow_run.id)
         return
-    if verdict.state.state_details.scheduled_time is None and await _reopened_finished_run(
-        worker, flow_run, verdict.state
-    ):
-        worker.metrics.runs_finished.labels("aborted").inc()
-        return
-    tracked.owned = True
     worker.metrics.runs_submitted.inc()
     _log(
         worker,
@@ -184,6 +213,9 @@ async def _submit(worker: BaseWorker, tracked: InFlightRun) -> None:
         result.identifier,
         result.status_code,
     )
+    # The infrastructure is gone: a timeout from here on would only cut short
+    # the reports below (and could overwrite the engine's final state).
+    tracked.cancel_scope.deadline = math.inf
     if tracked.cancel_reason is not None:
         return
     if result.status_code != 0:
@@ -341,7 +373,7 @@ async def _configure(worker: BaseWorker, flow_run: FlowRun) -> tuple[Any, dict[s
 
 def _read_lock(worker: BaseWorker, key: tuple[str, uuid.UUID]) -> trio.Lock:
     """One lock per cached object, so runs submitted together share one read of it."""
-    locks = _READ_LOCKS.setdefault(worker, {})
+    locks = worker.read_locks
     lock = locks.get(key)
     if lock is None:
         lock = locks[key] = trio.Lock()
@@ -418,8 +450,10 @@ async def report_cancelled(worker: BaseWorker, tracked: InFlightRun) -> None:
     reason = tracked.cancel_reason or ""
     worker.events.cancelled(tracked.flow_run, reason)
     if reason.startswith("timed out"):
+        # Not forced: an engine that reported its final state as the deadline
+        # passed keeps it.
         state = State.of(StateType.CRASHED, f"Flow run {reason}.")
-        await propose_final_state(worker, tracked.flow_run.id, state, force=True)
+        await propose_final_state(worker, tracked.flow_run.id, state)
         return
     _log(worker, tracked.flow_run, logging.INFO, "Cancelled flow run '%s'", tracked.flow_run.name)
     await propose_final_state(

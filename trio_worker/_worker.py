@@ -224,12 +224,18 @@ class BaseWorker:
         self._idle = trio.Event()
         self._idle.set()
         self._exit_stack: contextlib.AsyncExitStack | None = None
+        self._closing = trio.Event()
         self._warned: set[str] = set()
         self._stopping = False
         # Read-through caches for the submission pipeline: a burst of runs of
         # one deployment costs one read (see _submission.py).
         self.deployment_cache: dict[uuid.UUID, tuple[float, Deployment]] = {}
         self.flow_cache: dict[uuid.UUID, Flow] = {}
+        #: Locks that make concurrent submissions of one deployment read it
+        #: (and its flow) once instead of once per run.
+        self.read_locks: dict[tuple[str, uuid.UUID], trio.Lock] = {}
+        #: Runs of other (dead) workers this worker is stopping right now.
+        self.cancelling: set[uuid.UUID] = set()
         self.metrics = WorkerMetrics()
         self.events = EventEmitter(self)
         self.log_handler = APILogHandler(worker_name=self.name)
@@ -251,8 +257,20 @@ class BaseWorker:
                 self.api_url, settings=self.settings, backoff_seconds=self._client_backoff_seconds
             )
         )
-        self._runs_nursery = await stack.enter_async_context(trio.open_nursery())
+        outer = await stack.enter_async_context(trio.open_nursery())
+        self._runs_nursery = await outer.start(self._own_runs)
         return self
+
+    async def _own_runs(self, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+        """Hold the runs nursery in a task of its own until the worker closes.
+
+        Cancelling the runs (the end of a drain) then cancels only them, not
+        the caller's ``async with worker`` body and the loops inside it, which
+        keep shipping the runs' events and logs while they report.
+        """
+        async with trio.open_nursery() as runs:
+            task_status.started(runs)
+            await self._closing.wait()
 
     async def __aexit__(
         self,
@@ -260,10 +278,13 @@ class BaseWorker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        # Leaving the runs nursery waits for every run; an exception (or a
-        # cancellation) on the way out cancels them first, and each run reports
-        # its final state from a shielded scope before it returns.
+        # Leaving waits for every run; an exception (or a cancellation) on the
+        # way out cancels them first, and each run reports its final state
+        # from a shielded scope before it returns.
         assert self._exit_stack is not None
+        if exc is not None and self._runs_nursery is not None:
+            self._runs_nursery.cancel_scope.cancel()
+        self._closing.set()
         return await self._exit_stack.__aexit__(exc_type, exc, tb)
 
     @property

@@ -174,7 +174,8 @@ async def _demo(runs_wanted: int, limit: int, db: Path | None, seconds: float) -
                 else:
                     watching.cancel()
 
-            await nursery.start(watch_shutdown_signals, on_signal, nursery.cancel_scope)
+            # A second Ctrl-C stops the worker, not the API the runs report to.
+            await nursery.start(watch_shutdown_signals, on_signal, watching)
             api_url: str = await nursery.start(
                 functools.partial(serve_api, port=0, db_path=db_path)
             )

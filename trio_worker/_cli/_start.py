@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -62,34 +61,43 @@ def _read_base_job_template(path: str | None) -> dict[str, Any] | None:
     return template
 
 
-def _install_worker_type(type_name: str, policy: str) -> None:
-    """Install the package of a missing worker type, as ``--install-policy`` allows."""
+async def _install_worker_type(type_name: str) -> None:
+    """Install the package that provides worker type ``type_name`` with pip."""
     package = f"trio-worker-{type_name}"
-    if policy == "never":
-        return
-    if policy == "prompt":
-        if not sys.stdin.isatty():
-            return
-        if not click.confirm(f"Worker type {type_name!r} is not installed. Install {package}?"):
-            return
     click.echo(f"Installing {package} ...", err=True)
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", package], check=False, capture_output=True
+    result = await trio.run_process(
+        [sys.executable, "-m", "pip", "install", package],
+        check=False,
+        capture_stdout=True,
+        capture_stderr=True,
     )
     if result.returncode != 0:
-        raise click.ClickException(
+        raise WorkerTypeNotFoundError(
             f"could not install {package} for worker type {type_name!r}; "
             f"installed types: {', '.join(installed_worker_types())}"
         )
 
 
-def _resolve_worker_class(type_name: str, policy: str) -> type[BaseWorker]:
+async def _resolve_worker_class(type_name: str, policy: str) -> type[BaseWorker]:
+    """Find the worker type, installing its package as ``--install-policy`` allows.
+
+    ``always`` installs (or upgrades) first; ``if-not-present`` installs a
+    missing type; ``prompt`` asks, on a terminal only; ``never`` does not.
+    """
+    if policy == "always" and type_name != "process":
+        await _install_worker_type(type_name)
     try:
         return get_worker_class(type_name)
     except WorkerTypeNotFoundError:
-        if policy == "never":
+        if policy == "never" or (policy == "prompt" and not sys.stdin.isatty()):
             raise
-        _install_worker_type(type_name, policy)
+        if policy == "prompt":
+            question = (
+                f"Worker type {type_name!r} is not installed. Install trio-worker-{type_name}?"
+            )
+            if not await trio.to_thread.run_sync(click.confirm, question):
+                raise
+        await _install_worker_type(type_name)
         return get_worker_class(type_name)
 
 
@@ -135,6 +143,9 @@ class StartOptions:
 async def _serve(options: StartOptions, settings: Settings) -> None:
     async with trio.open_nursery() as nursery:
         workers: list[BaseWorker] = []
+        # A second signal stops the worker at once, but not the embedded API
+        # in this nursery: the runs still report their final states to it.
+        worker_scope = trio.CancelScope()
 
         def on_first_signal() -> None:
             if workers:
@@ -143,13 +154,13 @@ async def _serve(options: StartOptions, settings: Settings) -> None:
                 nursery.cancel_scope.cancel()
 
         # Installed first, so a signal at any point of start-up is handled.
-        await nursery.start(watch_shutdown_signals, on_first_signal, nursery.cancel_scope)
+        await nursery.start(watch_shutdown_signals, on_first_signal, worker_scope)
         api_url = settings.api_url
         if not api_url:
             api_url = await _start_embedded_api(nursery, settings.embedded_api_port)
             settings = attrs.evolve(settings, api_url=api_url)
         type_name = options.type or await _pool_type(settings, api_url, options.pool) or "process"
-        worker_cls = _resolve_worker_class(type_name, options.install_policy)
+        worker_cls = await _resolve_worker_class(type_name, options.install_policy)
         worker = worker_cls(
             options.pool,
             work_queues=options.work_queues,
@@ -163,13 +174,14 @@ async def _serve(options: StartOptions, settings: Settings) -> None:
             on_shutdown=options.on_shutdown,
             reconcile=options.reconcile,
         )
-        async with worker:
-            workers.append(worker)
-            await worker.start(
-                run_once=options.run_once,
-                with_healthcheck=options.with_healthcheck,
-                printer=click.echo,
-            )
+        with worker_scope:
+            async with worker:
+                workers.append(worker)
+                await worker.start(
+                    run_once=options.run_once,
+                    with_healthcheck=options.with_healthcheck,
+                    printer=click.echo,
+                )
         click.echo(f"Worker {worker.name!r} stopped!")
         nursery.cancel_scope.cancel()
 
