@@ -105,7 +105,8 @@ async def _report_end(
     if tracked.cancel_reason is not None:
         await report_cancelled(worker, tracked)
     elif failure is not None:
-        message = f"The worker failed while handling the run: {type(failure).__name__}: {failure}"
+        cause = _leaf(failure)
+        message = f"The worker failed while handling the run: {type(cause).__name__}: {cause}"
         await propose_final_state(worker, tracked.flow_run.id, State.of(StateType.CRASHED, message))
     elif interrupted:
         await _report_interrupted(worker, tracked.flow_run)
@@ -308,11 +309,17 @@ async def _start_and_wait(
     return results[0]
 
 
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (possibly nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _first_leaf(group: BaseExceptionGroup[InfrastructureError]) -> InfrastructureError:
-    first = group.exceptions[0]
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first
+    leaf = _leaf(group)
+    assert isinstance(leaf, InfrastructureError)  # the group was split on it
+    return leaf
 
 
 def _apply_limits(tracked: InFlightRun, values: dict[str, Any]) -> None:
