@@ -13,7 +13,7 @@ import sys
 import tasks
 import trio
 
-from trio_worker._task_worker import serve
+from trio_worker import serve
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -10,8 +10,7 @@ import re
 
 import trio
 
-# Until trio_worker re-exports these, they come from their private module.
-from trio_worker._tasks import task
+from trio_worker import task
 
 
 @task
