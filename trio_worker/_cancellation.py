@@ -16,6 +16,7 @@ two query intervals and catches whatever the stream missed. Both call
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid
 from typing import TYPE_CHECKING, Any, Final
@@ -106,8 +107,14 @@ async def listen_for_cancellations(worker: BaseWorker) -> None:
     assert worker.api_url is not None
 
     async def listen(socket: JsonWebSocket) -> None:
-        since = now().isoformat()
-        event_filter = {"occurred": {"since": since}, "event": {"name": [CANCELLING_EVENT]}}
+        # Prefect's filter defaults ``until`` to the moment it is parsed, which
+        # would exclude every live event: ask for a year ahead, as Prefect does.
+        start = now()
+        occurred = {
+            "since": start.isoformat(),
+            "until": (start + dt.timedelta(days=365)).isoformat(),
+        }
+        event_filter = {"occurred": occurred, "event": {"name": [CANCELLING_EVENT]}}
         await socket.send_json({"type": "filter", "filter": event_filter, "backfill": False})
         while True:
             message = await socket.receive_json()
