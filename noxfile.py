@@ -183,7 +183,7 @@ def prefect(session: nox.Session, prefect: str) -> None:
 #: The Prefect release the benchmark compares against (3.9.x needs --no-deps here, see
 #: ../shared/prefect-api-subset.md). FastAPI >= 0.155 removed ``min_items``, which
 #: Prefect 3.8.8's server still passes to ``Body()``, so it is pinned below that.
-BENCH_PREFECT = ("prefect==3.8.8", "fastapi<0.155")
+BENCH_PREFECT = ("prefect==3.8.8", *PREFECT_CONSTRAINTS["3.8.8"])
 
 
 @nox.session(python=PYTHON, default=False)

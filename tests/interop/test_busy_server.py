@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import textwrap
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,9 @@ FINAL = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CAN
 class FlakyProxy:
     """An ASGI app forwarding to ``upstream``, with a busy server's failures."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, http: httpx.AsyncClient) -> None:
         self.upstream = upstream.rstrip("/").removesuffix("/api")
+        self.http = http
         self.seen = 0
         self.failures: Counter[str] = Counter()
 
@@ -70,8 +72,7 @@ class FlakyProxy:
         query = scope.get("query_string", b"").decode()
         url = self.upstream + path + (f"?{query}" if query else "")
         headers = {"content-type": "application/json"} if body else {}
-        async with httpx.AsyncClient(timeout=30) as client:
-            response = await client.request(scope["method"], url, content=body, headers=headers)
+        response = await self.http.request(scope["method"], url, content=body, headers=headers)
         if path.endswith("/set_state") and self.seen % 4 == 3:
             self.failures["reply lost"] += 1
             await _respond(send, 503, b'{"exception_message":"Service Unavailable"}')
@@ -91,13 +92,20 @@ async def _respond(send: Any, status: int, body: bytes) -> None:
 
 
 @pytest.fixture
-async def flaky(api_url: str, nursery: trio.Nursery) -> tuple[FlakyProxy, str]:
-    proxy = FlakyProxy(api_url)
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    binds = await nursery.start(functools.partial(serve, proxy, config))  # type: ignore[arg-type]
-    return proxy, f"{binds[0]}/api"
+async def flaky(api_url: str, nursery: trio.Nursery) -> AsyncIterator[tuple[FlakyProxy, str]]:
+    # One client for the proxy's life: a client per request would build an
+    # SSL context each time, blocking the test's loop that also serves the proxy.
+    async with httpx.AsyncClient(timeout=30) as http:
+        proxy = FlakyProxy(api_url, http)
+        config = Config()
+        config.bind = ["127.0.0.1:0"]
+        config.accesslog = None
+        shutdown = trio.Event()
+        binds = await nursery.start(
+            functools.partial(serve, proxy, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+        )
+        yield proxy, f"{binds[0]}/api"
+        shutdown.set()
 
 
 @pytest.fixture
