@@ -17,6 +17,8 @@ INCLUDED_PRIVATE_MEMBERS = ["__version__"]
 
 
 def test_all_imports_are_exported() -> None:
+    for name in trio_worker.__all__:  # lazily loaded names resolve, and stay
+        getattr(trio_worker, name)
     public = sorted(
         name
         for name, value in vars(trio_worker).items()
@@ -80,3 +82,19 @@ def test_models_are_importable_by_their_public_path() -> None:
     module = importlib.import_module("trio_worker.models")
     assert module.FlowRun is trio_worker._models.FlowRun
     assert module.StateType.PENDING == "PENDING"
+
+
+def test_the_worker_command_line_does_not_load_the_server_or_the_task_worker() -> None:
+    # Start-up time is a feature: `trio-worker start` imports what a worker uses.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, trio_worker._cli, trio_worker._process;"
+        "print(sorted(m for m in sys.modules if m.startswith(('trio_worker._server',"
+        " 'trio_worker._task_worker', 'hypercorn'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"

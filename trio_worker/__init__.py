@@ -3,69 +3,53 @@
 This module is the whole public surface; everything lives in private modules
 and is re-exported here by name. Models of API objects are in
 :mod:`trio_worker.models`.
+
+Names load on first use (PEP 562), so a worker started from the command line
+does not import the task worker or its status server, nor the embedded API:
+start-up time and memory are features. The exceptions load at once, so
+tracebacks always name them ``trio_worker.X``.
 """
 
-from trio_worker._client import PrefectClient as PrefectClient
-from trio_worker._exceptions import (
-    APIError as APIError,
-)
-from trio_worker._exceptions import (
-    BadRequestError as BadRequestError,
-)
-from trio_worker._exceptions import (
-    ConfigurationError as ConfigurationError,
-)
-from trio_worker._exceptions import (
-    ConflictError as ConflictError,
-)
-from trio_worker._exceptions import (
-    InfrastructureError as InfrastructureError,
-)
-from trio_worker._exceptions import (
-    JobVariableError as JobVariableError,
-)
-from trio_worker._exceptions import (
-    ModelError as ModelError,
-)
-from trio_worker._exceptions import (
-    NotFoundError as NotFoundError,
-)
-from trio_worker._exceptions import (
-    ServerUnavailableError as ServerUnavailableError,
-)
-from trio_worker._exceptions import (
-    TemplateError as TemplateError,
-)
-from trio_worker._exceptions import (
-    TrioWorkerError as TrioWorkerError,
-)
-from trio_worker._exceptions import (
-    UnauthorizedError as UnauthorizedError,
-)
-from trio_worker._exceptions import (
-    WorkerTypeNotFoundError as WorkerTypeNotFoundError,
-)
-from trio_worker._jobs import BaseJobConfiguration as BaseJobConfiguration
-from trio_worker._jobs import BaseVariables as BaseVariables
-from trio_worker._jobs import job_metadata as job_metadata
-from trio_worker._process import ProcessWorker as ProcessWorker
-from trio_worker._process_config import ProcessJobConfiguration as ProcessJobConfiguration
-from trio_worker._process_config import ProcessVariables as ProcessVariables
-from trio_worker._settings import Settings as Settings
-from trio_worker._task_store import LocalTaskStore as LocalTaskStore
-from trio_worker._task_store import TaskStore as TaskStore
-from trio_worker._task_worker import StopTaskWorker as StopTaskWorker
-from trio_worker._task_worker import TaskWorker as TaskWorker
-from trio_worker._task_worker import serve as serve
-from trio_worker._tasks import Task as Task
-from trio_worker._tasks import TaskRunFailedError as TaskRunFailedError
-from trio_worker._tasks import TaskRunHandle as TaskRunHandle
-from trio_worker._tasks import TaskRunTimeoutError as TaskRunTimeoutError
-from trio_worker._tasks import task as task
+import importlib as _importlib
+import typing as _typing
+
+from trio_worker._exceptions import APIError as APIError
+from trio_worker._exceptions import BadRequestError as BadRequestError
+from trio_worker._exceptions import ConfigurationError as ConfigurationError
+from trio_worker._exceptions import ConflictError as ConflictError
+from trio_worker._exceptions import InfrastructureError as InfrastructureError
+from trio_worker._exceptions import JobVariableError as JobVariableError
+from trio_worker._exceptions import ModelError as ModelError
+from trio_worker._exceptions import NotFoundError as NotFoundError
+from trio_worker._exceptions import ServerUnavailableError as ServerUnavailableError
+from trio_worker._exceptions import TemplateError as TemplateError
+from trio_worker._exceptions import TrioWorkerError as TrioWorkerError
+from trio_worker._exceptions import UnauthorizedError as UnauthorizedError
+from trio_worker._exceptions import WorkerTypeNotFoundError as WorkerTypeNotFoundError
 from trio_worker._version import __version__ as __version__
-from trio_worker._worker import BaseWorker as BaseWorker
-from trio_worker._worker import BaseWorkerResult as BaseWorkerResult
-from trio_worker._worker import WorkerStatistics as WorkerStatistics
+
+if _typing.TYPE_CHECKING:
+    from trio_worker._client import PrefectClient as PrefectClient
+    from trio_worker._jobs import BaseJobConfiguration as BaseJobConfiguration
+    from trio_worker._jobs import BaseVariables as BaseVariables
+    from trio_worker._jobs import job_metadata as job_metadata
+    from trio_worker._process import ProcessWorker as ProcessWorker
+    from trio_worker._process_config import ProcessJobConfiguration as ProcessJobConfiguration
+    from trio_worker._process_config import ProcessVariables as ProcessVariables
+    from trio_worker._settings import Settings as Settings
+    from trio_worker._task_store import LocalTaskStore as LocalTaskStore
+    from trio_worker._task_store import TaskStore as TaskStore
+    from trio_worker._task_worker import StopTaskWorker as StopTaskWorker
+    from trio_worker._task_worker import TaskWorker as TaskWorker
+    from trio_worker._task_worker import serve as serve
+    from trio_worker._tasks import Task as Task
+    from trio_worker._tasks import TaskRunFailedError as TaskRunFailedError
+    from trio_worker._tasks import TaskRunHandle as TaskRunHandle
+    from trio_worker._tasks import TaskRunTimeoutError as TaskRunTimeoutError
+    from trio_worker._tasks import task as task
+    from trio_worker._worker import BaseWorker as BaseWorker
+    from trio_worker._worker import BaseWorkerResult as BaseWorkerResult
+    from trio_worker._worker import WorkerStatistics as WorkerStatistics
 
 __all__ = [
     "APIError",
@@ -105,23 +89,65 @@ __all__ = [
     "task",
 ]
 
+#: Where each lazily loaded name lives.
+_LAZY: dict[str, str] = {
+    "PrefectClient": "trio_worker._client",
+    "BaseJobConfiguration": "trio_worker._jobs",
+    "BaseVariables": "trio_worker._jobs",
+    "job_metadata": "trio_worker._jobs",
+    "ProcessWorker": "trio_worker._process",
+    "ProcessJobConfiguration": "trio_worker._process_config",
+    "ProcessVariables": "trio_worker._process_config",
+    "Settings": "trio_worker._settings",
+    "LocalTaskStore": "trio_worker._task_store",
+    "TaskStore": "trio_worker._task_store",
+    "StopTaskWorker": "trio_worker._task_worker",
+    "TaskWorker": "trio_worker._task_worker",
+    "serve": "trio_worker._task_worker",
+    "Task": "trio_worker._tasks",
+    "TaskRunFailedError": "trio_worker._tasks",
+    "TaskRunHandle": "trio_worker._tasks",
+    "TaskRunTimeoutError": "trio_worker._tasks",
+    "task": "trio_worker._tasks",
+    "BaseWorker": "trio_worker._worker",
+    "BaseWorkerResult": "trio_worker._worker",
+    "WorkerStatistics": "trio_worker._worker",
+}
+
 # Show the public name in reprs and tracebacks: ``trio_worker.NotFoundError``,
-# not ``trio_worker._exceptions.NotFoundError`` (as httpx does). Only for names
-# exported here: attrs classes that are structured from JSON (models, job
-# configurations, statistics) keep their module, because their string
-# annotations are resolved in it.
+# not ``trio_worker._exceptions.NotFoundError`` (as httpx does). attrs classes
+# that are structured from JSON keep their module: their string annotations
+# are resolved in it.
 _STRUCTURED = {
     "BaseJobConfiguration",
-    "LocalTaskStore",
     "BaseVariables",
     "BaseWorkerResult",
+    "LocalTaskStore",
     "ProcessJobConfiguration",
     "ProcessVariables",
     "Settings",
     "WorkerStatistics",
 }
-__locals = locals()
-for __name in __all__:
-    if not __name.startswith("__") and __name not in _STRUCTURED:
-        __locals[__name].__module__ = "trio_worker"
-del __locals, __name
+
+
+def _publish(name: str, value: _typing.Any) -> _typing.Any:
+    if name not in _STRUCTURED:
+        value.__module__ = "trio_worker"
+    globals()[name] = value
+    return value
+
+
+for _loaded in [n for n in __all__ if n in globals() and not n.startswith("__")]:
+    _publish(_loaded, globals()[_loaded])
+del _loaded
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trio_worker' has no attribute {name!r}")
+    return _publish(name, getattr(_importlib.import_module(module), name))
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
