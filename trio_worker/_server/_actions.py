@@ -11,7 +11,6 @@ update only changes when sent.
 
 from __future__ import annotations
 
-import enum
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -19,6 +18,7 @@ from typing import Any, ClassVar
 
 import attrs
 
+from trio_worker._models import StateType
 from trio_worker._server._validation import UNSET, UnsetType
 
 __all__ = [
@@ -45,18 +45,8 @@ __all__ = [
 Problem = tuple[str, str] | None
 
 
-class StateType(enum.StrEnum):
-    """The state types Prefect knows, in Prefect's order (it shows in 422 messages)."""
-
-    SCHEDULED = "SCHEDULED"
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    CRASHED = "CRASHED"
-    PAUSED = "PAUSED"
-    CANCELLING = "CANCELLING"
+# The state types, in Prefect's order (it shows in 422 messages), are the
+# models' own: the server stands on the models layer.
 
 
 def _at_least(bound: int) -> Callable[[Any], Problem]:

@@ -99,26 +99,26 @@ def _pool_out(tx: Tx, row: sqlite3.Row, current: datetime) -> dict[str, Any]:
     return pool_json(row, has_online_worker=online)
 
 
+def _template_error(message: str, template: dict[str, Any], body: Any) -> APIProblem:
+    """The 422 Prefect answers for a base job template it refuses."""
+    problem = {
+        "type": "value_error",
+        "loc": ["body", "base_job_template"],
+        "msg": f"Value error, {message}",
+        "input": template,
+    }
+    return invalid([problem], body)
+
+
 def _check_template(template: dict[str, Any], body: Any) -> None:
     if not template:
         return
-    loc = ["body", "base_job_template"]
     if "job_configuration" not in template or "variables" not in template:
         message = (
             "The `base_job_template` must contain both a `job_configuration` key "
             "and a `variables` key."
         )
-        raise invalid(
-            [
-                {
-                    "type": "value_error",
-                    "loc": loc,
-                    "msg": f"Value error, {message}",
-                    "input": template,
-                }
-            ],
-            body,
-        )
+        raise _template_error(message, template, body)
     used: set[str] = set()
 
     def walk(node: Any) -> None:
@@ -143,17 +143,7 @@ def _check_template(template: dict[str, Any], body: Any) -> None:
             "properties in the variables schema. Your job configuration uses the following "
             f"undeclared variable(s): {', '.join(sorted(missing))}."
         )
-        raise invalid(
-            [
-                {
-                    "type": "value_error",
-                    "loc": loc,
-                    "msg": f"Value error, {message}",
-                    "input": template,
-                }
-            ],
-            body,
-        )
+        raise _template_error(message, template, body)
 
 
 def _reserved(name: str) -> APIProblem:
