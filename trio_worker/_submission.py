@@ -11,6 +11,7 @@ its ``finally`` returns the token, whatever happened.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
 import time
@@ -38,6 +39,7 @@ from trio_worker._models import (
     State,
     StateType,
 )
+from trio_worker._patience import until_answered
 
 if TYPE_CHECKING:
     from trio_worker._worker import BaseWorker, BaseWorkerResult, InFlightRun
@@ -49,6 +51,11 @@ logger = logging.getLogger("trio_worker.flow_runs")
 CANCELLED_MESSAGE: Final = "Flow run was cancelled successfully."
 #: How long a state report may take while the run's task is being cancelled.
 REPORT_TIMEOUT_SECONDS: Final = 10.0
+#: How long the worker keeps asking a busy API whether its PENDING proposal
+#: landed: giving up early could leave a run PENDING that nobody starts.
+CLAIM_PATIENCE_SECONDS: Final = 60.0
+#: How long a run's task keeps proposing its final state through an outage.
+FINAL_REPORT_PATIENCE_SECONDS: Final = 300.0
 #: Deployments are read at most this often per id, so a burst of runs of one
 #: deployment costs one read.
 DEPLOYMENT_CACHE_SECONDS: Final = 5.0
@@ -152,9 +159,13 @@ async def _submit(worker: BaseWorker, tracked: InFlightRun) -> None:
     # our reading the answer would otherwise leave the run PENDING, owned by
     # no one.
     with trio.CancelScope(shield=True) as scope:
-        scope.deadline = trio.current_time() + REPORT_TIMEOUT_SECONDS
+        scope.deadline = trio.current_time() + CLAIM_PATIENCE_SECONDS
         pending = State.of(StateType.PENDING)
-        verdict = await client.set_flow_run_state(flow_run.id, pending)
+        verdict = await until_answered(
+            functools.partial(client.set_flow_run_state, flow_run.id, pending),
+            what=f"propose PENDING for flow run '{flow_run.id}'",
+            patience=CLAIM_PATIENCE_SECONDS,
+        )
         if not landed(verdict, pending) or verdict.state is None:
             # Another worker has it, or it changed under us: not ours to start.
             logger.info(
@@ -171,7 +182,13 @@ async def _submit(worker: BaseWorker, tracked: InFlightRun) -> None:
             return
         tracked.owned = True
     if scope.cancelled_caught and not tracked.owned:
-        logger.error("Proposing PENDING for flow run '%s' took too long; skipped", flow_run.id)
+        logger.error(
+            "The API did not answer the PENDING proposal for flow run '%s' within %.0f s; "
+            "not starting it. If the proposal landed, the run stays PENDING: set it to "
+            "SCHEDULED again to have it run.",
+            flow_run.id,
+            CLAIM_PATIENCE_SECONDS,
+        )
         return
     worker.metrics.runs_submitted.inc()
     _log(
@@ -420,7 +437,11 @@ async def _complete_if_unreported(worker: BaseWorker, flow_run: FlowRun, *, engi
     The engine is different: it exits 0 without a final state only when the
     API told it another actor decided (ABORT/REJECT), so its run is left alone.
     """
-    current = await worker.client.read_flow_run(flow_run.id)
+    current = await until_answered(
+        functools.partial(worker.client.read_flow_run, flow_run.id),
+        what=f"read flow run '{flow_run.id}'",
+        patience=FINAL_REPORT_PATIENCE_SECONDS,
+    )
     state = current.state
     if state is None:
         return
@@ -493,9 +514,16 @@ async def propose_final_state(
 
     Without ``force`` the API refuses to overwrite a state the engine already
     finished with, which is what we want: a run that completed stays completed.
+    Through an API outage it keeps proposing for up to
+    ``FINAL_REPORT_PATIENCE_SECONDS`` (or until the caller's deadline): a
+    report given up on leaves the run looking alive forever.
     """
     try:
-        verdict = await worker.client.set_flow_run_state(flow_run_id, state, force=force)
+        verdict = await until_answered(
+            functools.partial(worker.client.set_flow_run_state, flow_run_id, state, force=force),
+            what=f"report {state.type.value} for flow run '{flow_run_id}'",
+            patience=FINAL_REPORT_PATIENCE_SECONDS,
+        )
     except APIError as exc:
         logger.error("Could not report %s for flow run '%s': %s", state.type, flow_run_id, exc)
         return

@@ -11,21 +11,15 @@ once, so the workers fall back to polling.
 
 from __future__ import annotations
 
-import functools
 import textwrap
-from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 
 from tests.helpers import clean_env, make_deployment, python_command, wait_for_state
 from tests.interop.conftest import WORKER_ENV, WorkerFactory
+from tests.proxy import Fault, FaultyProxy, faulty_proxy
 from trio_worker._client import PrefectClient
 from trio_worker._models import StateType
 
@@ -34,82 +28,23 @@ pytestmark = pytest.mark.prefect
 FINAL = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
 
 
-class FlakyProxy:
-    """An ASGI app forwarding to ``upstream``, with a busy server's failures."""
-
-    def __init__(self, upstream: str, http: httpx.AsyncClient) -> None:
-        self.upstream = upstream.rstrip("/").removesuffix("/api")
-        self.http = http
-        self.seen = 0
-        self.failures: Counter[str] = Counter()
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] == "websocket":
-            await receive()  # websocket.connect
-            await send({"type": "websocket.accept", "subprotocol": "prefect"})
-            await send({"type": "websocket.close", "code": 1011})
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        self.seen += 1
-        path = scope["path"]
-        if self.seen % 4 == 1:
-            self.failures["refused"] += 1
-            await _respond(send, 503, b'{"exception_message":"Service Unavailable"}')
-            return
-        query = scope.get("query_string", b"").decode()
-        url = self.upstream + path + (f"?{query}" if query else "")
-        headers = {"content-type": "application/json"} if body else {}
-        response = await self.http.request(scope["method"], url, content=body, headers=headers)
-        if path.endswith("/set_state") and self.seen % 4 == 3:
-            self.failures["reply lost"] += 1
-            await _respond(send, 503, b'{"exception_message":"Service Unavailable"}')
-            return
-        await _respond(send, response.status_code, response.content)
-
-
-async def _respond(send: Any, status: int, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json")],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+def busy_server(path: str, number: int) -> Fault:
+    """Refuse one request in four; lose the reply of one state proposal in four."""
+    if number % 4 == 1:
+        return "refuse"
+    if path.endswith("/set_state") and number % 4 == 3:
+        return "lose reply"
+    return None
 
 
 @pytest.fixture
-async def flaky(api_url: str, nursery: trio.Nursery) -> AsyncIterator[tuple[FlakyProxy, str]]:
-    # One client for the proxy's life: a client per request would build an
-    # SSL context each time, blocking the test's loop that also serves the proxy.
-    async with httpx.AsyncClient(timeout=30) as http:
-        proxy = FlakyProxy(api_url, http)
-        config = Config()
-        config.bind = ["127.0.0.1:0"]
-        config.accesslog = None
-        shutdown = trio.Event()
-        binds = await nursery.start(
-            functools.partial(serve, proxy, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
-        )
-        yield proxy, f"{binds[0]}/api"
-        shutdown.set()
+async def flaky(api_url: str) -> AsyncIterator[tuple[FaultyProxy, str]]:
+    async with faulty_proxy(api_url, busy_server) as served:
+        yield served
 
 
 @pytest.fixture
-def env(flaky: tuple[FlakyProxy, str], tmp_path: Path) -> dict[str, str]:
+def env(flaky: tuple[FaultyProxy, str], tmp_path: Path) -> dict[str, str]:
     """The workers' environment: they talk to the API through the flaky proxy."""
     home = tmp_path / "prefect-home"
     home.mkdir(exist_ok=True)
@@ -125,7 +60,7 @@ def env(flaky: tuple[FlakyProxy, str], tmp_path: Path) -> dict[str, str]:
 async def test_busy_server_every_run_starts_exactly_once(
     client: PrefectClient,
     start_worker: WorkerFactory,
-    flaky: tuple[FlakyProxy, str],
+    flaky: tuple[FaultyProxy, str],
     pool_name: str,
     tmp_path: Path,
 ) -> None:
@@ -145,13 +80,19 @@ async def test_busy_server_every_run_starts_exactly_once(
         job_variables={"command": python_command(code, str(marks))},
     )
     runs = [await client.create_flow_run_from_deployment(deployment.id) for _ in range(8)]
-    async with start_worker("--limit", "3"), start_worker("--limit", "3"):
+    async with start_worker("--limit", "3") as first, start_worker("--limit", "3") as second:
         for run in runs:
-            done = await wait_for_state(client, run.id, FINAL, timeout=120)
+            try:
+                done = await wait_for_state(client, run.id, FINAL, timeout=120)
+            except AssertionError:
+                history = await client.read_flow_run_states(run.id)
+                states = "\n".join(f"  {s.timestamp} {s.type.value} {s.message}" for s in history)
+                logs = "\n".join(f"--- {w.name}\n{w.output()}" for w in (first, second))
+                raise AssertionError(f"run {run.id} states:\n{states}\n{logs}") from None
             assert done.state is not None
             assert done.state.type is StateType.COMPLETED, done.state
     proxy = flaky[0]
-    assert proxy.failures["refused"] > 0
+    assert proxy.failures["refuse"] > 0
     assert proxy.failures["reply lost"] > 0
     for run in runs:
         assert (marks / str(run.id)).read_text() == "x"
