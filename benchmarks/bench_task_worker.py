@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import trio
+
+from _procs import read_stat
 
 from trio_worker._client import PrefectClient
 from trio_worker._models import StateType
@@ -100,8 +104,13 @@ async def bench(runs: int, submitters: int, limit: int) -> dict[str, Any]:
             try:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(_follow_worker, worker)
+                    before = _cpu_seconds(api.pid, worker.pid)
                     result = await _measure(api_url, runs, submitters)
+                    after = _cpu_seconds(api.pid, worker.pid)
                     nursery.cancel_scope.cancel()
+                # CPU seconds per run of each process: where the time goes.
+                for name, spent in after.items():
+                    result[f"{name}_cpu_ms_per_run"] = 1000 * (spent - before[name]) / runs
                 return result
             finally:
                 worker.kill()
@@ -109,6 +118,15 @@ async def bench(runs: int, submitters: int, limit: int) -> dict[str, Any]:
         finally:
             api.kill()
             await api.wait()
+
+
+def _cpu_seconds(api_pid: int, worker_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the API, the task worker and this submitter."""
+    spent = {"submitter": time.process_time()}
+    for name, pid in (("api", api_pid), ("worker", worker_pid)):
+        stat = read_stat(pid)
+        spent[name] = stat.cpu if stat else math.nan
+    return spent
 
 
 async def _measure(api_url: str, runs: int, submitters: int) -> dict[str, Any]:
@@ -170,7 +188,10 @@ def main() -> None:
         f"task worker round trip (limit {args.limit}, {args.submitters} submitters, "
         f"{os.cpu_count()} CPUs): {result['runs']} runs in {result['wall_seconds']:.2f} s "
         f"= {result['runs_per_second']:.0f} runs/s; latency p50 {result['p50_ms']:.0f} ms, "
-        f"p99 {result['p99_ms']:.0f} ms (submitting alone took {result['submit_seconds']:.2f} s)"
+        f"p99 {result['p99_ms']:.0f} ms (submitting alone took {result['submit_seconds']:.2f} s); "
+        f"CPU ms per run: API {result['api_cpu_ms_per_run']:.2f}, "
+        f"worker {result['worker_cpu_ms_per_run']:.2f}, "
+        f"submitter {result['submitter_cpu_ms_per_run']:.2f}"
     )
 
 
