@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 from tests.server.conftest import assert_conforms, captured
 from tests.server.test_events import auth, close_of, ws_url
+from trio_worker._server._schema import MIGRATIONS, SCHEMA_VERSION
 from trio_worker.testing import open_embedded_api
 
 KEY = "add-861ba364"
@@ -164,3 +166,50 @@ async def test_client_events_update_task_run_state(client: httpx.AsyncClient) ->
     }  # fmt: skip
     assert (await client.post("/events", json=[event])).status_code == 204
     assert (await client.get(f"/task_runs/{run['id']}")).json()["state_type"] == "COMPLETED"
+
+
+async def submit_at(client: httpx.AsyncClient, key: str, scheduled: str) -> str:
+    body = captured("task_run_create.json")
+    body["task_key"] = key
+    body["dynamic_key"] = f"{key}-{uuid.uuid4().hex}"
+    body["state"]["state_details"]["scheduled_time"] = scheduled
+    response = await client.post("/task_runs/", json=body)
+    assert response.status_code == 201, response.text
+    run_id: str = response.json()["id"]
+    return run_id
+
+
+async def test_delivery_order_retries_first_then_by_scheduled_time_across_keys(
+    api_url: str, client: httpx.AsyncClient
+) -> None:
+    key_a, key_b = f"a-{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"
+    late = await submit_at(client, key_a, "2026-01-01T00:00:03.000000Z")
+    early = await submit_at(client, key_b, "2026-01-01T00:00:01.000000Z")
+    middle = await submit_at(client, key_a, "2026-01-01T00:00:02.000000Z")
+    retry = await submit_at(client, key_b, "2026-01-01T00:00:09.000000Z")
+    again = {"type": "SCHEDULED", "name": "AwaitingRetry", "state_details": {"deferred": True}}
+    moved = await client.post(f"/task_runs/{retry}/set_state", json={"state": again, "force": True})
+    assert moved.status_code == 201, moved.text
+    delivered = []
+    async with open_websocket_url(ws_url(api_url, SUBSCRIPTION), subprotocols=["prefect"]) as ws:
+        await subscribe(ws, key_a, key_b)
+        for _ in range(4):
+            delivered.append((await receive_run(ws))["id"])
+            await ws.send_message(json.dumps({"type": "ack"}))
+    assert delivered == [retry, early, middle, late]
+
+
+async def test_a_version_1_database_is_migrated_and_serves_the_queue(tmp_path: Path) -> None:
+    db = tmp_path / "v1.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(MIGRATIONS[0])
+        conn.execute("PRAGMA user_version = 1")
+    async with open_embedded_api(db) as url, httpx.AsyncClient(base_url=url) as client:
+        run = await submit(client)
+        async with open_websocket_url(ws_url(url, SUBSCRIPTION), subprotocols=["prefect"]) as ws:
+            await subscribe(ws)
+            assert (await receive_run(ws))["id"] == run["id"]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert "ix_task_runs_waiting" in indexes and "ix_task_runs_queue" not in indexes

@@ -71,14 +71,15 @@ def format_time(value: datetime | None) -> str | None:
     """
     if value is None:
         return None
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_time(value: str | None) -> datetime | None:
     """Parse a time stored by :func:`format_time`."""
     if value is None:
         return None
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    # fromisoformat reads the trailing Z (Python 3.11+), many times faster than strptime.
+    return datetime.fromisoformat(value)
 
 
 def dumps(value: Any) -> str:

@@ -16,6 +16,7 @@ Waiting subscribers sleep on an event that every change to a deferred task run
 
 from __future__ import annotations
 
+import sqlite3
 from functools import partial
 from typing import Any, Final
 
@@ -26,11 +27,11 @@ from trio_worker._server._storage import Database, Tx
 
 __all__ = ["TaskQueue"]
 
-CANDIDATES: Final = 20
-"""Runs read per look at the queue; those already in flight are skipped."""
-
 IDLE_RECHECK_SECONDS: Final = 5.0
 """A waiting subscriber looks at the database again at least this often."""
+
+WAITING: Final = "state_type = 'SCHEDULED' AND deferred = 1 AND delivered = 0"
+"""The condition of the partial indexes that hold the waiting runs (schema ``_V2``)."""
 
 
 class TaskQueue:
@@ -45,30 +46,43 @@ class TaskQueue:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def take(self, db: Database, keys: list[str]) -> dict[str, Any]:
+    async def take(
+        self, db: Database, keys: list[str], *, acked: str | None = None
+    ) -> dict[str, Any]:
         """Wait for a run with one of ``keys`` and reserve it for the caller.
 
-        The caller must end the reservation with :meth:`ack` or :meth:`release`
-        (in a ``finally``), or the run stays reserved until the server restarts.
+        ``acked`` is the run the caller delivered last: its ack is recorded in
+        the same transaction that looks for the next run, so a subscriber's
+        hand-off costs one trip to the database, not two.
+
+        The caller must end the reservation with :meth:`ack`, a later ``take``
+        (``acked=``) or :meth:`release` (in a ``finally``), or the run stays
+        reserved until the server restarts.
         """
-        while True:
-            changed = self._changed
-            exclude = list(self._in_flight)
-            rows = await db.run(partial(_candidates, keys=keys, exclude=exclude))
-            # No checkpoint between this check and the add: two subscribers
-            # cannot both reserve the same run.
-            for run in rows:
-                if run["id"] not in self._in_flight:
-                    self._in_flight.add(run["id"])
-                    return run
-            with trio.move_on_after(IDLE_RECHECK_SECONDS):
-                await changed.wait()
+        try:
+            while True:
+                changed = self._changed
+                look = partial(_waiting, keys=keys, count=len(self._in_flight) + 1, acked=acked)
+                rows = await db.run(look)
+                if acked is not None:
+                    self._in_flight.discard(acked)
+                    acked = None
+                # No checkpoint between this check and the add: two subscribers
+                # cannot both reserve the same run.
+                for row in rows:
+                    if row["id"] not in self._in_flight:
+                        self._in_flight.add(row["id"])
+                        return task_run_json(row)
+                with trio.move_on_after(IDLE_RECHECK_SECONDS):
+                    await changed.wait()
+        finally:
+            if acked is not None:  # the database call itself failed
+                self._in_flight.discard(acked)
 
     async def ack(self, db: Database, run_id: str) -> None:
         """Record durably that the run was delivered, then end its reservation."""
         try:
-            await db.run(lambda tx: tx.execute("UPDATE task_runs SET delivered = 1 WHERE id = ?",
-                                               (run_id,)))  # fmt: skip
+            await db.run(partial(_record_ack, run_id=run_id))
         finally:
             self._in_flight.discard(run_id)
 
@@ -79,15 +93,30 @@ class TaskQueue:
             self.notify()
 
 
-def _candidates(tx: Tx, *, keys: list[str], exclude: list[str]) -> list[dict[str, Any]]:
-    key_marks = ", ".join("?" for _ in keys)
-    excluded = ""
-    if exclude:
-        excluded = f"AND id NOT IN ({', '.join('?' for _ in exclude)})"
-    rows = tx.all(
-        f"SELECT * FROM task_runs WHERE task_key IN ({key_marks}) AND state_type = 'SCHEDULED' "
-        f"AND deferred = 1 AND delivered = 0 {excluded} "
-        "ORDER BY state_name = 'AwaitingRetry' DESC, next_scheduled_start_time, created LIMIT ?",
-        [*keys, *exclude, CANDIDATES],
-    )
-    return [task_run_json(row) for row in rows]
+def _record_ack(tx: Tx, *, run_id: str) -> None:
+    tx.execute("UPDATE task_runs SET delivered = 1 WHERE id = ?", (run_id,))
+
+
+def _waiting(tx: Tx, *, keys: list[str], count: int, acked: str | None) -> list[sqlite3.Row]:
+    """Waiting runs in delivery order, enough that one is not in flight (``acked`` recorded first).
+
+    Runs waiting to be retried go first, then the rest by scheduled time, as
+    Prefect serves its retry queue before its scheduled queue. Each key's first
+    ``count`` runs are read in order from a partial index; the few rows are
+    merged here.
+    """
+    if acked is not None:
+        _record_ack(tx, run_id=acked)
+    order = "ORDER BY next_scheduled_start_time, created LIMIT ?"
+    found: dict[str, sqlite3.Row] = {}
+    for extra in ("AND state_name = 'AwaitingRetry'", ""):
+        group: list[sqlite3.Row] = []
+        for key in keys:
+            group += tx.all(
+                f"SELECT * FROM task_runs WHERE task_key = ? AND {WAITING} {extra} {order}",
+                (key, count),
+            )
+        group.sort(key=lambda row: (row["next_scheduled_start_time"] or "", row["created"]))
+        for row in group:
+            found.setdefault(row["id"], row)
+    return list(found.values())

@@ -182,23 +182,29 @@ async def _deliver(
     db = api.db
     if db is None:
         return False
-    while True:
-        run = await api.tasks.take(db, keys)
-        acknowledged = False
-        try:
-            await ws.send_text(dumps(run))
+    acked: str | None = None  # delivered; recorded by the next take
+    try:
+        while True:
+            previous, acked = acked, None
+            run = await api.tasks.take(db, keys, acked=previous)
+            acknowledged = False
             try:
-                reply = json.loads(await replies.receive())
-            except (ValueError, trio.EndOfChannel):
-                return False
-            kind = reply.get("type") if isinstance(reply, dict) else None
-            if kind == "quit":
-                return True
-            if kind != "ack":
-                return False
+                await ws.send_text(dumps(run))
+                try:
+                    reply = json.loads(await replies.receive())
+                except (ValueError, trio.EndOfChannel):
+                    return False
+                kind = reply.get("type") if isinstance(reply, dict) else None
+                if kind == "quit":
+                    return True
+                if kind != "ack":
+                    return False
+                acknowledged = True
+                acked = run["id"]
+            finally:
+                if not acknowledged:
+                    api.tasks.release(run["id"])
+    finally:
+        if acked is not None:
             with trio.CancelScope(shield=True):
-                await api.tasks.ack(db, run["id"])
-            acknowledged = True
-        finally:
-            if not acknowledged:
-                api.tasks.release(run["id"])
+                await api.tasks.ack(db, acked)
