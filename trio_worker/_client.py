@@ -55,6 +55,9 @@ __all__ = ["API_VERSION", "PrefectClient"]
 
 API_VERSION: Final = "0.8.4"
 USER_AGENT: Final = f"trio-worker/{__version__} (API {API_VERSION})"
+DEFAULT_MAX_CONNECTIONS: Final = 16
+MOST_CONNECTIONS: Final = 100
+"""What a caller sizing its pool by its concurrency is held to."""
 
 T = TypeVar("T")
 
@@ -136,6 +139,10 @@ class PrefectClient:
         api_url: the API's base URL, e.g. ``http://127.0.0.1:4200/api``.
         settings: credentials, TLS and timeout settings (defaults when None).
         backoff_seconds: first retry wait; tests make it small.
+        max_connections: connections kept open to the API. A caller with many
+            requests in flight at once (a task worker at a high limit) wants
+            about one each: requests queued for a connection cost the pool far
+            more CPU than an idle connection does.
     """
 
     def __init__(
@@ -144,6 +151,7 @@ class PrefectClient:
         *,
         settings: Settings | None = None,
         backoff_seconds: float = 1.0,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         if not api_url.startswith(("http://", "https://")):
             raise ConfigurationError(
@@ -153,6 +161,7 @@ class PrefectClient:
         self.api_url = api_url.rstrip("/")
         self.settings = settings or Settings()
         self._backoff_seconds = backoff_seconds
+        self._max_connections = max_connections
         self._state = _ClientState.UNOPENED
         self._http: httpx.AsyncClient | None = None
 
@@ -183,7 +192,9 @@ class PrefectClient:
             verify = settings.ssl_cert_file
         # As many idle connections kept as may be open: with fewer, a burst of
         # concurrent submissions closed and reopened a connection per request.
-        limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+        limits = httpx.Limits(
+            max_connections=self._max_connections, max_keepalive_connections=self._max_connections
+        )
         inner = httpx.AsyncHTTPTransport(verify=verify, limits=limits)
         transport = RetryTransport(
             inner, max_retries=settings.max_retries, backoff_seconds=self._backoff_seconds

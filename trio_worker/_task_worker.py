@@ -36,7 +36,7 @@ from typing import Any, Final, final
 import attrs
 import trio
 
-from trio_worker._client import PrefectClient
+from trio_worker._client import DEFAULT_MAX_CONNECTIONS, MOST_CONNECTIONS, PrefectClient
 from trio_worker._converter import structure
 from trio_worker._exceptions import (
     APIError,
@@ -230,8 +230,13 @@ class TaskWorker:
             raise ConfigurationError("PREFECT_API_URL is not set; the task worker needs an API")
         self.started_at = now()
         logger.info("task worker %s serving %s", self.client_id, ", ".join(self.tasks))
+        # A connection per run that may be reporting at once, and one per lane.
+        connections = min((self.limit or MOST_CONNECTIONS) + self.lanes, MOST_CONNECTIONS)
         async with PrefectClient(
-            settings.api_url, settings=settings, backoff_seconds=self.client_backoff_seconds
+            settings.api_url,
+            settings=settings,
+            backoff_seconds=self.client_backoff_seconds,
+            max_connections=max(connections, DEFAULT_MAX_CONNECTIONS),
         ) as client:
             self._client = client
             try:
