@@ -188,7 +188,8 @@ BENCH_PREFECT = ("prefect==3.8.8", *PREFECT_CONSTRAINTS["3.8.8"])
 
 @nox.session(python=PYTHON, default=False)
 def bench(session: nox.Session) -> None:
-    """Benchmark trio-worker against Prefect's worker (driver flags after --, e.g. --quick)."""
+    """Benchmark trio-worker against Prefect's worker and task worker (flags after -- go to
+    bench_worker.py, e.g. --quick)."""
     session.install("-e", ".")
     args = list(session.posargs)
     try:
@@ -202,6 +203,9 @@ def bench(session: nox.Session) -> None:
             session.error("--prefect needs Prefect, which could not be installed")
         args += ["--workers", "trio"]
     session.run("python", "benchmarks/bench_worker.py", *args)
+    # Background task runs, next to Prefect's task worker on a real Prefect server.
+    task_args = [] if "--workers" in args else ["--prefect"]
+    session.run("python", "benchmarks/bench_task_worker.py", *task_args)
 
 
 @nox.session(python=PYTHON, default=False)

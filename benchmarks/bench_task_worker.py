@@ -1,21 +1,35 @@
-"""Round trip of background task runs: ``.delay()`` -> COMPLETED.
+"""Round trip of background task runs: ``.delay()`` -> COMPLETED, next to Prefect's task worker.
 
-Three processes, as in a deployment: the embedded API, one task worker
-(``trio-worker task-worker serve --limit 50``) serving a no-op async task,
-and this submitter. Runs are submitted by ``--submitters`` concurrent Trio
-tasks over one client; latency is the run's ``end_time`` (stamped by the API
-when COMPLETED is recorded) minus the moment its ``.delay()`` began, so the
-figure does not depend on how often anyone polls. Printed, not asserted.
+Three processes, as in a deployment: an API, one task worker at ``--limit``
+serving a no-op async task, and this submitter. Each case:
 
-    python benchmarks/bench_task_worker.py [--runs 2000] [--submitters 50] [--limit 50]
+* ``trio / embedded``: ``trio-worker task-worker serve`` against the embedded API
+  (the zero-setup default);
+* with ``--prefect`` (needs the ``prefect`` package; ``nox -s bench`` has it), a
+  real ``prefect server start`` on SQLite, and against that same server
+  ``trio / prefect`` (our task worker) and ``prefect / prefect`` (Prefect's
+  ``prefect.task_worker.serve``). Ratios are taken between these two.
+
+Runs are submitted by ``--submitters`` concurrent Trio tasks over one client,
+with the same code for both workers (Prefect's own ``.delay()`` is a blocking
+call that takes about a second per run here, which would measure the
+submitter, not the worker). Latency is the run's ``end_time`` (stamped by the
+API when COMPLETED is recorded) minus the moment its submission began, so the
+figure does not depend on how often anyone polls. Printed, not asserted; raw
+figures go to ``bench-results/task-worker-<date>.json``.
+
+    python benchmarks/bench_task_worker.py [--runs 1000] [--submitters 4] [--limit 50] [--prefect]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
+import json
 import math
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -24,15 +38,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
-from _procs import read_stat
+from _procs import sample_tree
+from bench_worker import clean_env, log, prefect_installed, running_api
 
 from trio_worker._client import PrefectClient
 from trio_worker._models import TERMINAL_STATE_TYPES, StateType
-from trio_worker._tasks import task
+from trio_worker._tasks import Task, task
 
 HERE = Path(__file__).resolve().parent
-WORKER_COMMAND = [sys.executable, "-m", "trio_worker", "task-worker", "serve"]
+ROOT = HERE.parent
 
 
 @task(key="bench-noop")
@@ -40,96 +56,94 @@ async def noop() -> None:
     """The task under test: does nothing, so what is measured is the machinery."""
 
 
-SERVE_API = """
-import functools, sys, trio
-from trio_worker._server import serve_api
+@attrs.frozen
+class Case:
+    """One task worker against one API."""
 
-async def main():
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(functools.partial(serve_api, port=0, db_path=sys.argv[1]))
-        print(url, flush=True)
-
-trio.run(main)
-"""
+    name: str
+    argv: list[str]
+    #: a line the worker prints once it is subscribed
+    ready: bytes
+    submitted: Task[..., Any]
 
 
-async def _first_line(process: trio.Process) -> str:
-    assert process.stdout is not None
-    data = b""
-    while b"\n" not in data:
-        chunk = await process.stdout.receive_some()
-        if not chunk:
-            raise RuntimeError("the API process exited before printing its URL")
-        data += chunk
-    return data.split(b"\n", 1)[0].decode()
+def trio_case(limit: int, api: str) -> Case:
+    argv = [sys.executable, "-m", "trio_worker", "task-worker", "serve", "bench_task_worker:noop"]
+    return Case(f"trio / {api}", [*argv, "--limit", str(limit)], b"subscribed to", noop)
 
 
-async def _follow_worker(
-    process: trio.Process, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+def prefect_case(limit: int) -> Case:
+    from _prefect_noop import noop as prefect_noop  # imports prefect: only with --prefect
+
+    # Our submitter, Prefect's task key: the same requests reach the server for both workers.
+    same_key = Task(noop.fn, key=prefect_noop.task_key)
+    argv = [sys.executable, str(HERE / "_prefect_noop.py"), str(limit)]
+    return Case("prefect / prefect", argv, b"Subscribing to runs", same_key)
+
+
+async def _follow(
+    process: trio.Process, ready: bytes, *, task_status: trio.TaskStatus[None]
 ) -> None:
-    """Report started once the worker subscribed, then keep draining its stderr.
+    """Report started once the worker says it subscribed, then keep draining its output.
 
     A pipe nobody reads fills up and blocks the worker's logging: the benchmark
     would measure a stalled process.
     """
-    assert process.stderr is not None
+    assert process.stdout is not None
     data = b""
-    while b"subscribed to" not in data:
-        chunk = await process.stderr.receive_some()
+    while ready not in data:
+        chunk = await process.stdout.receive_some()
         if not chunk:
-            raise RuntimeError(f"the task worker exited:\n{data.decode()}")
+            raise RuntimeError(f"the task worker exited:\n{data.decode(errors='replace')}")
         data += chunk
     task_status.started()
-    while await process.stderr.receive_some():
+    while await process.stdout.receive_some():
         pass
 
 
-async def bench(runs: int, submitters: int, limit: int) -> dict[str, Any]:
+async def run_case(case: Case, api: dict[str, Any], runs: int, submitters: int) -> dict[str, Any]:
+    """Start the case's worker, push ``runs`` runs through it, stop it; return the figures."""
     with tempfile.TemporaryDirectory(prefix="bench-task-worker-") as tmp:
-        env = {**os.environ, "TRIO_WORKER_TASK_STORAGE": f"{tmp}/store", "PYTHONUNBUFFERED": "1"}
-        env.pop("PREFECT_API_URL", None)
-        api = await trio.lowlevel.open_process(
-            [sys.executable, "-c", SERVE_API, f"{tmp}/api.db"], stdout=subprocess.PIPE, env=env
+        env = clean_env(
+            PREFECT_API_URL=api["url"],
+            PREFECT_HOME=f"{tmp}/home",
+            TRIO_WORKER_TASK_STORAGE=f"{tmp}/store",
+            PYTHONUNBUFFERED="1",
+            PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",
+        )
+        log(f"{case.name}: {runs} runs, {submitters} submitters")
+        worker = await trio.lowlevel.open_process(
+            case.argv, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         try:
-            api_url = await _first_line(api)
-            env["PREFECT_API_URL"] = api_url
-            worker = await trio.lowlevel.open_process(
-                [*WORKER_COMMAND, "bench_task_worker:noop", "--limit", str(limit)],
-                cwd=HERE,
-                env=env,
-                stderr=subprocess.PIPE,
-            )
-            try:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(_follow_worker, worker)
-                    before = _cpu_seconds(api.pid, worker.pid)
-                    result = await _measure(api_url, runs, submitters)
-                    after = _cpu_seconds(api.pid, worker.pid)
-                    nursery.cancel_scope.cancel()
-                # CPU seconds per run of each process: where the time goes.
-                for name, spent in after.items():
-                    result[f"{name}_cpu_ms_per_run"] = 1000 * (spent - before[name]) / runs
-                return result
-            finally:
-                worker.kill()
-                await worker.wait()
+            async with trio.open_nursery() as nursery:
+                with trio.fail_after(120):
+                    await nursery.start(_follow, worker, case.ready)
+                before = _cpu_seconds(api["pid"], worker.pid)
+                result = await _measure(case.submitted, api["url"], runs, submitters)
+                after = _cpu_seconds(api["pid"], worker.pid)
+                nursery.cancel_scope.cancel()
         finally:
-            api.kill()
-            await api.wait()
+            worker.kill()
+            await worker.wait()
+    for name, spent in after.items():
+        result[f"{name}_cpu_ms_per_run"] = 1000 * (spent - before[name]) / runs
+    return {"case": case.name, **result}
 
 
 def _cpu_seconds(api_pid: int, worker_pid: int) -> dict[str, float]:
-    """CPU seconds used so far by the API, the task worker and this submitter."""
+    """CPU seconds used so far by the API, the task worker (each with its children) and us."""
     spent = {"submitter": time.process_time()}
     for name, pid in (("api", api_pid), ("worker", worker_pid)):
-        stat = read_stat(pid)
-        spent[name] = stat.cpu if stat else math.nan
+        sample = sample_tree(pid)  # `prefect server start` serves from a child process
+        spent[name] = sample.tree_cpu if sample else math.nan
     return spent
 
 
-async def _measure(api_url: str, runs: int, submitters: int) -> dict[str, Any]:
-    submitted: dict[Any, dt.datetime] = {}
+async def _measure(
+    submitted: Task[..., Any], api_url: str, runs: int, submitters: int
+) -> dict[str, Any]:
+    began_at: dict[Any, dt.datetime] = {}
     async with PrefectClient(api_url) as client:
         start = dt.datetime.now(dt.UTC)
         send, receive = trio.open_memory_channel[int](runs)
@@ -140,8 +154,8 @@ async def _measure(api_url: str, runs: int, submitters: int) -> dict[str, Any]:
         async def submitter() -> None:
             async for _ in receive:
                 began = dt.datetime.now(dt.UTC)
-                handle = await noop.enqueue(client)
-                submitted[handle.task_run_id] = began
+                handle = await submitted.enqueue(client)
+                began_at[handle.task_run_id] = began
 
         async with trio.open_nursery() as nursery:
             for _ in range(submitters):
@@ -149,58 +163,109 @@ async def _measure(api_url: str, runs: int, submitters: int) -> dict[str, Any]:
         submit_seconds = (dt.datetime.now(dt.UTC) - start).total_seconds()
         # Asking whether any run is left is cheap for the API; reading every
         # finished run while others are still going would tax what is measured.
-        final = [t.value for t in TERMINAL_STATE_TYPES]
-        unfinished = {"state": {"type": {"not_any_": final}}}
-        while True:
-            if not await client.read_task_runs(task_runs=unfinished, limit=1):
-                break
-            await trio.sleep(0.2)
-        ends = await _completed(client)
-    latencies = sorted((ends[i] - submitted[i]).total_seconds() for i in submitted if i in ends)
-    wall = (max(ends.values()) - start).total_seconds()
+        # (Prefect's task-run state filter knows only ``any_``.)
+        going = [t.value for t in StateType if t not in TERMINAL_STATE_TYPES]
+        ids = [str(i) for i in began_at]
+        unfinished = {"id": {"any_": ids}, "state": {"type": {"any_": going}}}
+        with trio.fail_after(max(120, runs / 5)):
+            while True:
+                if not await client.read_task_runs(task_runs=unfinished, limit=1):
+                    break
+                await trio.sleep(0.2)
+        ends = await _completed(client, list(began_at))
+    latencies = sorted((ends[i] - began_at[i]).total_seconds() for i in began_at if i in ends)
+    wall = (max(ends.values()) - start).total_seconds() if ends else math.nan
     return {
         "runs": runs,
         "not_completed": runs - len(ends),
         "submit_seconds": submit_seconds,
         "wall_seconds": wall,
         "runs_per_second": runs / wall,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] * 1000,
+        "p50_ms": statistics.median(latencies) * 1000 if latencies else math.nan,
+        "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] * 1000 if latencies else math.nan,
     }
 
 
-async def _completed(client: PrefectClient) -> dict[Any, dt.datetime]:
-    """Map each COMPLETED run's id to its end time (paging through the filter)."""
+async def _completed(client: PrefectClient, ids: list[Any]) -> dict[Any, dt.datetime]:
+    """Map each of ``ids`` that is COMPLETED to its end time (paging through the filter)."""
     ends: dict[Any, dt.datetime] = {}
-    completed = {"state": {"type": {"any_": [StateType.COMPLETED.value]}}}
-    while True:
-        page = await client.read_task_runs(
-            task_runs=completed, limit=200, offset=len(ends), sort="ID_DESC"
-        )
+    for first in range(0, len(ids), 200):
+        chunk = [str(i) for i in ids[first : first + 200]]
+        wanted = {"id": {"any_": chunk}, "state": {"type": {"any_": [StateType.COMPLETED.value]}}}
+        page = await client.read_task_runs(task_runs=wanted, limit=200)
         ends.update((run.id, run.end_time) for run in page if run.end_time is not None)
-        if len(page) < 200:
-            return ends
+    return ends
+
+
+async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-task-api-") as tmp:
+        async with running_api(False, Path(tmp)) as api:
+            case = trio_case(args.limit, "embedded")
+            results.append(await run_case(case, api, args.runs, args.submitters))
+    if args.prefect:
+        with tempfile.TemporaryDirectory(prefix="bench-task-prefect-") as tmp:
+            async with running_api(True, Path(tmp)) as api:
+                for case in (trio_case(args.limit, "prefect"), prefect_case(args.limit)):
+                    results.append(await run_case(case, api, args.runs, args.submitters))
+    return results
+
+
+def table(results: list[dict[str, Any]], limit: int, submitters: int) -> str:
+    """One Markdown table: a column per case, the ratio trio / Prefect on Prefect's server."""
+    by_case = {r["case"]: r for r in results}
+    ours, theirs = by_case.get("trio / prefect"), by_case.get("prefect / prefect")
+    rows = [
+        ("runs/s", "runs_per_second", "{:.0f}"),
+        ("latency p50", "p50_ms", "{:.0f} ms"),
+        ("latency p99", "p99_ms", "{:.0f} ms"),
+        ("submitting alone", "submit_seconds", "{:.2f} s"),
+        ("API CPU per run", "api_cpu_ms_per_run", "{:.2f} ms"),
+        ("task-worker CPU per run", "worker_cpu_ms_per_run", "{:.2f} ms"),
+        ("submitter CPU per run", "submitter_cpu_ms_per_run", "{:.2f} ms"),
+        ("runs not COMPLETED", "not_completed", "{}"),
+    ]
+    header = [
+        f"{results[0]['runs']} no-op runs, limit {limit}, {submitters} submitters",
+        *by_case,
+    ]
+    if ours and theirs:
+        header.append("ratio trio / Prefect")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, key, fmt in rows:
+        cells = [label, *(fmt.format(r[key]) for r in results)]
+        if ours and theirs:
+            cells.append(f"{ours[key] / theirs[key]:.2f}x" if theirs[key] else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--runs", type=int, default=2000)
-    parser.add_argument("--submitters", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--submitters", type=int, default=4)
     parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--prefect", action="store_true", help="also measure against Prefect")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     args = parser.parse_args()
-    result = trio.run(bench, args.runs, args.submitters, args.limit)
-    print(
-        f"task worker round trip (limit {args.limit}, {args.submitters} submitters, "
-        f"{os.cpu_count()} CPUs): {result['runs']} runs in {result['wall_seconds']:.2f} s "
-        f"= {result['runs_per_second']:.0f} runs/s; latency p50 {result['p50_ms']:.0f} ms, "
-        f"p99 {result['p99_ms']:.0f} ms (submitting alone took {result['submit_seconds']:.2f} s); "
-        f"CPU ms per run: API {result['api_cpu_ms_per_run']:.2f}, "
-        f"worker {result['worker_cpu_ms_per_run']:.2f}, "
-        f"submitter {result['submitter_cpu_ms_per_run']:.2f}"
-    )
-    if result["not_completed"]:
-        print(f"{result['not_completed']} run(s) ended other than COMPLETED", file=sys.stderr)
-        sys.exit(1)
+    if args.prefect and not (prefect_installed() and importlib.util.find_spec("prefect")):
+        parser.error("--prefect needs the prefect package (nox -s bench installs it)")
+    results = trio.run(bench, args)
+    print(table(results, args.limit, args.submitters))
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC)
+    raw = {
+        "date": stamp.isoformat(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "load_average": os.getloadavg(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "results": results,
+    }
+    path = args.out / f"task-worker-{stamp:%Y%m%dT%H%M%S}.json"
+    path.write_text(json.dumps(raw, indent=2, default=str))
+    log(f"raw figures in {path}")
+    if any(r["not_completed"] for r in results):
+        sys.exit("some runs ended other than COMPLETED")
 
 
 if __name__ == "__main__":
