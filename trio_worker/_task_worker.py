@@ -53,6 +53,7 @@ from trio_worker._subscriptions import (
     serve_subscription,
     websocket_token,
 )
+from trio_worker._task_reports import TaskRunReporter, task_run_record
 from trio_worker._task_status import serve_task_status
 from trio_worker._task_store import (
     TaskStore,
@@ -94,6 +95,14 @@ def _reference(key: str) -> dict[str, Any]:
 def _state(type_: StateType, message: str | None = None, **details: Any) -> State:
     state = State.of(type_, message)
     return attrs.evolve(state, state_details=attrs.evolve(state.state_details, **details))
+
+
+@attrs.define
+class _Progress:
+    """What a run's task knows of it: its record for the events, and its current state."""
+
+    record: dict[str, Any]
+    state: State
 
 
 @final
@@ -168,6 +177,7 @@ class TaskWorker:
         self._thread_limiter = trio.CapacityLimiter(tokens)
         self._held: set[uuid.UUID] = set()
         self._client: PrefectClient | None = None
+        self._reporter: TaskRunReporter | None = None
         self._subscription_scope: trio.CancelScope | None = None
         self._stopping = False
 
@@ -239,8 +249,11 @@ class TaskWorker:
             max_connections=max(connections, DEFAULT_MAX_CONNECTIONS),
         ) as client:
             self._client = client
+            self._reporter = TaskRunReporter(client)
             try:
                 async with trio.open_nursery() as services:
+                    # Up until the very end: runs drained or cancelled still report.
+                    await services.start(self._reporter.serve)
                     if self.status_server_port is not None:
                         self.status_url = await services.start(
                             functools.partial(
@@ -254,6 +267,7 @@ class TaskWorker:
                     services.cancel_scope.cancel()
             finally:
                 self._client = None
+                self._reporter = None
         logger.info("task worker %s stopped", self.client_id)
 
     async def _serve_runs(self, settings: Settings, task_status: trio.TaskStatus[None]) -> None:
@@ -331,7 +345,7 @@ class TaskWorker:
             try:
                 with trio.CancelScope(shield=True) as handoff:
                     handoff.deadline = trio.current_time() + HANDOFF_TIMEOUT_SECONDS
-                    accepted = await self._claim(task_run)
+                    pending = await self._claim(task_run)
                     try:
                         await ws.send_json(ACK)
                     except SubscriptionClosedError:
@@ -340,8 +354,10 @@ class TaskWorker:
                 if handoff.cancelled_caught:
                     raise SubscriptionClosedError(f"handoff of task run {task_run.id} timed out")
                 task_status.started()
-                if accepted:
-                    await self._execute(task_run)
+                if pending is not None:
+                    await self._execute(
+                        task_run, _Progress(task_run_record(task_run, message), pending)
+                    )
             finally:
                 self._limiter.release_on_behalf_of(task_run.id)
         finally:
@@ -358,8 +374,8 @@ class TaskWorker:
             )
             await self._limiter.acquire_on_behalf_of(task_run.id)
 
-    async def _claim(self, task_run: TaskRun) -> bool:
-        """Move the run to PENDING (deferred); False when it is no longer ours to run."""
+    async def _claim(self, task_run: TaskRun) -> State | None:
+        """Move the run to PENDING (deferred); the state, or None when it is no longer ours."""
         assert self._client is not None
         details = task_run.state.state_details if task_run.state else None
         pending = _state(
@@ -375,8 +391,8 @@ class TaskWorker:
                 result.status.value,
                 result.reason,
             )
-            return False
-        return True
+            return None
+        return result.state or pending
 
     async def execute_task_run(self, task_run: TaskRun) -> None:
         """Run one task run here and now, outside the subscription.
@@ -389,25 +405,28 @@ class TaskWorker:
             assert settings.api_url, "PREFECT_API_URL is not set"
             async with PrefectClient(settings.api_url, settings=settings) as client:
                 self._client = client
+                self._reporter = TaskRunReporter(client)  # not serving: posts each report
                 try:
                     await self.execute_task_run(task_run)
                 finally:
                     self._client = None
+                    self._reporter = None
                 return
         await self._acquire(task_run)
         try:
-            if await self._claim(task_run):
-                await self._execute(task_run)
+            pending = await self._claim(task_run)
+            if pending is not None:
+                await self._execute(task_run, _Progress(task_run_record(task_run), pending))
         finally:
             self._limiter.release_on_behalf_of(task_run.id)
 
-    async def _execute(self, task_run: TaskRun) -> None:
+    async def _execute(self, task_run: TaskRun, progress: _Progress) -> None:
         key = task_run.task_key
         self.in_flight_task_runs.setdefault(key, {})[task_run.id] = now()
         final_state: State | None = None
         delete = False
         try:
-            final_state, delete = await self._run(task_run)
+            final_state, delete = await self._run(task_run, progress)
         except StopTaskWorker as exc:
             final_state = _state(StateType.FAILED, f"StopTaskWorker: {exc}")
             self.stop()
@@ -425,12 +444,12 @@ class TaskWorker:
             if final_state is not None:
                 with trio.CancelScope(shield=True) as report:
                     report.deadline = trio.current_time() + REPORT_TIMEOUT_SECONDS
-                    await self._report(task_run, final_state, delete=delete)
+                    await self._report(task_run, progress, final_state, delete=delete)
                 self.outcomes[key, final_state.type.value] += 1
             self.in_flight_task_runs[key].pop(task_run.id, None)
             self.finished_task_runs[key] = self.finished_task_runs.get(key, 0) + 1
 
-    async def _run(self, task_run: TaskRun) -> tuple[State | None, bool]:
+    async def _run(self, task_run: TaskRun, progress: _Progress) -> tuple[State | None, bool]:
         """Run the task; return its final state and whether to delete the run."""
         assert self._client is not None
         task = self.tasks.get(task_run.task_key)
@@ -448,9 +467,10 @@ class TaskWorker:
             reason = f"cannot read the parameters of task run {task_run.id}: {exc}"
             logger.error("%s", reason)
             return _state(StateType.FAILED, reason), self.delete_failed_submissions
-        running = await self._client.set_task_run_state(task_run.id, _state(StateType.RUNNING))
-        if running.status is not SetStateStatus.ACCEPT:
-            logger.warning("task run %s may not run (%s)", task_run.id, running.reason)
+        try:
+            await self._record(task_run, progress, _state(StateType.RUNNING))
+        except APIError as exc:
+            logger.error("task run %s not started: RUNNING was not recorded: %s", task_run.id, exc)
             return None, False
         key = result_key(task_run.id)
         try:
@@ -492,16 +512,28 @@ class TaskWorker:
         parameters: dict[str, Any] = payload["parameters"]
         return parameters
 
-    async def _report(self, task_run: TaskRun, state: State, *, delete: bool) -> None:
+    async def _record(self, task_run: TaskRun, progress: _Progress, state: State) -> None:
+        assert self._reporter is not None
+        progress.state = await self._reporter.record(
+            task_run.id, progress.record, progress.state, state
+        )
+
+    async def _report(
+        self, task_run: TaskRun, progress: _Progress, state: State, *, delete: bool
+    ) -> None:
         assert self._client is not None
         try:
+            if not delete:
+                await self._record(task_run, progress, state)
+                return
+            # A run that could not start at all, about to be deleted: through
+            # set_state, so that no event arriving late re-creates it.
             result = await self._client.set_task_run_state(task_run.id, state)
             if result.status is not SetStateStatus.ACCEPT:
                 logger.warning(
                     "task run %s: %s not accepted (%s)", task_run.id, state.type, result.reason
                 )
-            if delete:
-                await self._client.delete_task_run(task_run.id)
+            await self._client.delete_task_run(task_run.id)
         except APIError as exc:
             logger.error("could not record %s for task run %s: %s", state.type, task_run.id, exc)
 

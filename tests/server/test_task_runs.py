@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -154,17 +155,26 @@ async def test_subscribe_protocol_violations_close_4001(
     assert close_of(closed.value) == (4001, reason)
 
 
-async def test_client_events_update_task_run_state(client: httpx.AsyncClient) -> None:
-    run = await submit(client)
-    event: dict[str, Any] = {
-        "occurred": "2026-11-23T00:13:30.000000Z", "event": "prefect.task-run.Completed",
-        "resource": {"prefect.resource.id": f"prefect.task-run.{run['id']}",
+def client_event(run_id: str, state_type: str, name: str, occurred: datetime) -> dict[str, Any]:
+    return {
+        "occurred": occurred.isoformat(), "event": f"prefect.task-run.{name}",
+        "resource": {"prefect.resource.id": f"prefect.task-run.{run_id}",
                      "prefect.orchestration": "client"},
         "related": [], "id": str(uuid.uuid4()), "follows": None,
-        "payload": {"validated_state": {"type": "COMPLETED", "name": "Completed",
+        "payload": {"validated_state": {"type": state_type, "name": name,
                                         "message": None, "state_details": {}}},
     }  # fmt: skip
-    assert (await client.post("/events", json=[event])).status_code == 204
+
+
+async def test_client_events_update_task_run_state(client: httpx.AsyncClient) -> None:
+    run = await submit(client)
+    at = datetime.now(UTC)
+    completed = client_event(run["id"], "COMPLETED", "Completed", at + timedelta(seconds=2))
+    assert (await client.post("/events", json=[completed])).status_code == 204
+    assert (await client.get(f"/task_runs/{run['id']}")).json()["state_type"] == "COMPLETED"
+    # An older event arriving late does not move the run back (as Prefect's recorder).
+    late = client_event(run["id"], "RUNNING", "Running", at + timedelta(seconds=1))
+    assert (await client.post("/events", json=[late])).status_code == 204
     assert (await client.get(f"/task_runs/{run['id']}")).json()["state_type"] == "COMPLETED"
 
 

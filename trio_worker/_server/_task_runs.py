@@ -20,6 +20,7 @@ from trio_worker._server._common import (
     new_id,
     not_found,
     now,
+    parse_time,
 )
 from trio_worker._server._filters import (
     FLOW_RUN_SPEC,
@@ -188,6 +189,10 @@ def apply_client_state(tx: Tx, queue: TaskQueue, event: dict[str, Any]) -> None:
     ):  # fmt: skip
         return
     at = datetime.fromisoformat(event["occurred"].replace("Z", "+00:00"))
+    current = loads(row["state"]) if row["state"] else {}
+    stamp = parse_time(current.get("timestamp"))
+    if stamp is not None and stamp > at:
+        return  # an older event arriving late: the run has moved on (Prefect's recorder agrees)
     state = build_state(
         validated["type"], name=validated.get("name"), message=validated.get("message"),
         data=validated.get("data"), details=validated.get("state_details"),
