@@ -3,7 +3,7 @@
 Shape of a running :class:`TaskWorker` (``start()``)::
 
     PrefectClient
-    └── services nursery           status server (hypercorn), up until the very end
+    └── services nursery           state reporter, status server (hypercorn): up until the very end
         └── runs nursery           every run this worker holds; nothing outlives it
             └── subscription       /task_runs/subscriptions/scheduled, reconnecting
                   loop: await runs.start(_receive_and_run, socket)
@@ -13,7 +13,8 @@ limiter token on behalf of the run id, moves the run to PENDING (deferred),
 and only then acks (anchors.md row 18: Prefect acks on receipt, before it has
 a slot, and a worker dying in between loses the run). ``task_status.started()``
 hands the run over to the runs nursery, which lets the subscription read the
-next message; the token is released in the same task's ``finally``.
+next message; the token is released in the same task's ``finally``. RUNNING
+and the final state are recorded through ``_task_reports`` (batched events).
 
 Stopping is a drain: :meth:`TaskWorker.stop` ends the subscription, the runs
 nursery gets ``drain_timeout_seconds`` to finish, then its runs are cancelled;
