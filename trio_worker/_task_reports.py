@@ -39,6 +39,9 @@ logger = logging.getLogger("trio_worker.task_worker")
 BATCH_SIZE: Final = 200
 """Most events in one ``POST /events``."""
 
+FLUSH_TIMEOUT_SECONDS: Final = 10.0
+"""How long a cancelled reporter keeps posting the reports already queued."""
+
 REPORT_PATIENCE_SECONDS: Final = 300.0
 """How long a batch is retried through an API outage before its runs are told it failed."""
 
@@ -166,20 +169,38 @@ class TaskRunReporter:
         return stamped
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Post whatever reports are waiting, one batch at a time, until cancelled."""
+        """Post whatever reports are waiting, one batch at a time, until cancelled.
+
+        Cancelled (a second Ctrl-C cancels everything at once), it still posts
+        what is queued, for up to ``FLUSH_TIMEOUT_SECONDS``: those are the
+        final states of the runs the cancellation just ended.
+        """
         self._serving = True
         task_status.started()
+        batch: list[_Report] = []
         try:
             while True:
                 batch = [await self._receive.receive()]
-                while len(batch) < BATCH_SIZE:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except trio.WouldBlock:
-                        break
+                batch += self._waiting(BATCH_SIZE - 1)
                 await self._post(batch)
         finally:
-            self._serving = False
+            self._serving = False  # from now on each report is posted by its caller
+            with trio.CancelScope(shield=True) as flush:
+                flush.deadline = trio.current_time() + FLUSH_TIMEOUT_SECONDS
+                # A batch cut short by the cancellation may not have been recorded.
+                batch = [report for report in batch if not report.done.is_set()]
+                while batch := batch + self._waiting(BATCH_SIZE - len(batch)):
+                    await self._post(batch)
+                    batch = []
+
+    def _waiting(self, most: int) -> list[_Report]:
+        batch: list[_Report] = []
+        while len(batch) < most:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        return batch
 
     async def _post(self, batch: list[_Report]) -> None:
         post = functools.partial(
@@ -195,6 +216,6 @@ class TaskRunReporter:
             logger.error("could not record %d task-run state(s): %s", len(batch), exc)
             for report in batch:
                 report.error = exc
-        finally:
-            for report in batch:
-                report.done.set()
+        # Not on cancellation: an unanswered batch is not known to be recorded.
+        for report in batch:
+            report.done.set()
