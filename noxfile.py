@@ -61,6 +61,8 @@ PREFECT_NO_DEPS = {"3.9.1": {"certifi"}}
 #: (``Body(min_items=...)``); 3.9 pins <0.151 itself.
 PREFECT_CONSTRAINTS = {"3.8.8": ["fastapi<0.151"]}
 PREFECT_CONTRACT_VERSION = "3.9.1"
+#: The Prefect server of this version runs with CSRF protection on.
+CSRF_PROTECTED_VERSION = "3.9.1"
 SERVER_START_SECONDS = 120.0
 
 
@@ -150,6 +152,9 @@ def prefect(session: nox.Session, prefect: str) -> None:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_ENABLED": "false",
         }
+        if prefect == CSRF_PROTECTED_VERSION:
+            # One version runs with CSRF protection on: every client must fetch tokens.
+            server_env["PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED"] = "true"
         log = home / "server.log"
         prefect_bin = str(Path(str(session.bin)) / "prefect")
         with log.open("wb") as out:

@@ -66,7 +66,12 @@ class FaultyProxy:
             return
         query = scope.get("query_string", b"").decode()
         url = self.upstream + path + (f"?{query}" if query else "")
-        headers = {"content-type": "application/json"} if body else {}
+        # The client's own headers go through (auth, CSRF tokens), bar the hop-by-hop ones.
+        headers = {
+            key.decode(): value.decode()
+            for key, value in scope["headers"]
+            if key.lower() not in (b"host", b"content-length", b"connection")
+        }
         response = await self.http.request(scope["method"], url, content=body, headers=headers)
         if fault == "lose reply":
             self.failures[fault] += 1

@@ -22,6 +22,7 @@ import attrs
 import httpx
 
 from trio_worker._converter import structure, unstructure
+from trio_worker._csrf import CsrfTransport
 from trio_worker._exceptions import (
     APIError,
     BadRequestError,
@@ -196,9 +197,10 @@ class PrefectClient:
             max_connections=self._max_connections, max_keepalive_connections=self._max_connections
         )
         inner = httpx.AsyncHTTPTransport(verify=verify, limits=limits)
-        transport = RetryTransport(
+        retrying = RetryTransport(
             inner, max_retries=settings.max_retries, backoff_seconds=self._backoff_seconds
         )
+        transport = CsrfTransport(retrying, self.api_url)
         self._http = httpx.AsyncClient(
             base_url=self.api_url + "/",
             headers=self._headers(),
