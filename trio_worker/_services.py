@@ -44,6 +44,7 @@ async def service_loop(
     jitter: float = DEFAULT_JITTER,
     max_backoff_doublings: int = DEFAULT_MAX_BACKOFF_DOUBLINGS,
     on_error: Callable[[BaseException], object] | None = None,
+    pause: Callable[[float], Awaitable[object]] = trio.sleep,
 ) -> None:
     """Run ``workload`` every ``interval`` seconds until cancelled.
 
@@ -54,6 +55,8 @@ async def service_loop(
         jitter: fraction by which each sleep may vary.
         max_backoff_doublings: how many times repeated failures may double the interval.
         on_error: called with each transient error (e.g. to count it in metrics).
+        pause: waits between rounds, given the jittered interval; it may return
+            sooner (the poll loop does when freed slots meet a backlog).
 
     Raises:
         UnauthorizedError: the API refused the credentials.
@@ -85,4 +88,4 @@ async def service_loop(
                 logger.info("%s recovered after %d failures", name, consecutive_failures)
             consecutive_failures = 0
             doublings = 0
-        await trio.sleep(jittered(interval * 2**doublings, jitter))
+        await pause(jittered(interval * 2**doublings, jitter))

@@ -223,6 +223,9 @@ class BaseWorker:
         self._loops_scope: trio.CancelScope | None = None
         self._idle = trio.Event()
         self._idle.set()
+        # Set when the last poll filled every free slot: more runs may be due.
+        self._backlog = False
+        self._slots_freed = trio.Event()
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._closing = trio.Event()
         self._warned: set[str] = set()
@@ -390,7 +393,32 @@ class BaseWorker:
                 interval=self.query_seconds,
                 name="poll",
                 on_error=self._count_error,
+                pause=self._until_next_poll,
             )
+
+    async def _until_next_poll(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when the last poll left runs behind and slots free up.
+
+        A poll that filled every free slot may have left due runs waiting; with
+        a fixed interval a worker could never start more than ``limit`` runs
+        per interval however short the runs. So while there is a backlog the
+        next poll comes once a quarter of the slots are free again (never more
+        often than that, so the API is not asked once per finished run).
+        """
+        self._slots_freed = trio.Event()
+        if self._backlog and self._free_slots() >= self._refill_batch():
+            return
+        with trio.move_on_after(seconds):
+            if self._backlog:
+                await self._slots_freed.wait()
+            else:
+                await trio.sleep_forever()
+
+    def _free_slots(self) -> float:
+        return self.limiter.total_tokens - self.limiter.borrowed_tokens
+
+    def _refill_batch(self) -> int:
+        return max(1, int(self.limiter.total_tokens) // 4)
 
     def _count_error(self, exc: BaseException) -> None:
         self.last_api_error = f"{type(exc).__name__}: {exc}"
@@ -502,13 +530,16 @@ class BaseWorker:
             return []
         from trio_worker._submission import submit_flow_run
 
-        free = self.limiter.total_tokens - self.limiter.borrowed_tokens
+        free = self._free_slots()
         if free <= 0:
             # Every token is borrowed: a page of runs we could not take would
             # only cost the API and this worker the parsing (a backlog of
-            # hundreds of runs re-read every poll); the next poll looks again.
+            # hundreds of runs re-read every poll); the next poll looks again,
+            # as soon as slots free up.
             self.last_polled = time.monotonic()
+            self._backlog = True
             return []
+        self._backlog = False
         scheduled_before = now() + dt.timedelta(seconds=int(self.prefetch_seconds))
         with self.metrics.poll_seconds.time():
             responses = await self.client.get_scheduled_flow_runs(
@@ -531,12 +562,15 @@ class BaseWorker:
                 logger.debug(
                     "Limit of %s runs reached; the rest wait for the next poll", self.limit
                 )
+                self._backlog = True
                 break
             # The run's own task releases the token in its ``finally``; until
             # it starts, nothing can fail between here and ``start_soon``.
             self._track(InFlightRun(flow_run=flow_run))
             self.runs_nursery.start_soon(submit_flow_run, self, flow_run)
             submitted.append(flow_run)
+        if not math.isinf(free) and len(responses) >= free:
+            self._backlog = True  # a full page: there may be more
         return submitted
 
     def _track(self, run: InFlightRun) -> None:
@@ -554,6 +588,8 @@ class BaseWorker:
         self.in_flight.pop(flow_run_id, None)
         if release:
             self.limiter.release_on_behalf_of(flow_run_id)
+            if self._backlog and self._free_slots() >= self._refill_batch():
+                self._slots_freed.set()
         self._count_in_flight()
         if not self.in_flight:
             self._idle.set()

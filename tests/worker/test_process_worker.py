@@ -6,10 +6,11 @@ import json
 import textwrap
 from pathlib import Path
 
+import attrs
 import trio
 
 from tests.helpers import make_deployment, process_alive, python_command, wait_for, wait_for_state
-from tests.worker.conftest import WorkerFactory
+from tests.worker.conftest import WorkerFactory, fast_settings
 from trio_worker._client import PrefectClient
 from trio_worker._jobs import default_base_job_template
 from trio_worker._models import State, StateType
@@ -286,3 +287,22 @@ async def test_heartbeat_makes_the_worker_online(
     async with running_worker(name="beating"):
         workers = await client.read_workers(pool_name)
     assert [(w.name, w.status) for w in workers] == [("beating", "ONLINE")]
+
+
+async def test_a_backlog_is_polled_again_as_slots_free_not_after_the_interval(
+    api_url: str,
+    client: PrefectClient,
+    pool_name: str,
+    running_worker: WorkerFactory,
+    state_dir: Path,
+) -> None:
+    # An hour between polls: without a backlog-aware poll only the first two
+    # of these six runs would start within the test.
+    deployment = await make_deployment(client, pool_name, job_variables={"command": "true"})
+    runs = [await client.create_flow_run_from_deployment(deployment.id) for _ in range(6)]
+    settings = attrs.evolve(fast_settings(api_url, state_dir), query_seconds=3600.0)
+    async with running_worker(limit=2, settings=settings):
+        for run in runs:
+            done = await wait_for_state(client, run.id, FINAL)
+            assert done.state is not None
+            assert done.state.type is StateType.COMPLETED
