@@ -418,7 +418,8 @@ class BaseWorker:
         return self.limiter.total_tokens - self.limiter.borrowed_tokens
 
     def _refill_batch(self) -> int:
-        return max(1, int(self.limiter.total_tokens) // 4)
+        total = self.limiter.total_tokens
+        return 1 if math.isinf(total) else max(1, int(total) // 4)
 
     def _count_error(self, exc: BaseException) -> None:
         self.last_api_error = f"{type(exc).__name__}: {exc}"
