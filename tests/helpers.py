@@ -13,7 +13,7 @@ import trio
 
 from trio_worker._client import PrefectClient
 from trio_worker._exceptions import NotFoundError
-from trio_worker._models import Deployment, FlowRun, StateType
+from trio_worker._models import Deployment, FlowRun, StateType, TaskRun
 from trio_worker._process_config import process_base_job_template
 
 T = TypeVar("T")
@@ -102,3 +102,13 @@ def process_alive(pid: int) -> bool:
 def clean_env() -> dict[str, str]:
     """This process's env without Prefect settings a developer may have set."""
     return {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+
+
+def assert_ran_once_to_completion(run: TaskRun) -> None:
+    """A task run that ran once and completed, with its start and end times recorded."""
+    assert run.state is not None
+    assert run.state.type is StateType.COMPLETED, run.state
+    assert run.run_count == 1
+    assert run.start_time is not None
+    assert run.end_time is not None
+    assert run.start_time <= run.end_time

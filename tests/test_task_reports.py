@@ -6,6 +6,7 @@ from pathlib import Path
 
 import trio
 
+from tests.helpers import assert_ran_once_to_completion
 from trio_worker._client import PrefectClient
 from trio_worker._models import State, StateType
 from trio_worker._task_reports import TaskRunReporter, task_run_record
@@ -41,12 +42,7 @@ async def test_states_recorded_in_one_batch_set_times_and_run_count(
                 both.start_soon(run_through, 1)
             nursery.cancel_scope.cancel()
         for run in runs:
-            done = await client.read_task_run(run.id)
-            assert done.state is not None
-            assert done.state.type is StateType.COMPLETED
-            assert done.run_count == 1
-            assert done.start_time is not None
-            assert done.end_time is not None
+            assert_ran_once_to_completion(await client.read_task_run(run.id))
 
 
 async def test_a_report_queued_as_the_reporter_is_cancelled_is_still_sent(

@@ -25,7 +25,7 @@ from trio_worker._exceptions import ServerUnavailableError
 
 __all__ = ["until_answered"]
 
-logger = logging.getLogger("trio_worker.flow_runs")
+logger = logging.getLogger("trio_worker.client")
 
 T = TypeVar("T")
 

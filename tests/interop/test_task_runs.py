@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.helpers import assert_ran_once_to_completion
 from trio_worker._client import PrefectClient
 from trio_worker._models import StateType
 from trio_worker._settings import Settings
@@ -43,13 +44,7 @@ async def test_delayed_task_runs_complete_with_results_and_times(
         worker.stop()
     assert results == [0, 3, 6, 9, 12, 15]
     for handle in handles:
-        run = await client.read_task_run(handle.task_run_id)
-        assert run.state is not None
-        assert run.state.type is StateType.COMPLETED
-        assert run.run_count == 1
-        assert run.start_time is not None
-        assert run.end_time is not None
-        assert run.start_time <= run.end_time
+        assert_ran_once_to_completion(await client.read_task_run(handle.task_run_id))
     assert sum(worker.finished_task_runs.values()) == 6
     assert worker.outcomes == {(served.key, "COMPLETED"): 6}
 
