@@ -109,7 +109,7 @@ def _json_ready(value: Any) -> Any:
     return unstructure(value)
 
 
-def _state_body(
+def state_body(
     state: State,
     *,
     flow_run_id: uuid.UUID | None = None,
@@ -410,7 +410,7 @@ class PrefectClient:
         if job_variables is not None:
             body["job_variables"] = dict(job_variables)
         if state is not None:
-            body["state"] = _state_body(state)
+            body["state"] = state_body(state)
         if name is not None:
             body["name"] = name
         if tags is not None:
@@ -454,7 +454,7 @@ class PrefectClient:
 
         ABORT and REJECT are answers, not errors: read ``result.status``.
         """
-        body = {"state": _state_body(state, flow_run_id=flow_run_id), "force": force}
+        body = {"state": state_body(state, flow_run_id=flow_run_id), "force": force}
         data = await self.request("POST", f"flow_runs/{flow_run_id}/set_state", json_body=body)
         return structure(data, OrchestrationResult)
 
@@ -523,7 +523,7 @@ class PrefectClient:
         self, task_run_id: uuid.UUID, state: State, *, force: bool = False
     ) -> OrchestrationResult:
         """Propose ``state`` for a task run."""
-        body = {"state": _state_body(state, task_run_id=task_run_id), "force": force}
+        body = {"state": state_body(state, task_run_id=task_run_id), "force": force}
         data = await self.request("POST", f"task_runs/{task_run_id}/set_state", json_body=body)
         return structure(data, OrchestrationResult)
 

@@ -16,7 +16,6 @@ only per run (env, labels, name, command).
 from __future__ import annotations
 
 import copy
-import datetime as dt
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, overload
 
@@ -31,6 +30,7 @@ from ._job_schema import (
     stringify_values,
     structure,
 )
+from ._models import utc_iso
 from ._templating import (
     GetBlock,
     GetBlockDocument,
@@ -203,7 +203,7 @@ class BaseJobConfiguration:
         if deployment is not None:
             labels["prefect.io/deployment-name"] = deployment.name
             if deployment.updated is not None:
-                labels["prefect.io/deployment-updated"] = _utc_iso(deployment.updated)
+                labels["prefect.io/deployment-updated"] = utc_iso(deployment.updated)
         return attrs.evolve(
             self,
             env={key: value for key, value in layered.items() if value is not None},
@@ -211,12 +211,6 @@ class BaseJobConfiguration:
             name=self.name or flow_run.name,
             command=self.command or default_command,
         )
-
-
-def _utc_iso(moment: dt.datetime) -> str:
-    if moment.tzinfo is None:  # the API sends UTC; a naive value can only mean that
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def prepare_for_flow_run(

@@ -26,10 +26,10 @@ from typing import Any, Final
 import attrs
 import trio
 
-from trio_worker._client import PrefectClient
+from trio_worker._client import PrefectClient, state_body
 from trio_worker._converter import unstructure
 from trio_worker._exceptions import APIError
-from trio_worker._models import State, StateType, TaskRun
+from trio_worker._models import State, StateType, TaskRun, now, utc_iso
 from trio_worker._patience import until_answered
 
 __all__ = ["TaskRunReporter", "task_run_record"]
@@ -45,6 +45,8 @@ FLUSH_TIMEOUT_SECONDS: Final = 10.0
 REPORT_PATIENCE_SECONDS: Final = 300.0
 """How long a batch is retried through an API outage before its runs are told it failed."""
 
+_RUN_IDS: Final = ("flow_run_id", "task_run_id")
+
 #: Fields of a task run the API fills in itself; Prefect's engine leaves them out too.
 _SERVER_FIELDS: Final = frozenset(
     {"id", "created", "updated", "flow_run_id", "state_id", "state_type", "state_name", "state"}
@@ -58,22 +60,14 @@ def task_run_record(task_run: TaskRun, raw: dict[str, Any] | None = None) -> dic
     return {k: v for k, v in record.items() if k not in _SERVER_FIELDS and v is not None}
 
 
-def _when(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def _state_json(state: State) -> dict[str, Any]:
-    details = unstructure(state.state_details)
-    return {
-        "type": state.type.value,
-        "name": state.name,
-        "message": state.message,
-        "state_details": {
-            k: v
-            for k, v in details.items()
-            if v is not None and k not in ("flow_run_id", "task_run_id")
-        },
-    }
+def _state_json(state: State, *, data: bool = True) -> dict[str, Any]:
+    """The state as Prefect's task engine puts it in an event: no run ids in its details."""
+    body = state_body(state)
+    details = body["state_details"]
+    body["state_details"] = {k: v for k, v in details.items() if k not in _RUN_IDS}
+    if not data:
+        del body["data"]
+    return body
 
 
 def state_event(
@@ -88,17 +82,16 @@ def state_event(
     assert state.id is not None
     if state.type is StateType.RUNNING:
         record["run_count"] = int(record.get("run_count") or 0) + 1
-        record["start_time"] = _when(state.timestamp)
+        record["start_time"] = utc_iso(state.timestamp)
     elif state.is_final:
-        record["end_time"] = _when(state.timestamp)
+        record["end_time"] = utc_iso(state.timestamp)
         started = record.get("start_time")
         if started:
             began = dt.datetime.fromisoformat(str(started))
             record["total_run_time"] = (state.timestamp - began).total_seconds()
-    validated = {**_state_json(state), "data": state.data}
     return {
         "id": str(state.id),
-        "occurred": _when(state.timestamp),
+        "occurred": utc_iso(state.timestamp),
         "event": f"prefect.task-run.{state.name}",
         "resource": {
             "prefect.resource.id": f"prefect.task-run.{task_run_id}",
@@ -106,7 +99,7 @@ def state_event(
             "prefect.run-count": str(record.get("run_count", 0)),
             "prefect.state-message": state.message or "",
             "prefect.state-name": state.name or "",
-            "prefect.state-timestamp": _when(state.timestamp),
+            "prefect.state-timestamp": utc_iso(state.timestamp),
             "prefect.state-type": state.type.value,
             "prefect.orchestration": "client",
         },
@@ -116,8 +109,8 @@ def state_event(
         ],
         "payload": {
             "intended": {"from": initial.type.value if initial else None, "to": state.type.value},
-            "initial_state": _state_json(initial) if initial else None,
-            "validated_state": validated,
+            "initial_state": _state_json(initial, data=False) if initial else None,
+            "validated_state": _state_json(state),
             "task_run": dict(record),
         },
     }
@@ -156,7 +149,7 @@ class TaskRunReporter:
                 ``REPORT_PATIENCE_SECONDS``.
         """
         stamped = attrs.evolve(
-            state, id=state.id or uuid.uuid4(), timestamp=state.timestamp or dt.datetime.now(dt.UTC)
+            state, id=state.id or uuid.uuid4(), timestamp=state.timestamp or now()
         )
         report = _Report(state_event(task_run_id, record, initial, stamped))
         if not self._serving:

@@ -28,7 +28,7 @@ import trio
 
 from trio_worker._client import PrefectClient
 from trio_worker._exceptions import ConfigurationError, TrioWorkerError
-from trio_worker._models import TERMINAL_STATE_TYPES, State, StateType, now
+from trio_worker._models import TERMINAL_STATE_TYPES, State, StateType, now, utc_iso
 from trio_worker._settings import Settings
 from trio_worker._task_store import (
     TaskStore,
@@ -338,7 +338,7 @@ class Task(Generic[P, R]):
             data = encode_record(key, {"context": {}, "parameters": parameters})
             await trio.to_thread.run_sync(store.write, key, data)
         # Prefect's own submitters write ``...Z``; so do we.
-        scheduled = now().isoformat().replace("+00:00", "Z")
+        scheduled = utc_iso(now())
         details: dict[str, Any] = {"scheduled_time": scheduled, "deferred": True}
         if parameters_id is not None:
             details["task_parameters_id"] = str(parameters_id)
