@@ -81,6 +81,16 @@ def _detail(response: httpx.Response) -> object:
     return body
 
 
+def _credentials_hint(request: httpx.Request) -> str:
+    """Name the setting to fix, from the credentials the refused request carried."""
+    scheme = request.headers.get("Authorization", "").partition(" ")[0].lower()
+    if scheme == "basic":
+        return " (check PREFECT_API_AUTH_STRING: it must be the server's user:password)"
+    if scheme == "bearer":
+        return " (check PREFECT_API_KEY; a server with basic auth wants PREFECT_API_AUTH_STRING)"
+    return " (set PREFECT_API_AUTH_STRING to the server's user:password, or PREFECT_API_KEY)"
+
+
 def _error_for(response: httpx.Response) -> APIError:
     request = response.request
     url = str(request.url.copy_with(query=None))
@@ -92,7 +102,7 @@ def _error_for(response: httpx.Response) -> APIError:
         cls = BadRequestError
     elif status in (401, 403):
         cls = UnauthorizedError
-        message += " (check PREFECT_API_URL and PREFECT_API_KEY)"
+        message += _credentials_hint(request)
     elif status == 404:
         cls = NotFoundError
     elif status == 409:

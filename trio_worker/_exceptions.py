@@ -10,7 +10,7 @@ situation it derives from that builtin too, so callers may catch either::
     ├── ModelError(ValueError)              JSON that does not fit an API model
     ├── APIError                            the API answered with an error, or not at all
     │   ├── BadRequestError                 400 / 422: the request was wrong
-    │   ├── UnauthorizedError               401 / 403: check PREFECT_API_KEY
+    │   ├── UnauthorizedError               401 / 403: check PREFECT_API_AUTH_STRING / _KEY
     │   ├── NotFoundError(LookupError)      404
     │   ├── ConflictError                   409
     │   └── ServerUnavailableError          429 / 5xx / transport error after retries
@@ -103,7 +103,7 @@ class BadRequestError(APIError):
 
 
 class UnauthorizedError(APIError):
-    """The API refused our credentials (401/403); check PREFECT_API_URL and PREFECT_API_KEY."""
+    """The API refused our credentials (401/403); check PREFECT_API_AUTH_STRING or _API_KEY."""
 
 
 class NotFoundError(APIError, LookupError):

@@ -81,6 +81,14 @@ _COMMAND: Final = job_metadata(
 )
 
 
+_SECRET_ENV: Final = frozenset({"PREFECT_API_KEY", "PREFECT_API_AUTH_STRING"})
+"""Env keys whose values never reach a repr (the worker passes them to every run)."""
+
+
+def _env_repr(env: Mapping[str, str | None]) -> str:
+    return repr({k: ("***" if k in _SECRET_ENV and v else v) for k, v in env.items()})
+
+
 @attrs.frozen(kw_only=True)
 class BaseVariables:
     """The job variables every worker type accepts: the pool's ``variables`` schema.
@@ -112,7 +120,7 @@ class BaseJobConfiguration:
     """
 
     command: str | None = attrs.field(default=None, metadata=_COMMAND)
-    env: dict[str, str | None] = attrs.field(factory=dict, metadata=_ENV)
+    env: dict[str, str | None] = attrs.field(factory=dict, metadata=_ENV, repr=_env_repr)
     labels: dict[str, str] = attrs.field(factory=dict, metadata=_LABELS)
     name: str | None = attrs.field(default=None, metadata=_NAME)
 

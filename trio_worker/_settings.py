@@ -91,6 +91,14 @@ def _parse_optional_str(text: str) -> str | None:
     return text or None
 
 
+def _parse_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+_SECRETS: Final = frozenset({"api_key", "api_auth_string", "server_api_auth_string"})
+"""Fields whose values never reach a repr."""
+
+
 @attrs.frozen(repr=False)
 class Settings:
     """Everything configurable about a worker, with Prefect's env var names.
@@ -174,6 +182,31 @@ class Settings:
             "is unset (0 = any free port).",
         ),
     )
+    server_api_auth_string: str | None = attrs.field(
+        default=None,
+        metadata=_env(
+            "PREFECT_SERVER_API_AUTH_STRING",
+            "user:password the embedded API requires of every request (HTTP Basic, as "
+            "Prefect's server). Unset: no authentication, and `server start` listens on "
+            "loopback only.",
+        ),
+    )
+    api_allowed_hosts: tuple[str, ...] = attrs.field(
+        default=(),
+        metadata=_env(
+            "TRIO_WORKER_API_ALLOWED_HOSTS",
+            "Comma-separated host names the embedded API answers to besides localhost, "
+            "127.0.0.1 and ::1 (its Host header check, against DNS rebinding).",
+        ),
+    )
+    api_allowed_origins: tuple[str, ...] = attrs.field(
+        default=(),
+        metadata=_env(
+            "TRIO_WORKER_API_ALLOWED_ORIGINS",
+            "Comma-separated browser origins (scheme://host:port) allowed to send the "
+            "embedded API state-changing requests, besides its own.",
+        ),
+    )
     state_dir: str | None = attrs.field(
         default=None,
         metadata=_env(
@@ -186,7 +219,7 @@ class Settings:
     def __repr__(self) -> str:
         # Secrets never reach a repr, a log line or a traceback.
         shown = {
-            f.name: ("***" if f.name in {"api_key", "api_auth_string"} and v else v)
+            f.name: ("***" if f.name in _SECRETS and v else v)
             for f, v in ((f, getattr(self, f.name)) for f in attrs.fields(Settings))
         }
         inner = ", ".join(f"{k}={v!r}" for k, v in shown.items())
@@ -229,4 +262,7 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "webserver_port": _parse_port,
     "state_dir": _parse_optional_str,
     "embedded_api_port": _parse_port,
+    "server_api_auth_string": _parse_optional_str,
+    "api_allowed_hosts": _parse_list,
+    "api_allowed_origins": _parse_list,
 }

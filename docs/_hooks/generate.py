@@ -57,6 +57,8 @@ def _cell(text: object) -> str:
 def _default(value: object) -> str:
     if value is None:
         return "unset"
+    if value == ():
+        return "none"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     if isinstance(value, float) and value.is_integer():

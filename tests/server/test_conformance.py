@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 
@@ -271,11 +272,11 @@ async def test_flow_run_filter_bodies_the_worker_sends(client: httpx.AsyncClient
     await propose(client, b["id"], "CANCELLED", name="Cancelling", force=True)
     legacy, current, per_pool = captured("cancellation_filters.json")
 
-    def text(body: object) -> str:
-        return json.dumps(body).replace("RUN_A", a["id"]).replace("RUN_B", b["id"])
+    def text(body: object) -> Any:
+        return json.loads(json.dumps(body).replace("RUN_A", a["id"]).replace("RUN_B", b["id"]))
 
     found = [
-        [r["id"] for r in (await client.post("/flow_runs/filter", content=text(body))).json()]
+        [r["id"] for r in (await client.post("/flow_runs/filter", json=text(body))).json()]
         for body in (legacy, current, per_pool)
     ]
     assert found == [[b["id"]], [a["id"]], [a["id"]]]

@@ -1,4 +1,10 @@
-"""``trio-worker server start``: run the embedded API in the foreground."""
+"""``trio-worker server start``: run the embedded API in the foreground.
+
+The API runs commands on workers for whoever can create a deployment, so it
+listens beyond loopback only with an auth string
+(``PREFECT_SERVER_API_AUTH_STRING``), or when ``--insecure-no-auth`` says, out
+loud, that anyone who reaches the port may do that.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,8 @@ import platformdirs
 import trio
 
 from trio_worker._cli import main
-from trio_worker._server import DEFAULT_HOST, DEFAULT_PORT, serve_api
+from trio_worker._cli._common import get_settings
+from trio_worker._server import DEFAULT_HOST, DEFAULT_PORT, ApiSecurity, is_loopback_host, serve_api
 
 __all__ = ["default_db_path", "server"]
 
@@ -42,13 +49,14 @@ async def _watch_signals(scope: trio.CancelScope) -> None:
             return
 
 
-async def _serve(host: str, port: int, db_path: Path) -> str | None:
+async def _serve(host: str, port: int, db_path: Path, security: ApiSecurity) -> str | None:
     """Serve until a signal; return a one-line error if the server could not start."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, nursery.cancel_scope)
         try:
             url = await nursery.start(lambda task_status: serve_api(
-                host=host, port=port, db_path=db_path, task_status=task_status))  # fmt: skip
+                host=host, port=port, db_path=db_path, security=security,
+                task_status=task_status))  # fmt: skip
         except OSError as exc:
             nursery.cancel_scope.cancel()
             return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
@@ -57,6 +65,11 @@ async def _serve(host: str, port: int, db_path: Path) -> str | None:
             return f"cannot start the embedded API with {db_path}: {exc}"
         click.echo(f"export PREFECT_API_URL={url}")
         click.echo(f"Embedded API listening; database {db_path}. Ctrl+C to stop.", err=True)
+        if security.auth_string is not None:
+            click.echo(
+                "Authentication on: clients set PREFECT_API_AUTH_STRING to the same user:password.",
+                err=True,
+            )
         sys.stdout.flush()
     return None
 
@@ -73,9 +86,32 @@ async def _serve(host: str, port: int, db_path: Path) -> str | None:
     default=None,
     help=f"SQLite database file [default: ${DB_ENV_VAR} or the user data directory].",
 )
-def start(host: str, port: int, db: Path | None) -> None:
-    """Serve the embedded API until SIGINT/SIGTERM, printing the PREFECT_API_URL to export."""
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="Listen beyond loopback without PREFECT_SERVER_API_AUTH_STRING: anyone who "
+    "reaches the port can run commands on your workers.",
+)
+def start(host: str, port: int, db: Path | None, insecure_no_auth: bool) -> None:
+    """Serve the embedded API until SIGINT/SIGTERM, printing the PREFECT_API_URL to export.
+
+    With PREFECT_SERVER_API_AUTH_STRING set (user:password) every request must
+    carry it (HTTP Basic); clients set PREFECT_API_AUTH_STRING to the same value.
+    """
+    security = ApiSecurity.from_settings(get_settings())
+    if security.auth_string is None and not is_loopback_host(host):
+        if not insecure_no_auth:
+            raise click.ClickException(
+                f"refusing to serve the API on {host} without authentication: set "
+                "PREFECT_SERVER_API_AUTH_STRING=user:password (clients set "
+                "PREFECT_API_AUTH_STRING to the same), or pass --insecure-no-auth"
+            )
+        click.echo(
+            f"WARNING: --insecure-no-auth: the API on {host}:{port} has no authentication; "
+            "anyone who can reach it can run commands on your workers.",
+            err=True,
+        )
     db_path = db if db is not None else default_db_path()
-    error = trio.run(_serve, host, port, db_path)
+    error = trio.run(_serve, host, port, db_path, security)
     if error is not None:
         raise click.ClickException(error)

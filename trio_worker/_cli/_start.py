@@ -157,8 +157,10 @@ async def _serve(options: StartOptions, settings: Settings) -> None:
         await nursery.start(watch_shutdown_signals, on_first_signal, worker_scope)
         api_url = settings.api_url
         if not api_url:
-            api_url = await _start_embedded_api(nursery, settings.embedded_api_port)
-            settings = attrs.evolve(settings, api_url=api_url)
+            api_url = await _start_embedded_api(nursery, settings)
+            # The API this process serves asks for the auth string it was given.
+            auth = settings.api_auth_string or settings.server_api_auth_string
+            settings = attrs.evolve(settings, api_url=api_url, api_auth_string=auth)
         type_name = options.type or await _pool_type(settings, api_url, options.pool) or "process"
         worker_cls = await _resolve_worker_class(type_name, options.install_policy)
         worker = worker_cls(
@@ -186,18 +188,21 @@ async def _serve(options: StartOptions, settings: Settings) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def _start_embedded_api(nursery: trio.Nursery, port: int) -> str:
-    """Use the API on ``port`` if one answers there, else serve one in this nursery."""
+async def _start_embedded_api(nursery: trio.Nursery, settings: Settings) -> str:
+    """Use the API on the embedded API port if one answers there, else serve one here."""
+    port = settings.embedded_api_port
     url = f"http://127.0.0.1:{port}/api"
     if port and await _existing_api(url):
         click.echo(f"PREFECT_API_URL is not set; using the API already running at {url}")
         return url
     from trio_worker._cli._server import default_db_path
-    from trio_worker._server import serve_api
+    from trio_worker._server import ApiSecurity, serve_api
 
     db_path = default_db_path()
+    security = ApiSecurity.from_settings(settings)
+    serve = functools.partial(serve_api, port=port, db_path=db_path, security=security)
     try:
-        api_url: str = await nursery.start(functools.partial(serve_api, port=port, db_path=db_path))
+        api_url: str = await nursery.start(serve)
     except OSError as exc:
         raise ConfigurationError(
             f"cannot serve the embedded API on port {port}: {exc.strerror}; "

@@ -18,8 +18,17 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from trio_worker._server._app import create_app as create_app
+from trio_worker._server._guard import ApiSecurity as ApiSecurity
+from trio_worker._server._guard import is_loopback_host as is_loopback_host
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "create_app", "serve_api"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "ApiSecurity",
+    "create_app",
+    "is_loopback_host",
+    "serve_api",
+]
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 4200
@@ -30,6 +39,7 @@ async def serve_api(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     db_path: str | Path,
+    security: ApiSecurity | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
@@ -37,7 +47,8 @@ async def serve_api(
 
     Supports ``nursery.start``: once the socket is listening (and the database
     is open) it reports the API URL, e.g. ``http://127.0.0.1:54321/api``, with
-    the real port when ``port`` is 0.
+    the real port when ``port`` is 0. ``security`` (credentials, allowed hosts
+    and origins) is passed to :func:`create_app`.
 
     Raises:
         OSError: the address cannot be bound (e.g. the port is in use).
@@ -49,7 +60,7 @@ async def serve_api(
     config.graceful_timeout = 2.0
     config.keep_alive_timeout = 30.0
     config.websocket_ping_interval = None
-    app = wrap_app(create_app(db_path), config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    app = wrap_app(create_app(db_path, security), config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
     # Bind before starting, so a port in use is a plain OSError raised here
     # rather than one wrapped in hypercorn's nurseries.
     sockets = config.create_sockets()

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount
 
 from trio_worker._server._common import APIProblem
+from trio_worker._server._guard import ApiSecurity, Guard
 from trio_worker._server._http import ApiState
 from trio_worker._server._router import Dispatcher
 from trio_worker._server._routes_core import core_routes
@@ -41,14 +42,19 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"exception_message": "Internal Server Error"}, status_code=500)
 
 
-def create_app(db_path: str | Path) -> Dispatcher:
+def create_app(db_path: str | Path, security: ApiSecurity | None = None) -> Guard:
     """Build the embedded API as an ASGI app storing its data in the SQLite file ``db_path``.
+
+    ``security`` says what every request must show (credentials, a host and an
+    origin of this API); the default asks for no credentials but still refuses
+    browser-borne requests (see ``_guard.py``).
 
     The database is opened (created and migrated as needed) by the app's
     lifespan, so any ASGI server that runs lifespans can serve it; use
     :func:`~trio_worker._server.serve_api` to serve it on trio with hypercorn.
     """
-    api = ApiState()
+    security = security if security is not None else ApiSecurity()
+    api = ApiState(security)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -69,4 +75,4 @@ def create_app(db_path: str | Path) -> Dispatcher:
         },
         lifespan=lifespan,
     )
-    return Dispatcher("/api", http_routes, fallback)
+    return Guard(Dispatcher("/api", http_routes, fallback), security)

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from trio_worker._server._common import APIProblem
 from trio_worker._server._events import EventBus
+from trio_worker._server._guard import ApiSecurity
 from trio_worker._server._storage import Database, Tx
 from trio_worker._server._task_queue import TaskQueue
 from trio_worker._server._validation import RequestValidationError, structure
@@ -33,10 +34,12 @@ class ApiState:
     """What every handler of one app shares: the database owner, the event bus, the task queue.
 
     The database is opened by the app's lifespan; before that (and after
-    shutdown) :attr:`db` is ``None`` and requests get 503.
+    shutdown) :attr:`db` is ``None`` and requests get 503. :attr:`security`
+    is what the websockets check their auth frame against.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, security: ApiSecurity) -> None:
+        self.security = security
         self.db: Database | None = None
         self.bus = EventBus()
         self.tasks = TaskQueue()

@@ -2,9 +2,11 @@
 
 All three speak Prefect's handshake (§4.1 of the subset doc): with the
 ``prefect`` subprotocol the first client frame must be ``{"type": "auth", ...}``
-and is answered ``{"type": "auth_success"}`` (the embedded API has no auth
-string, so any token is accepted); without a subprotocol the socket is
-accepted in legacy mode, no auth frame.
+and is answered ``{"type": "auth_success"}``; when the API has an auth string
+the token must be that string (raw, not base64, as Prefect's clients send it)
+or the socket is closed with 1008 and Prefect's reason. Without a subprotocol
+the socket is accepted in legacy mode, no auth frame, only when the API has no
+auth string (the guard refuses the upgrade otherwise).
 
 Each handler runs a *reader* task beside its main loop: it is the only place
 that receives frames, so a client that goes away is noticed at once, even
@@ -24,6 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from trio_worker._server._common import APIProblem, dumps, format_time, now
 from trio_worker._server._events import normalize_event, read_events, validate_filter
+from trio_worker._server._guard import ApiSecurity
 from trio_worker._server._http import ApiState
 from trio_worker._server._routes_runs import ingest_events
 
@@ -36,7 +39,7 @@ BACKFILL_LIMIT: Final = 200
 """At most this many stored events are replayed (the most recent ones)."""
 
 
-async def _handshake(ws: WebSocket) -> bool:
+async def _handshake(ws: WebSocket, security: ApiSecurity) -> bool:
     """Accept the socket and complete Prefect's auth exchange; False if the client failed it."""
     if "prefect" in (ws.scope.get("subprotocols") or []):
         await ws.accept(subprotocol="prefect")
@@ -47,7 +50,14 @@ async def _handshake(ws: WebSocket) -> bool:
         if not isinstance(message, dict) or message.get("type") != "auth":
             await ws.close(code=1008, reason="Expected 'auth' message")
             return False
+        problem = security.token_problem(message.get("token"))
+        if problem is not None:
+            await ws.close(code=1008, reason=problem)
+            return False
         await ws.send_text(dumps({"type": "auth_success"}))
+    elif security.auth_string is not None:  # the guard refuses these; never accept one
+        await ws.close(code=1002, reason="'prefect' subprotocol required when auth is configured")
+        return False
     else:
         await ws.accept()
     return True
@@ -73,7 +83,7 @@ def websocket_routes(api: ApiState) -> list[WebSocketRoute]:
     """Build the websocket routes; handlers close over ``api``."""
 
     async def events_in(ws: WebSocket) -> None:
-        if not await _handshake(ws):
+        if not await _handshake(ws, api.security):
             return
         try:
             while True:
@@ -88,7 +98,7 @@ def websocket_routes(api: ApiState) -> list[WebSocketRoute]:
             return
 
     async def events_out(ws: WebSocket) -> None:
-        if not await _handshake(ws):
+        if not await _handshake(ws, api.security):
             return
         try:
             message = json.loads(await ws.receive_text())
@@ -123,7 +133,7 @@ def websocket_routes(api: ApiState) -> list[WebSocketRoute]:
                 nursery.cancel_scope.cancel()
 
     async def task_subscription(ws: WebSocket) -> None:
-        if not await _handshake(ws):
+        if not await _handshake(ws, api.security):
             return
         try:
             message = json.loads(await ws.receive_text())
