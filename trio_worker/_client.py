@@ -102,7 +102,8 @@ def _error_for(response: httpx.Response) -> APIError:
         cls = BadRequestError
     elif status in (401, 403):
         cls = UnauthorizedError
-        message += _credentials_hint(request)
+        if "PREFECT_API_" not in str(detail):  # trio-worker's API names it already
+            message += _credentials_hint(request)
     elif status == 404:
         cls = NotFoundError
     elif status == 409:

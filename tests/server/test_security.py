@@ -286,3 +286,18 @@ async def test_configured_hosts_and_origins_are_accepted(serve: ApiFactory) -> N
         )
         assert other.status_code == 403
         assert (await http.get(f"{url}/version", headers={"Host": "x.internal"})).status_code == 403
+
+
+def test_allowed_hosts_and_origins_are_read_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "TRIO_WORKER_API_ALLOWED_HOSTS": " api.internal, ,Other.Example ",
+            "TRIO_WORKER_API_ALLOWED_ORIGINS": "https://ui.example/,http://x:8080",
+        }
+    )
+    assert settings.api_allowed_hosts == ("api.internal", "Other.Example")
+    security = ApiSecurity.from_settings(settings)
+    assert security.allowed_hosts == {"api.internal", "other.example"}
+    assert security.allowed_origins == {"https://ui.example", "http://x:8080"}
+    assert security.host_problem("other.example:1", loopback_connection=True) is None
+    assert security.origin_problem("https://UI.example", "127.0.0.1:4200") is None
