@@ -196,7 +196,9 @@ async def test_create_flow_run_merges_parameters_and_tags(client: httpx.AsyncCli
 
 
 async def test_create_flow_run_enforces_parameter_schema(client: httpx.AsyncClient) -> None:
-    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    # A required parameter, as `def flow(n: int)` gives: Prefect words an optional
+    # one's mismatch "... is not valid under any of the given schemas".
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
     deployment = await make_deployment(client, parameter_openapi_schema=schema)
     response = await client.post(
         f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": {"n": "notint"}}

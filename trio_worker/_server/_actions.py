@@ -14,11 +14,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import attrs
 
 from trio_worker._models import StateType
+from trio_worker._server._common import dumps
 from trio_worker._server._validation import UNSET, UnsetType
 
 __all__ = [
@@ -58,7 +59,65 @@ def _at_least(bound: int) -> Callable[[Any], Problem]:
     return check
 
 
+BANNED_CHARACTERS: Final = "/%&><"
+"""Characters Prefect refuses in names: they would break the name-based URLs."""
+
+_NAME_PATTERN: Final = f"^[^{BANNED_CHARACTERS}]+$"
+_NAME_OR_EMPTY_PATTERN: Final = f"^[^{BANNED_CHARACTERS}]*$"
+MAX_VARIABLE_NAME_LENGTH: Final = 255
+MAX_VARIABLE_VALUE_LENGTH: Final = 5000
+
+
+def _name(*, empty_ok: bool = False, non_emptyish: bool = False) -> Callable[[Any], Problem]:
+    """Prefect's ``Name`` (``NameOrEmpty`` with ``empty_ok``; ``NonEmptyishName``)."""
+    pattern = _NAME_OR_EMPTY_PATTERN if empty_ok else _NAME_PATTERN
+
+    def check(value: Any) -> Problem:
+        if not isinstance(value, str):
+            return None
+        if non_emptyish and not value.strip("' \""):
+            return "value_error", "Value error, name cannot be an empty string"
+        if (not value and not empty_ok) or any(c in BANNED_CHARACTERS for c in value):
+            return "string_pattern_mismatch", f"String should match pattern '{pattern}'"
+        return None
+
+    return check
+
+
+def _variable_name(value: Any) -> Problem:
+    """Prefect's ``VariableName``: lowercase letters, digits, ``-`` and ``_``; 255 at most."""
+    if not isinstance(value, str):
+        return None
+    if len(value) > MAX_VARIABLE_NAME_LENGTH:
+        return "too_long", (
+            f"Value should have at most {MAX_VARIABLE_NAME_LENGTH} items after validation, "
+            f"not {len(value)}"
+        )
+    if not all(c in _VARIABLE_NAME_CHARACTERS for c in value):
+        return "value_error", (
+            "Value error, Variable name must only contain lowercase letters, numbers, "
+            "and dashes or underscores."
+        )
+    return None
+
+
+_VARIABLE_NAME_CHARACTERS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _variable_value(value: Any) -> Problem:
+    """Prefect's ``StrictVariableValue``: at most 5000 characters as JSON."""
+    if value is not None and len(dumps(value)) > MAX_VARIABLE_VALUE_LENGTH:
+        return "value_error", (
+            f"Value error, Variable value must be less than {MAX_VARIABLE_VALUE_LENGTH} characters"
+        )
+    return None
+
+
 Opt = UnsetType  # shorthand in annotations: ``X | Opt`` means "may be left out"
+
+# A queue named in a deployment or run is created when missing: it must be a
+# name the queue could be created with ("" means the pool's default queue).
+_QUEUE_REF: Final = {"check": _name(empty_ok=True)}
 
 
 @attrs.frozen(kw_only=True)
@@ -87,7 +146,7 @@ class SetStateBody:
 class WorkPoolCreate:
     """``POST /work_pools/``."""
 
-    name: str = attrs.field()
+    name: str = attrs.field(metadata={"check": _name(non_emptyish=True)})
     description: str | Opt | None = attrs.field(default=UNSET)
     type: str | Opt = attrs.field(default=UNSET)
     base_job_template: dict[str, Any] | Opt = attrs.field(default=UNSET)
@@ -115,7 +174,7 @@ class WorkPoolUpdate:
 class WorkQueueCreate:
     """``POST /work_pools/{pool}/queues``."""
 
-    name: str = attrs.field()
+    name: str = attrs.field(metadata={"check": _name()})
     description: str | Opt | None = attrs.field(default=UNSET)
     is_paused: bool | Opt = attrs.field(default=UNSET)
     concurrency_limit: int | Opt | None = attrs.field(
@@ -128,7 +187,8 @@ class WorkQueueCreate:
 class WorkQueueUpdate:
     """``PATCH /work_pools/{pool}/queues/{name}``."""
 
-    name: str | Opt = attrs.field(default=UNSET)
+    # Prefect accepts any name here, then cannot serve the queue by its name: refused.
+    name: str | Opt = attrs.field(default=UNSET, metadata={"check": _name()})
     description: str | Opt | None = attrs.field(default=UNSET)
     is_paused: bool | Opt | None = attrs.field(default=UNSET)
     concurrency_limit: int | Opt | None = attrs.field(
@@ -163,7 +223,7 @@ class GetScheduledFlowRuns:
 class FlowCreate:
     """``POST /flows/``."""
 
-    name: str = attrs.field()
+    name: str = attrs.field(metadata={"check": _name()})
     tags: list[str] | Opt = attrs.field(default=UNSET)
     labels: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
 
@@ -172,7 +232,7 @@ class FlowCreate:
 class DeploymentCreate:
     """``POST /deployments/``: upsert by ``(flow_id, name)``."""
 
-    name: str = attrs.field()
+    name: str = attrs.field(metadata={"check": _name(empty_ok=True)})
     flow_id: uuid.UUID = attrs.field()
     paused: bool | Opt = attrs.field(default=UNSET)
     schedules: list[dict[str, Any]] | Opt = attrs.field(default=UNSET)
@@ -187,7 +247,7 @@ class DeploymentCreate:
     tags: list[str] | Opt = attrs.field(default=UNSET)
     labels: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
     pull_steps: list[dict[str, Any]] | Opt | None = attrs.field(default=UNSET)
-    work_queue_name: str | Opt | None = attrs.field(default=UNSET)
+    work_queue_name: str | Opt | None = attrs.field(default=UNSET, metadata=_QUEUE_REF)
     work_pool_name: str | Opt | None = attrs.field(default=UNSET)
     storage_document_id: uuid.UUID | Opt | None = attrs.field(default=UNSET)
     infrastructure_document_id: uuid.UUID | Opt | None = attrs.field(default=UNSET)
@@ -214,7 +274,7 @@ class DeploymentFlowRunCreate:
     labels: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
     idempotency_key: str | Opt | None = attrs.field(default=UNSET)
     parent_task_run_id: uuid.UUID | Opt | None = attrs.field(default=UNSET)
-    work_queue_name: str | Opt | None = attrs.field(default=UNSET)
+    work_queue_name: str | Opt | None = attrs.field(default=UNSET, metadata=_QUEUE_REF)
     job_variables: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
 
 
@@ -237,7 +297,7 @@ class FlowRunCreate:
     deployment_id: uuid.UUID | Opt | None = attrs.field(default=UNSET)
     deployment_version: str | Opt | None = attrs.field(default=UNSET)
     work_pool_name: str | Opt | None = attrs.field(default=UNSET)
-    work_queue_name: str | Opt | None = attrs.field(default=UNSET)
+    work_queue_name: str | Opt | None = attrs.field(default=UNSET, metadata=_QUEUE_REF)
     job_variables: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
 
 
@@ -270,8 +330,8 @@ class LogCreate:
 class VariableCreate:
     """``POST /variables/``."""
 
-    name: str = attrs.field()
-    value: Any = attrs.field(default=UNSET)
+    name: str = attrs.field(metadata={"check": _variable_name})
+    value: Any = attrs.field(default=UNSET, metadata={"check": _variable_value})
     tags: list[str] | Opt = attrs.field(default=UNSET)
 
 
@@ -279,8 +339,8 @@ class VariableCreate:
 class VariableUpdate:
     """``PATCH /variables/name/{name}`` and ``PATCH /variables/{id}``."""
 
-    name: str | Opt = attrs.field(default=UNSET)
-    value: Any = attrs.field(default=UNSET)
+    name: str | Opt = attrs.field(default=UNSET, metadata={"check": _variable_name})
+    value: Any = attrs.field(default=UNSET, metadata={"check": _variable_value})
     tags: list[str] | Opt = attrs.field(default=UNSET)
 
 

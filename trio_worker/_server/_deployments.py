@@ -6,7 +6,15 @@ import sqlite3
 from typing import Any
 
 from trio_worker._server._actions import DeploymentCreate, FlowCreate, value_or
-from trio_worker._server._common import APIProblem, dumps, format_time, new_id, not_found, now
+from trio_worker._server._common import (
+    APIProblem,
+    dumps,
+    format_time,
+    loads,
+    new_id,
+    not_found,
+    now,
+)
 from trio_worker._server._filters import (
     DEPLOYMENT_SPEC,
     FLOW_RUN_SPEC,
@@ -20,6 +28,7 @@ from trio_worker._server._filters import (
 )
 from trio_worker._server._pools import get_pool_row
 from trio_worker._server._records import DEPLOYMENT_SELECT, deployment_json, flow_json
+from trio_worker._server._schema_check import job_variables_problem
 from trio_worker._server._storage import Tx
 from trio_worker._server._validation import UNSET
 
@@ -165,13 +174,22 @@ _BODY_DEFAULTS: dict[str, Any] = {
 
 
 def create_deployment(tx: Tx, action: DeploymentCreate) -> tuple[dict[str, Any], bool]:
-    """Create or replace the deployment ``(flow_id, name)``; the bool says "created"."""
+    """Create or replace the deployment ``(flow_id, name)``; the bool says "created".
+
+    Its job variables must fit its work pool's variables schema (required
+    ones excepted: a flow run may still supply them), as Prefect's server checks.
+    """
     flow_id = str(action.flow_id)
     if tx.one("SELECT 1 FROM flows WHERE id = ?", (flow_id,)) is None:
         raise INTEGRITY_CONFLICT
-    queue_id = resolve_queue(
-        tx, value_or(action.work_pool_name, None), value_or(action.work_queue_name, None)
-    )
+    pool_name = value_or(action.work_pool_name, None)
+    job_variables = value_or(action.job_variables, None)
+    if pool_name and job_variables:
+        template = loads(get_pool_row(tx, pool_name)["base_job_template"])
+        problem = job_variables_problem(template, job_variables, check_required=False)
+        if problem is not None:
+            raise APIProblem(422, {"detail": f"Error creating deployment: {problem}"})
+    queue_id = resolve_queue(tx, pool_name, value_or(action.work_queue_name, None))
     body: dict[str, Any] = {}
     for field in _BODY_FIELDS:
         value = getattr(action, field)

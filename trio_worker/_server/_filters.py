@@ -15,7 +15,7 @@ import uuid
 from typing import Any, Final
 
 from trio_worker._server._common import DEFAULT_LIMIT, APIProblem, format_time
-from trio_worker._server._validation import parse_datetime
+from trio_worker._server._validation import INT_MAX, int_bound_problem, parse_datetime
 
 __all__ = [
     "DEPLOYMENT_SPEC",
@@ -156,7 +156,11 @@ def _value(kind: str, value: Any, loc: list[Any], errors: FilterErrors) -> Any:
         errors.add(loc, "datetime_parsing", "Input should be a valid datetime", value)
     elif kind == "int":
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            problem = int_bound_problem(value)
+            if problem is None:
+                return value
+            errors.add(loc, *problem, value)
+            return None
         errors.add(loc, "int_type", "Input should be a valid integer", value)
     else:
         if isinstance(value, str):
@@ -270,5 +274,9 @@ def page(body: dict[str, Any], errors: FilterErrors) -> tuple[int, int]:
         )
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
         errors.add(["body", "offset"], "int_type", "Input should be a valid integer", offset)
+        offset = 0
+    elif offset > INT_MAX:
+        message = f"Input should be less than or equal to {INT_MAX}"
+        errors.add(["body", "offset"], "less_than_equal", message, offset)
         offset = 0
     return limit, offset

@@ -45,8 +45,8 @@ from trio_worker._server._orchestration import (
     decide,
     result_json,
 )
-from trio_worker._server._parameters import validate_parameters
-from trio_worker._server._records import FLOW_RUN_SELECT, flow_run_json
+from trio_worker._server._records import DEPLOYMENT_SELECT, FLOW_RUN_SELECT, flow_run_json
+from trio_worker._server._schema_check import job_variables_problem, validate_parameters
 from trio_worker._server._storage import Tx
 from trio_worker._server._validation import UNSET
 
@@ -179,6 +179,28 @@ def create_flow_run(tx: Tx, bus: EventBus, action: FlowRunCreate) -> tuple[dict[
     return _insert_run(tx, bus, values, state, "PENDING")
 
 
+def _check_job_variables(
+    tx: Tx, deployment: sqlite3.Row, dep: dict[str, Any], job_variables: Any, doing: str
+) -> None:
+    """Refuse a run whose job variables, over the deployment's, do not fit its pool's schema.
+
+    A flow run is the last overlay, so required variables must now have values.
+
+    Raises:
+        APIProblem: 422 with Prefect's detail naming the variable.
+    """
+    if deployment["wp_name"] is None:
+        return  # no pool, no schema (e.g. a deployment served by flow.serve())
+    pool = tx.one(
+        "SELECT base_job_template FROM work_pools WHERE name = ?", (deployment["wp_name"],)
+    )
+    template = loads(pool["base_job_template"]) if pool is not None else {}
+    layers = (dep.get("job_variables") or {}, value_or(job_variables, None) or {})
+    problem = job_variables_problem(template, *layers, check_required=True)
+    if problem is not None:
+        raise APIProblem(422, {"detail": f"Error {doing} flow run: {problem}"})
+
+
 def create_deployment_flow_run(
     tx: Tx, bus: EventBus, deployment_id: str, action: DeploymentFlowRunCreate
 ) -> tuple[dict[str, Any], bool]:
@@ -193,6 +215,7 @@ def create_deployment_flow_run(
         problem = validate_parameters(parameters, dep["parameter_openapi_schema"])
         if problem is not None:
             raise APIProblem(409, {"detail": f"Error creating flow run: {problem}"})
+    _check_job_variables(tx, deployment, dep, action.job_variables, "creating")
     queue_id = deployment["work_queue_id"]
     queue_name = value_or(action.work_queue_name, None)
     if queue_name:
@@ -228,9 +251,14 @@ def create_deployment_flow_run(
 
 
 def update_flow_run(tx: Tx, run_id: str, action: FlowRunUpdate) -> None:
-    """``PATCH /flow_runs/{id}``: only the sent fields change."""
+    """``PATCH /flow_runs/{id}``: only the sent fields change; job variables must fit the pool."""
     row = _run_row(tx, run_id)
     body = loads(row["body"])
+    if action.job_variables is not UNSET and action.job_variables is not None:
+        deployment = tx.one(f"{DEPLOYMENT_SELECT} WHERE d.id = ?", (row["deployment_id"],))
+        if deployment is not None:
+            dep = loads(deployment["body"])
+            _check_job_variables(tx, deployment, dep, action.job_variables, "updating")
     values: dict[str, Any] = {}
     if action.name is not UNSET and action.name is not None:
         values["name"] = action.name

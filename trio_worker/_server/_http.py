@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -13,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from trio_worker._server._common import APIProblem
 from trio_worker._server._events import EventBus
 from trio_worker._server._guard import ApiSecurity
+from trio_worker._server._json_input import JSONInputError, decode_json
 from trio_worker._server._storage import Database, Tx
 from trio_worker._server._task_queue import TaskQueue
 from trio_worker._server._validation import RequestValidationError, structure
@@ -78,10 +78,11 @@ def _invalid_body(errors: list[dict[str, Any]], body: Any) -> APIProblem:
 
 
 async def read_body(request: Request, *, required: bool = True) -> Any:
-    """Decode the request's JSON body.
+    """Decode the request's JSON body (within :func:`decode_json`'s limits).
 
     Raises:
-        APIProblem: 422 for malformed JSON, or a missing body when ``required``.
+        APIProblem: 422 for malformed or unacceptable JSON, or a missing body
+            when ``required``.
     """
     raw = await request.body()
     if not raw.strip():
@@ -90,14 +91,17 @@ async def read_body(request: Request, *, required: bool = True) -> Any:
             raise _invalid_body(detail, None)
         return {}
     try:
-        return json.loads(raw)
+        return decode_json(raw)
+    except JSONInputError as exc:
+        # The body is echoed as text: the decoded value may be what cannot be encoded.
+        problem = {**exc.entry, "loc": ["body", *exc.entry["loc"]]}
+        raise _invalid_body([problem], raw.decode("utf-8", errors="replace")) from None
     except ValueError as exc:
         position = getattr(exc, "pos", 0)
         message = getattr(exc, "msg", str(exc))
-        problem: dict[str, Any] = {"type": "json_invalid", "loc": ["body", position]}
+        problem = {"type": "json_invalid", "loc": ["body", position]}
         problem.update(msg="JSON decode error", input={}, ctx={"error": message})
-        raw_text = raw.decode("utf-8", errors="replace")
-        raise _invalid_body([problem], raw_text) from None
+        raise _invalid_body([problem], raw.decode("utf-8", errors="replace")) from None
 
 
 def parse(cls: type[T], data: Any) -> T:

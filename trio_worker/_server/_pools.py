@@ -49,6 +49,7 @@ from trio_worker._server._records import (
     worker_json,
     worker_status,
 )
+from trio_worker._server._schema_check import job_variables_problem, schema_error
 from trio_worker._server._storage import Tx
 from trio_worker._server._validation import UNSET
 
@@ -133,9 +134,16 @@ def _check_template(template: dict[str, Any], body: Any) -> None:
             for item in node:
                 walk(item)
 
-    walk(template["job_configuration"])
-    variables = template["variables"] if isinstance(template["variables"], dict) else {}
-    declared = set((variables.get("properties") or {}).keys())
+    configuration, variables = template["job_configuration"], template["variables"]
+    if not isinstance(configuration, dict) or not isinstance(variables, dict):
+        message = "The `job_configuration` and `variables` of a `base_job_template` are objects."
+        raise _template_error(message, template, body)
+    properties = variables.get("properties") or {}
+    if not isinstance(properties, dict):
+        message = "The `properties` of the `variables` schema must be an object."
+        raise _template_error(message, template, body)
+    walk(configuration)
+    declared = set(properties)
     missing = used - declared
     if missing:
         message = (
@@ -144,6 +152,13 @@ def _check_template(template: dict[str, Any], body: Any) -> None:
             f"undeclared variable(s): {', '.join(sorted(missing))}."
         )
         raise _template_error(message, template, body)
+    reason = schema_error(variables)
+    if reason is not None:
+        raise APIProblem(422, {"detail": reason})
+    problem = job_variables_problem(template, check_required=False)
+    if problem is not None:
+        detail = f"Validation failed for work pool's job variable defaults: {problem}"
+        raise APIProblem(422, {"detail": detail})
 
 
 def _reserved(name: str) -> APIProblem:

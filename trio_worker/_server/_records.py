@@ -45,6 +45,7 @@ STATE_NAMES: Final = {
 """The default state name of each state type."""
 
 READY_WINDOW: Final = timedelta(seconds=60)
+_CENTURY_SECONDS: Final = 100 * 366 * 24 * 3600
 """A queue or deployment polled within this window reports ``READY`` (Prefect's default)."""
 
 FLOW_RUN_SELECT: Final = (
@@ -107,7 +108,8 @@ def flow_json(row: sqlite3.Row) -> dict[str, Any]:
 def worker_status(last_heartbeat: str, interval: int | None, current: datetime) -> str:
     """``ONLINE`` unless more than three heartbeat intervals went by without one."""
     seen = parse_time(last_heartbeat)
-    window = timedelta(seconds=3 * (interval or 30))
+    # A client may send any interval; beyond a century is "never offline" all the same.
+    window = timedelta(seconds=3 * max(0, min(interval or 30, _CENTURY_SECONDS)))
     return "ONLINE" if seen is not None and current - seen <= window else "OFFLINE"
 
 

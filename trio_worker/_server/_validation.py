@@ -21,16 +21,19 @@ import enum
 import types
 import typing
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar, Union
 
 import attrs
 
 __all__ = [
+    "INT_MAX",
+    "INT_MIN",
     "UNSET",
     "RequestValidationError",
     "UnsetType",
     "field_is_set",
+    "int_bound_problem",
     "parse_datetime",
     "structure",
 ]
@@ -83,15 +86,41 @@ def parse_datetime(value: str) -> datetime:
     Accepts ``…Z``, ``…+00:00`` and Python's ``str(datetime)`` (space separator).
 
     Raises:
-        ValueError: the string is not a datetime.
+        ValueError: the string is not a datetime, or one too close to the ends of
+            the range of datetimes for the server to compute with.
     """
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        # Two days inside datetime's range, so the server's own arithmetic
+        # (offsets, timeouts, comparisons in UTC) never leaves it either.
+        utc = parsed.astimezone(UTC)
+        if not _EARLIEST <= utc <= _LATEST:
+            raise OverflowError
+    except OverflowError:
+        raise ValueError(f"{value!r} is out of the supported range") from None
+    return utc
+
+
+_EARLIEST: Final = datetime.min.replace(tzinfo=UTC) + timedelta(days=2)
+_LATEST: Final = datetime.max.replace(tzinfo=UTC) - timedelta(days=2)
+
+INT_MIN: Final = -(2**63)
+INT_MAX: Final = 2**63 - 1
+"""The range of an integer the server stores: SQLite's (and PostgreSQL's BIGINT)."""
+
+
+def int_bound_problem(value: int) -> tuple[str, str] | None:
+    """Return pydantic's (type, message) for an integer outside :data:`INT_MIN`..:data:`INT_MAX`."""
+    if value > INT_MAX:
+        return "less_than_equal", f"Input should be less than or equal to {INT_MAX}"
+    if value < INT_MIN:
+        return "greater_than_equal", f"Input should be greater than or equal to {INT_MIN}"
+    return None
 
 
 _HINTS: dict[type, dict[str, Any]] = {}
@@ -228,10 +257,14 @@ def _convert_simple(tp: type, value: Any, loc: Loc, errors: list[dict[str, Any]]
         errors.append(_err("bool_type", loc, "Input should be a valid boolean", value))
         return None
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            problem = int_bound_problem(value)
+            if problem is None:
+                return value
+            errors.append(_err(problem[0], loc, problem[1], value))
+            return None
         kind, msg = "int_type", "Input should be a valid integer"
         if isinstance(value, float):
             kind = "int_from_float"
@@ -240,7 +273,11 @@ def _convert_simple(tp: type, value: Any, loc: Loc, errors: list[dict[str, Any]]
         return None
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                errors.append(_err("finite_number", loc, "Input should be a finite number", value))
+                return None
         errors.append(_err("float_type", loc, "Input should be a valid number", value))
         return None
     if tp is str:
