@@ -4,16 +4,16 @@ The child is started with ``trio.run_process`` in a new session (its own
 process group) inside the run's nursery. Cancelling the run's scope makes
 trio call :func:`~trio_worker._process_group.terminate_process_group`: SIGTERM
 to the group, the grace period, SIGKILL; once the leader has exited the group
-is swept with SIGKILL, so nothing the run spawned survives it.
+is swept with SIGKILL, so nothing the run spawned survives it. A memory
+ceiling is set by an exec wrapper before the command's first instruction
+(:mod:`trio_worker._memory_cap`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
-import resource
 import shlex
 import shutil
 import signal
@@ -25,6 +25,7 @@ from typing import Any, Final
 import trio
 
 from trio_worker._exceptions import InfrastructureError
+from trio_worker._memory_cap import capped_command, effective_limit
 from trio_worker._models import FlowRun, now
 from trio_worker._process_config import ProcessJobConfiguration, ProcessVariables
 from trio_worker._process_group import (
@@ -111,9 +112,12 @@ class ProcessWorker(BaseWorker):
         output = None if configuration.stream_output else subprocess.DEVNULL
         tracked = self.in_flight.get(flow_run.id)
         memory_limit_mb = tracked.memory_limit_mb if tracked is not None else None
+        argv = command
+        if memory_limit_mb is not None:
+            argv = capped_command(command, effective_limit(memory_limit_mb))
         spawn = functools.partial(
             trio.run_process,
-            command,
+            argv,
             check=False,
             cwd=cwd,
             env=env,
@@ -134,8 +138,6 @@ class ProcessWorker(BaseWorker):
                 except OSError as exc:
                     spawn_error = exc
                 else:
-                    if memory_limit_mb is not None:
-                        _cap_memory(process.pid, memory_limit_mb)
                     task_status.started(format_infrastructure_pid(process.pid))
                     await self.run_records.add(
                         RunRecord(
@@ -215,20 +217,6 @@ class ProcessWorker(BaseWorker):
                 f"flow run infrastructure {infrastructure_pid!r} runs on another host"
             )
         await kill_process_group(pid, grace_seconds=grace_seconds)
-
-
-def _cap_memory(pid: int, limit_mb: int) -> None:
-    """Cap the address space of the just-started process (and what it spawns).
-
-    Set from the parent with ``prlimit`` right after the spawn rather than in
-    a pre-exec hook: running Python between fork and exec is unsafe while
-    other threads exist (trio's thread cache). The child is still starting
-    its interpreter when the cap lands.
-    """
-    limit = limit_mb * 1024 * 1024
-    # Already exited: its exit status tells the rest.
-    with contextlib.suppress(ProcessLookupError):
-        resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
 
 
 def is_orphaned(pid: int) -> bool:

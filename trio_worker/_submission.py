@@ -339,6 +339,15 @@ def _first_leaf(group: BaseExceptionGroup[InfrastructureError]) -> Infrastructur
     return leaf
 
 
+#: Each per-run limit: the smallest and largest accepted value, and
+#: what it counts. Larger values are certainly mistakes (``1e30``) and would
+#: not fit the kernel's types; NaN and infinity are refused too.
+LIMIT_RANGES: Final[dict[str, tuple[float, float, str]]] = {
+    "timeout_seconds": (0.001, 366 * 24 * 3600.0, "seconds"),
+    "memory_limit_mb": (1.0, float(2**30), "MB"),
+}
+
+
 def _apply_limits(tracked: InFlightRun, values: dict[str, Any]) -> None:
     """Read the per-run limits from the job variables and arm the run's deadline.
 
@@ -347,14 +356,19 @@ def _apply_limits(tracked: InFlightRun, values: dict[str, Any]) -> None:
     including one created by Prefect whose template lacks them.
 
     Raises:
-        JobVariableError: a limit is not a positive number.
+        JobVariableError: a limit is not a number within :data:`LIMIT_RANGES`.
     """
-    for key in ("timeout_seconds", "memory_limit_mb"):
+    for key, (low, high, unit) in LIMIT_RANGES.items():
         value = values.get(key)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise JobVariableError(f"job variable {key}={value!r} must be a positive number")
+        number = not isinstance(value, bool) and isinstance(value, int | float)
+        # The comparison is False for NaN, so NaN is refused too.
+        if not number or not low <= value <= high:
+            raise JobVariableError(
+                f"job variable {key}={value!r} must be a number of {unit}"
+                f" from {low:g} to {high:.0f}"
+            )
     timeout = values.get("timeout_seconds")
     if timeout is not None:
         tracked.timeout_seconds = float(timeout)

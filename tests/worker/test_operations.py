@@ -61,6 +61,47 @@ async def test_memory_limit_is_enforced_and_reported(
     assert "memory limit of 200 MB" in (done.state.message or "")
 
 
+async def test_memory_limit_holds_for_a_command_that_allocates_at_once(
+    client: PrefectClient, running_worker: WorkerFactory, pool_name: str
+) -> None:
+    # dd allocates its 600 MB buffer in its first instructions: a cap set from
+    # the parent after the spawn came too late for it.
+    dd = "dd if=/dev/zero of=/dev/null bs=600M count=1"
+    async with running_worker():
+        deployment = await make_deployment(
+            client, pool_name, job_variables={"command": dd, "memory_limit_mb": 100}
+        )
+        run = await client.create_flow_run_from_deployment(deployment.id)
+        done = await wait_for_state(client, run.id, FINAL)
+    assert done.state is not None
+    assert done.state.type is StateType.CRASHED
+    assert "memory limit of 100 MB" in (done.state.message or "")
+
+
+async def test_absurd_memory_limits_crash_with_a_plain_message(
+    client: PrefectClient, running_worker: WorkerFactory, pool_name: str
+) -> None:
+    values: list[object] = [1e30, -1, 0, "lots"]
+    async with running_worker():
+        runs = []
+        for index, value in enumerate(values):
+            deployment = await make_deployment(
+                client,
+                pool_name,
+                name=f"absurd-{index}",
+                job_variables={"command": "true", "memory_limit_mb": value},
+            )
+            runs.append(await client.create_flow_run_from_deployment(deployment.id))
+        finals = [await wait_for_state(client, run.id, FINAL) for run in runs]
+    for value, done in zip(values, finals, strict=True):
+        assert done.state is not None
+        assert done.state.type is StateType.CRASHED
+        assert (
+            f"job variable memory_limit_mb={value!r} must be a number of MB from 1 to 1073741824"
+            in (done.state.message or "")
+        )
+
+
 async def test_bad_limit_value_crashes_only_that_run(
     client: PrefectClient, running_worker: WorkerFactory, pool_name: str
 ) -> None:
