@@ -9,24 +9,28 @@ from pathlib import Path
 
 import trio
 
-from trio_worker._server import serve_api
+from trio_worker._server import LivenessRules, serve_api
 
-__all__ = ["open_embedded_api"]
+__all__ = ["LivenessRules", "open_embedded_api"]
 
 
 @asynccontextmanager
-async def open_embedded_api(db_path: str | Path | None = None) -> AsyncIterator[str]:
+async def open_embedded_api(
+    db_path: str | Path | None = None, *, liveness: LivenessRules | None = None
+) -> AsyncIterator[str]:
     """Run the embedded API on 127.0.0.1, on a free port, for the duration of the block.
 
     Yields the API URL to use as ``PREFECT_API_URL``, e.g.
     ``http://127.0.0.1:54321/api``. With ``db_path=None`` the data lives in a
     temporary directory removed afterwards; pass a path to keep it (or to
-    reopen a database, e.g. to test a restart).
+    reopen a database, e.g. to test a restart). ``liveness`` sets the
+    thresholds of the rules for runs whose owner died (small ones make such
+    tests take seconds); by default they come from the environment.
     """
     with tempfile.TemporaryDirectory(prefix="trio-worker-api-") as tmp:
         path = Path(db_path) if db_path is not None else Path(tmp) / "api.db"
         async with trio.open_nursery() as nursery:
-            url: str = await nursery.start(_serve, path)
+            url: str = await nursery.start(_serve, path, liveness)
             try:
                 yield url
             finally:
@@ -34,6 +38,11 @@ async def open_embedded_api(db_path: str | Path | None = None) -> AsyncIterator[
 
 
 async def _serve(
-    path: Path, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    path: Path,
+    liveness: LivenessRules | None,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    await serve_api(host="127.0.0.1", port=0, db_path=path, task_status=task_status)
+    await serve_api(
+        host="127.0.0.1", port=0, db_path=path, task_status=task_status, liveness=liveness
+    )

@@ -18,8 +18,10 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from trio_worker._server._app import create_app as create_app
+from trio_worker._server._liveness import LivenessRules as LivenessRules
+from trio_worker._settings import Settings
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "create_app", "serve_api"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "LivenessRules", "create_app", "serve_api"]
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 4200
@@ -32,6 +34,7 @@ async def serve_api(
     db_path: str | Path,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    liveness: LivenessRules | None = None,
 ) -> None:
     """Serve the embedded API until cancelled or until ``shutdown_trigger`` returns.
 
@@ -39,9 +42,16 @@ async def serve_api(
     is open) it reports the API URL, e.g. ``http://127.0.0.1:54321/api``, with
     the real port when ``port`` is 0.
 
+    ``liveness`` holds the thresholds of the rules that end or give back
+    runs whose owner died; by default they are read from the environment
+    (``TRIO_WORKER_SERVER_*``, see :class:`~trio_worker._settings.Settings`).
+
     Raises:
         OSError: the address cannot be bound (e.g. the port is in use).
+        ConfigurationError: a ``TRIO_WORKER_SERVER_*`` variable holds a bad value.
     """
+    if liveness is None:
+        liveness = LivenessRules.from_settings(Settings.from_env())
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
@@ -49,7 +59,7 @@ async def serve_api(
     config.graceful_timeout = 2.0
     config.keep_alive_timeout = 30.0
     config.websocket_ping_interval = None
-    app = wrap_app(create_app(db_path), config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    app = wrap_app(create_app(db_path, liveness=liveness), config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
     # Bind before starting, so a port in use is a plain OSError raised here
     # rather than one wrapped in hypercorn's nurseries.
     sockets = config.create_sockets()
