@@ -28,6 +28,7 @@ from trio_worker._exceptions import (
     BadRequestError,
     ConfigurationError,
     ConflictError,
+    ModelError,
     NotFoundError,
     ServerUnavailableError,
     UnauthorizedError,
@@ -51,6 +52,9 @@ from trio_worker._models import (
 from trio_worker._settings import Settings
 from trio_worker._transport import RetryTransport
 from trio_worker._version import __version__
+
+MAX_HELD_RUN_IDS: Final = 10_000
+"""Most run ids one heartbeat names (the embedded API refuses longer lists)."""
 
 __all__ = ["API_VERSION", "PrefectClient"]
 
@@ -339,10 +343,24 @@ class PrefectClient:
         return structure(data, list[WorkQueue])
 
     async def send_worker_heartbeat(
-        self, pool: str, worker_name: str, *, heartbeat_interval_seconds: float
+        self,
+        pool: str,
+        worker_name: str,
+        *,
+        heartbeat_interval_seconds: float,
+        flow_run_ids: Sequence[uuid.UUID] = (),
     ) -> None:
-        """Tell the API this worker is alive (it turns OFFLINE after 3 missed intervals)."""
-        body = {"name": worker_name, "heartbeat_interval_seconds": heartbeat_interval_seconds}
+        """Tell the API this worker is alive (it turns OFFLINE after 3 missed intervals).
+
+        ``flow_run_ids`` are the runs the worker holds; the embedded API keeps
+        them alive while it heartbeats (a field Prefect's server ignores).
+        """
+        body: dict[str, Any] = {
+            "name": worker_name,
+            "heartbeat_interval_seconds": heartbeat_interval_seconds,
+        }
+        if flow_run_ids:
+            body["flow_run_ids"] = [str(i) for i in flow_run_ids[:MAX_HELD_RUN_IDS]]
         await self.request("POST", f"work_pools/{pool}/workers/heartbeat", json_body=body)
 
     async def read_workers(self, pool: str) -> list[Worker]:
@@ -537,6 +555,30 @@ class PrefectClient:
         body = {"state": state_body(state, task_run_id=task_run_id), "force": force}
         data = await self.request("POST", f"task_runs/{task_run_id}/set_state", json_body=body)
         return structure(data, OrchestrationResult)
+
+    async def renew_task_run_leases(
+        self, client_id: str, task_run_ids: Sequence[uuid.UUID]
+    ) -> tuple[float, list[uuid.UUID]] | None:
+        """Renew a task worker's leases on the runs it holds (the embedded API's own call).
+
+        Returns how long the leases now last (seconds) and the runs whose lease
+        was lost (to stop running them), or ``None`` when the API has no leases
+        (a Prefect server answers 404 or 405): then there is nothing to renew.
+        """
+        body = {"client_id": client_id, "task_run_ids": [str(i) for i in task_run_ids]}
+        try:
+            data = await self.request("POST", "task_runs/renew_leases", json_body=body)
+        except APIError as exc:
+            if exc.status_code in (404, 405):
+                return None
+            raise
+        if not isinstance(data, dict):
+            raise ModelError(f"unexpected lease renewal answer: {data!r}")
+        try:
+            lost = [uuid.UUID(str(i)) for i in data.get("lost") or []]
+            return float(data.get("lease_seconds") or 0.0), lost
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"unexpected lease renewal answer: {exc}") from None
 
     async def delete_task_run(self, task_run_id: uuid.UUID) -> None:
         """Delete a task run."""

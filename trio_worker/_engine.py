@@ -14,6 +14,10 @@ deployment run, without Prefect:
    on this process's Trio loop;
 4. propose COMPLETED, or FAILED with ``"<ExceptionType>: <message>"``.
 
+From RUNNING to the final state the engine emits ``prefect.flow-run.heartbeat``
+events every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (30 by default), as
+Prefect's engine does, from its Trio loop (``_engine_heartbeats``).
+
 Exit codes are for the worker: 0 whenever a final state was recorded (a FAILED
 run included, since the state tells the truth), 1 when the engine could not do
 its job (bad environment, unloadable entrypoint, state not recorded). The engine
@@ -49,6 +53,7 @@ import attrs
 import trio
 
 from trio_worker._client import PrefectClient
+from trio_worker._engine_heartbeats import emitting_heartbeats
 from trio_worker._engine_logs import LOGGER_NAME, APILogHandler, LogShipper, logging_to_api
 from trio_worker._exceptions import APIError, ConfigurationError, ModelError, NotFoundError
 from trio_worker._models import (
@@ -71,6 +76,8 @@ __all__ = [
 ]
 
 FLOW_RUN_ID_ENV: Final = "PREFECT__FLOW_RUN_ID"
+HEARTBEAT_FREQUENCY_ENV: Final = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
+PREFECT_MIN_HEARTBEAT_SECONDS: Final = 30
 COMPLETED_MESSAGE: Final = "Flow run completed."
 
 MAX_PROPOSALS: Final = 20
@@ -274,8 +281,14 @@ async def _call(fn: Any, parameters: Mapping[str, Any]) -> Any:
     return result
 
 
-async def _execute(client: PrefectClient, flow_run_id: uuid.UUID) -> int | _Handover:
-    """Take one flow run from PENDING to a final state; return the exit code."""
+async def _execute(
+    client: PrefectClient, flow_run_id: uuid.UUID, heartbeat_seconds: float
+) -> int | _Handover:
+    """Take one flow run from PENDING to a final state; return the exit code.
+
+    From RUNNING until the final state is recorded, heartbeats go out every
+    ``heartbeat_seconds`` (``_engine_heartbeats``).
+    """
     try:
         run = await client.read_flow_run(flow_run_id)
     except (APIError, ModelError) as exc:
@@ -342,13 +355,14 @@ async def _execute(client: PrefectClient, flow_run_id: uuid.UUID) -> int | _Hand
     logger.info(
         "Running flow run %r: %s with parameters %s", run.name, entrypoint, sorted(run.parameters)
     )
-    try:
-        await _call(fn, run.parameters)
-    except Exception as exc:
-        trimmed = (type(exc), exc, _user_traceback(exc))
-        logger.error("Encountered exception during execution:", exc_info=trimmed)
-        return await _record_final(client, run, State.of(StateType.FAILED, _describe(exc)))
-    return await _record_final(client, run, State.of(StateType.COMPLETED, COMPLETED_MESSAGE))
+    async with emitting_heartbeats(client, run, heartbeat_seconds):
+        try:
+            await _call(fn, run.parameters)
+        except Exception as exc:
+            trimmed = (type(exc), exc, _user_traceback(exc))
+            logger.error("Encountered exception during execution:", exc_info=trimmed)
+            return await _record_final(client, run, State.of(StateType.FAILED, _describe(exc)))
+        return await _record_final(client, run, State.of(StateType.COMPLETED, COMPLETED_MESSAGE))
 
 
 async def _fail_to_load(client: PrefectClient, run: FlowRun, message: str) -> int:
@@ -366,7 +380,7 @@ async def _run(
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(shipper.serve)
-                outcome = await _execute(client, flow_run_id)
+                outcome = await _execute(client, flow_run_id, settings.flow_heartbeat_seconds)
                 nursery.cancel_scope.cancel()
         finally:
             await shipper.flush()
@@ -394,7 +408,11 @@ def _exec_prefect_engine(flow_run_id: uuid.UUID, environ: Mapping[str, str]) -> 
     argv = prefect_engine_argv()
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(argv[0], argv, {**environ, FLOW_RUN_ID_ENV: str(flow_run_id)})
+    env = {**environ, FLOW_RUN_ID_ENV: str(flow_run_id)}
+    # Prefect's engine heartbeats every 180 s by default, too seldom for the
+    # embedded API's dead-run rule (90 s); ask it for 30 s (its minimum) unless set.
+    env.setdefault(HEARTBEAT_FREQUENCY_ENV, str(PREFECT_MIN_HEARTBEAT_SECONDS))
+    os.execve(argv[0], argv, env)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

@@ -31,6 +31,10 @@ DEFAULT_MAX_RETRIES: Final = 5
 DEFAULT_WEBSERVER_HOST: Final = "127.0.0.1"
 DEFAULT_WEBSERVER_PORT: Final = 8080
 DEFAULT_EMBEDDED_API_PORT: Final = 4200
+DEFAULT_FLOW_HEARTBEAT_SECONDS: Final = 30.0
+DEFAULT_RUN_HEARTBEAT_TIMEOUT_SECONDS: Final = 90.0
+DEFAULT_PENDING_TIMEOUT_SECONDS: Final = 90.0
+DEFAULT_TASK_LEASE_SECONDS: Final = 60.0
 
 
 def _env(name: str, help: str) -> dict[str, str]:
@@ -216,6 +220,40 @@ class Settings:
         ),
     )
 
+    # -- liveness (docs/operations.md, "Nothing is ever stuck") --------------------
+    flow_heartbeat_seconds: float = attrs.field(
+        default=DEFAULT_FLOW_HEARTBEAT_SECONDS,
+        metadata=_env(
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY",
+            "Seconds between the `prefect.flow-run.heartbeat` events a flow run's engine emits "
+            "(Prefect's name; Prefect's own engine requires at least 30).",
+        ),
+    )
+    server_heartbeat_timeout: float = attrs.field(
+        default=DEFAULT_RUN_HEARTBEAT_TIMEOUT_SECONDS,
+        metadata=_env(
+            "TRIO_WORKER_SERVER_HEARTBEAT_TIMEOUT",
+            "Embedded API: a started flow run whose heartbeats (its engine's, or its worker's "
+            "listing it) stop is CRASHED within this many seconds (0 = never).",
+        ),
+    )
+    server_pending_timeout: float = attrs.field(
+        default=DEFAULT_PENDING_TIMEOUT_SECONDS,
+        metadata=_env(
+            "TRIO_WORKER_SERVER_PENDING_TIMEOUT",
+            "Embedded API: a PENDING claim that has not started after this many seconds, and "
+            "that no live worker lists, goes back to SCHEDULED once (0 = never).",
+        ),
+    )
+    server_task_lease: float = attrs.field(
+        default=DEFAULT_TASK_LEASE_SECONDS,
+        metadata=_env(
+            "TRIO_WORKER_SERVER_TASK_LEASE",
+            "Embedded API: a delivered task run whose task worker stops renewing its lease is "
+            "redelivered (retries or idempotent) or CRASHED within this many seconds (0 = never).",
+        ),
+    )
+
     def __repr__(self) -> str:
         # Secrets never reach a repr, a log line or a traceback.
         shown = {
@@ -265,4 +303,8 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "server_api_auth_string": _parse_optional_str,
     "api_allowed_hosts": _parse_list,
     "api_allowed_origins": _parse_list,
+    "flow_heartbeat_seconds": _parse_positive_float,
+    "server_heartbeat_timeout": _parse_non_negative_float,
+    "server_pending_timeout": _parse_non_negative_float,
+    "server_task_lease": _parse_non_negative_float,
 }

@@ -15,6 +15,8 @@ a slot, and a worker dying in between loses the run). ``task_status.started()``
 hands the run over to the runs nursery, which lets the subscription read the
 next message; the token is released in the same task's ``finally``. RUNNING
 and the final state are recorded through ``_task_reports`` (batched events).
+While a run is in our hands its lease is renewed (``_task_leases``), so the
+embedded API can take back the runs of a task worker that died.
 
 Stopping is a drain: :meth:`TaskWorker.stop` ends the subscription, the runs
 nursery gets ``drain_timeout_seconds`` to finish, then its runs are cancelled;
@@ -54,6 +56,7 @@ from trio_worker._subscriptions import (
     serve_subscription,
     websocket_token,
 )
+from trio_worker._task_leases import LeaseKeeper
 from trio_worker._task_reports import TaskRunReporter, task_run_record
 from trio_worker._task_status import serve_task_status
 from trio_worker._task_store import (
@@ -181,6 +184,7 @@ class TaskWorker:
         self._reporter: TaskRunReporter | None = None
         self._subscription_scope: trio.CancelScope | None = None
         self._stopping = False
+        self._leases = LeaseKeeper(self.client_id)
 
     def __repr__(self) -> str:
         return f"TaskWorker({', '.join(self.tasks)}, limit={self.limit})"
@@ -255,6 +259,7 @@ class TaskWorker:
                 async with trio.open_nursery() as services:
                     # Up until the very end: runs drained or cancelled still report.
                     await services.start(self._reporter.serve)
+                    services.start_soon(self._leases.serve, client)
                     if self.status_server_port is not None:
                         self.status_url = await services.start(
                             functools.partial(
@@ -356,9 +361,10 @@ class TaskWorker:
                     raise SubscriptionClosedError(f"handoff of task run {task_run.id} timed out")
                 task_status.started()
                 if pending is not None:
-                    await self._execute(
-                        task_run, _Progress(task_run_record(task_run, message), pending)
-                    )
+                    with self._leases.holding(task_run.id):
+                        await self._execute(
+                            task_run, _Progress(task_run_record(task_run, message), pending)
+                        )
             finally:
                 self._limiter.release_on_behalf_of(task_run.id)
         finally:
@@ -432,6 +438,8 @@ class TaskWorker:
             final_state = _state(StateType.FAILED, f"StopTaskWorker: {exc}")
             self.stop()
         except BaseException:
+            if self._leases.lost(task_run.id):
+                raise  # taken back by the API: another worker has it, or it is CRASHED
             why = (
                 f"not finished within the {self.drain_timeout_seconds:g} s drain timeout"
                 if self._stopping
@@ -448,6 +456,7 @@ class TaskWorker:
                     await self._report(task_run, progress, final_state, delete=delete)
                 self.outcomes[key, final_state.type.value] += 1
             self.in_flight_task_runs[key].pop(task_run.id, None)
+            self._leases.forget(task_run.id)
             self.finished_task_runs[key] = self.finished_task_runs.get(key, 0) + 1
 
     async def _run(self, task_run: TaskRun, progress: _Progress) -> tuple[State | None, bool]:

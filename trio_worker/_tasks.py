@@ -51,6 +51,9 @@ __all__ = [
 P = ParamSpec("P")
 R = TypeVar("R")
 
+IDEMPOTENT_LABEL: Final = "trio-worker.idempotent"
+"""The task-run label that lets the embedded API redeliver a run whose lease lapsed."""
+
 POLL_MIN_SECONDS: Final = 0.01
 POLL_MAX_SECONDS: Final = 0.5
 
@@ -241,6 +244,8 @@ class Task(Generic[P, R]):
         key: the task key workers subscribe to; ``module.qualname`` unless given.
         name: the name given to its runs.
         store: where parameters and results go; ``None`` = the default store at submit time.
+        idempotent: running it twice does no harm, so a run whose task worker died
+            (its lease lapsed) is delivered again instead of being CRASHED.
     """
 
     def __init__(
@@ -250,6 +255,7 @@ class Task(Generic[P, R]):
         key: str | None = None,
         name: str | None = None,
         store: TaskStore | None = None,
+        idempotent: bool = False,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@task needs a function, got {fn!r}")
@@ -257,6 +263,7 @@ class Task(Generic[P, R]):
         self.key = key or f"{fn.__module__}.{fn.__qualname__}"
         self.name = name or getattr(fn, "__name__", self.key)
         self.store = store
+        self.idempotent = idempotent
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
 
@@ -348,7 +355,7 @@ class Task(Generic[P, R]):
             "dynamic_key": f"{self.key}-{uuid.uuid4().hex}",
             "flow_run_id": None,
             "tags": [],
-            "labels": {},
+            "labels": {IDEMPOTENT_LABEL: "true"} if self.idempotent else {},
             "task_inputs": {name: [] for name in parameters},
             "empirical_policy": {"max_retries": 0, "retry_delay_seconds": 0.0, "retries": 0},
             "state": {
@@ -398,7 +405,11 @@ def task(fn: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
 def task(fn: Callable[P, R], /) -> Task[P, R]: ...
 @overload
 def task(
-    *, key: str | None = None, name: str | None = None, store: TaskStore | None = None
+    *,
+    key: str | None = None,
+    name: str | None = None,
+    store: TaskStore | None = None,
+    idempotent: bool = False,
 ) -> Callable[[Callable[P, Any]], Task[P, Any]]: ...
 def task(
     fn: Callable[P, Any] | None = None,
@@ -407,6 +418,7 @@ def task(
     key: str | None = None,
     name: str | None = None,
     store: TaskStore | None = None,
+    idempotent: bool = False,
 ) -> Task[P, Any] | Callable[[Callable[P, Any]], Task[P, Any]]:
     """Make a function servable by a task worker: ``@task`` or ``@task(key=...)``.
 
@@ -420,11 +432,12 @@ def task(
         key: the task key; override it to rename a function without orphaning queued runs.
         name: the name of its runs (the function's name by default).
         store: where parameters and results go (default: the env-configured directory).
+        idempotent: a run whose task worker died is delivered again rather than CRASHED.
     """
     if fn is not None:
-        return Task(fn, key=key, name=name, store=store)
+        return Task(fn, key=key, name=name, store=store, idempotent=idempotent)
 
     def decorate(inner: Callable[P, Any]) -> Task[P, Any]:
-        return Task(inner, key=key, name=name, store=store)
+        return Task(inner, key=key, name=name, store=store, idempotent=idempotent)
 
     return decorate

@@ -516,7 +516,10 @@ class BaseWorker:
             )
         self.work_pool = pool
         await client.send_worker_heartbeat(
-            pool.name, self.name, heartbeat_interval_seconds=self.heartbeat_interval_seconds
+            pool.name,
+            self.name,
+            heartbeat_interval_seconds=self.heartbeat_interval_seconds,
+            flow_run_ids=list(self.in_flight),
         )
         self.last_api_error = None
 

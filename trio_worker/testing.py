@@ -9,14 +9,17 @@ from pathlib import Path
 
 import trio
 
-from trio_worker._server import ApiSecurity, serve_api
+from trio_worker._server import ApiSecurity, LivenessRules, serve_api
 
-__all__ = ["open_embedded_api"]
+__all__ = ["LivenessRules", "open_embedded_api"]
 
 
 @asynccontextmanager
 async def open_embedded_api(
-    db_path: str | Path | None = None, *, auth_string: str | None = None
+    db_path: str | Path | None = None,
+    *,
+    auth_string: str | None = None,
+    liveness: LivenessRules | None = None,
 ) -> AsyncIterator[str]:
     """Run the embedded API on 127.0.0.1, on a free port, for the duration of the block.
 
@@ -26,12 +29,15 @@ async def open_embedded_api(
     reopen a database, e.g. to test a restart). With ``auth_string``
     (``user:password``) the API requires it, as with
     ``PREFECT_SERVER_API_AUTH_STRING``; clients send it as ``PREFECT_API_AUTH_STRING``.
+    ``liveness`` sets the thresholds of the rules for runs whose owner died
+    (small ones make such tests take seconds); by default they come from the
+    environment.
     """
     security = ApiSecurity(auth_string=auth_string)
     with tempfile.TemporaryDirectory(prefix="trio-worker-api-") as tmp:
         path = Path(db_path) if db_path is not None else Path(tmp) / "api.db"
         async with trio.open_nursery() as nursery:
-            url: str = await nursery.start(_serve, path, security)
+            url: str = await nursery.start(_serve, path, security, liveness)
             try:
                 yield url
             finally:
@@ -41,9 +47,15 @@ async def open_embedded_api(
 async def _serve(
     path: Path,
     security: ApiSecurity,
+    liveness: LivenessRules | None,
     *,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     await serve_api(
-        host="127.0.0.1", port=0, db_path=path, security=security, task_status=task_status
+        host="127.0.0.1",
+        port=0,
+        db_path=path,
+        security=security,
+        task_status=task_status,
+        liveness=liveness,
     )

@@ -20,11 +20,14 @@ from hypercorn.utils import wrap_app
 from trio_worker._server._app import create_app as create_app
 from trio_worker._server._guard import ApiSecurity as ApiSecurity
 from trio_worker._server._guard import is_loopback_host as is_loopback_host
+from trio_worker._server._liveness import LivenessRules as LivenessRules
+from trio_worker._settings import Settings
 
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "ApiSecurity",
+    "LivenessRules",
     "create_app",
     "is_loopback_host",
     "serve_api",
@@ -42,6 +45,7 @@ async def serve_api(
     security: ApiSecurity | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    liveness: LivenessRules | None = None,
 ) -> None:
     """Serve the embedded API until cancelled or until ``shutdown_trigger`` returns.
 
@@ -50,9 +54,16 @@ async def serve_api(
     the real port when ``port`` is 0. ``security`` (credentials, allowed hosts
     and origins) is passed to :func:`create_app`.
 
+    ``liveness`` holds the thresholds of the rules that end or give back
+    runs whose owner died; by default they are read from the environment
+    (``TRIO_WORKER_SERVER_*``, see :class:`~trio_worker._settings.Settings`).
+
     Raises:
         OSError: the address cannot be bound (e.g. the port is in use).
+        ConfigurationError: a ``TRIO_WORKER_SERVER_*`` variable holds a bad value.
     """
+    if liveness is None:
+        liveness = LivenessRules.from_settings(Settings.from_env())
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
@@ -60,7 +71,8 @@ async def serve_api(
     config.graceful_timeout = 2.0
     config.keep_alive_timeout = 30.0
     config.websocket_ping_interval = None
-    app = wrap_app(create_app(db_path, security), config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    asgi_app = create_app(db_path, security, liveness=liveness)
+    app = wrap_app(asgi_app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
     # Bind before starting, so a port in use is a plain OSError raised here
     # rather than one wrapped in hypercorn's nurseries.
     sockets = config.create_sockets()

@@ -29,6 +29,7 @@ __all__ = [
     "FlowRunCreate",
     "FlowRunUpdate",
     "GetScheduledFlowRuns",
+    "LeaseRenewal",
     "LogCreate",
     "SetStateBody",
     "StateCreate",
@@ -206,6 +207,16 @@ class WorkerHeartbeat:
     heartbeat_interval_seconds: int | Opt | None = attrs.field(default=UNSET)
     return_id: bool | Opt = attrs.field(default=UNSET)
     metadata: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
+    #: trio-worker's own field: the flow runs this worker holds (Prefect ignores it).
+    flow_run_ids: list[uuid.UUID] | Opt | None = attrs.field(default=UNSET)
+
+
+@attrs.frozen(kw_only=True)
+class LeaseRenewal:
+    """``POST /task_runs/renew_leases`` (trio-worker's own): a task worker's leases."""
+
+    client_id: str = attrs.field()
+    task_run_ids: list[uuid.UUID] = attrs.field()
 
 
 @attrs.frozen(kw_only=True)

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 
+import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount
 
-from trio_worker._server._common import APIProblem
+from trio_worker._server._common import APIProblem, now
 from trio_worker._server._guard import ApiSecurity, Guard
 from trio_worker._server._http import ApiState
+from trio_worker._server._liveness import LivenessRules, serve_liveness
 from trio_worker._server._router import Dispatcher
 from trio_worker._server._routes_core import core_routes
 from trio_worker._server._routes_runs import run_routes
@@ -42,7 +46,13 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"exception_message": "Internal Server Error"}, status_code=500)
 
 
-def create_app(db_path: str | Path, security: ApiSecurity | None = None) -> Guard:
+def create_app(
+    db_path: str | Path,
+    security: ApiSecurity | None = None,
+    *,
+    liveness: LivenessRules | None = None,
+    clock: Callable[[], datetime] = now,
+) -> Guard:
     """Build the embedded API as an ASGI app storing its data in the SQLite file ``db_path``.
 
     ``security`` says what every request must show (credentials, a host and an
@@ -52,16 +62,32 @@ def create_app(db_path: str | Path, security: ApiSecurity | None = None) -> Guar
     The database is opened (created and migrated as needed) by the app's
     lifespan, so any ASGI server that runs lifespans can serve it; use
     :func:`~trio_worker._server.serve_api` to serve it on trio with hypercorn.
+    The lifespan also owns the server's services: the liveness sweep
+    (``_liveness``, thresholds ``liveness``, default :class:`LivenessRules`),
+    which compares signals with ``clock()``.
     """
     security = security if security is not None else ApiSecurity()
-    api = ApiState(security)
+    api = ApiState(security, liveness)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_database(db_path) as db:
             api.db = db
             try:
-                yield
+                async with trio.open_nursery() as services:
+                    services.start_soon(
+                        functools.partial(
+                            serve_liveness,
+                            db,
+                            api.bus,
+                            api.tasks,
+                            api.liveness,
+                            api.liveness_counts,
+                            clock=clock,
+                        )
+                    )
+                    yield
+                    services.cancel_scope.cancel()
             finally:
                 api.db = None
 

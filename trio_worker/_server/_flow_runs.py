@@ -61,6 +61,7 @@ __all__ = [
     "state_columns",
     "update_flow_run",
     "update_flow_run_labels",
+    "write_rule_state",
 ]
 
 _ADJECTIVES: Final = (
@@ -436,6 +437,8 @@ def _write_state(
 ) -> None:
     run_id = row["id"]
     values = state_columns(row, state, at)
+    if state["type"] == "SCHEDULED":  # back in the queue: nobody holds it any more
+        values.update(holder=None, holder_since=None, holder_seen=None, heartbeat_at=None)
     body = loads(row["body"])
     # The previous state event, for the next one's ``follows`` (kept out of responses).
     follows = body.get(_LAST_EVENT_KEY)
@@ -457,6 +460,17 @@ def _write_state(
     )
     event.update(id=event_id, follows=follows)
     store_event(tx, bus, event)
+
+
+def write_rule_state(tx: Tx, bus: EventBus, row: sqlite3.Row, state: dict[str, Any]) -> None:
+    """Write a state the API's own rules chose (``_liveness``), with its event.
+
+    ``row`` comes from :data:`FLOW_RUN_SELECT`; no proposal is orchestrated:
+    the caller decided, inside the same transaction.
+    """
+    current = loads(row["state"]) if row["state"] else None
+    at = datetime.fromisoformat(state["timestamp"].replace("Z", "+00:00"))
+    _write_state(tx, bus, row, current, state, at)
 
 
 def _slots_full(tx: Tx, row: sqlite3.Row) -> bool:

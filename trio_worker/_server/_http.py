@@ -13,6 +13,7 @@ from trio_worker._server._common import APIProblem
 from trio_worker._server._events import EventBus
 from trio_worker._server._guard import ApiSecurity
 from trio_worker._server._json_input import JSONInputError, decode_json
+from trio_worker._server._liveness import LivenessCounts, LivenessRules
 from trio_worker._server._storage import Database, Tx
 from trio_worker._server._task_queue import TaskQueue
 from trio_worker._server._validation import RequestValidationError, structure
@@ -31,18 +32,21 @@ T = TypeVar("T")
 
 
 class ApiState:
-    """What every handler of one app shares: the database owner, the event bus, the task queue.
+    """What every handler of one app shares: the database, the event bus, the task queue, rules.
 
     The database is opened by the app's lifespan; before that (and after
     shutdown) :attr:`db` is ``None`` and requests get 503. :attr:`security`
     is what the websockets check their auth frame against.
     """
 
-    def __init__(self, security: ApiSecurity) -> None:
+    def __init__(self, security: ApiSecurity, liveness: LivenessRules | None = None) -> None:
         self.security = security
         self.db: Database | None = None
         self.bus = EventBus()
-        self.tasks = TaskQueue()
+        self.liveness = liveness if liveness is not None else LivenessRules()
+        self.tasks = TaskQueue(lease_seconds=self.liveness.lease_seconds)
+        #: What the liveness rules did since start (``/api/metrics``).
+        self.liveness_counts = LivenessCounts()
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(tx, *args, **kwargs)`` as one transaction."""

@@ -39,6 +39,7 @@ from trio_worker._server._filters import (
     invalid,
     page,
 )
+from trio_worker._server._holders import check_held_ids, mark_held
 from trio_worker._server._orchestration import ACTIVE
 from trio_worker._server._records import (
     FLOW_RUN_SELECT,
@@ -339,6 +340,10 @@ def heartbeat(tx: Tx, pool_name: str, action: WorkerHeartbeat) -> None:
         if interval is not None:
             values["heartbeat_interval_seconds"] = interval
         tx.update("workers", row["id"], values)
+    held = value_or(action.flow_run_ids, None)
+    if held:
+        check_held_ids(held, "flow_run_ids")
+        mark_held(tx, action.name, [str(run_id) for run_id in held], now())
 
 
 def filter_workers(tx: Tx, pool_name: str, body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -38,6 +38,10 @@ def core_routes(api: ApiState) -> list[Route]:
     async def health(request: Request) -> Response:
         return ok(True)
 
+    async def metrics(request: Request) -> Response:
+        text = api.liveness_counts.exposition()
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
     async def ready(request: Request) -> Response:
         if api.db is None:
             raise APIProblem(503, {"message": "Database not ready"})
@@ -154,6 +158,7 @@ def core_routes(api: ApiState) -> list[Route]:
 
     return [
         Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/version", version, methods=["GET"]),
         Route("/admin/version", admin_version, methods=["GET"]),

@@ -13,6 +13,7 @@ from trio_worker._server import _flow_runs, _logs, _task_runs
 from trio_worker._server._actions import (
     FlowRunCreate,
     FlowRunUpdate,
+    LeaseRenewal,
     LogCreate,
     SetStateBody,
     TaskRunCreate,
@@ -20,9 +21,15 @@ from trio_worker._server._actions import (
     VariableUpdate,
     value_or,
 )
-from trio_worker._server._common import DEFAULT_LIMIT, APIProblem
+from trio_worker._server._common import DEFAULT_LIMIT, APIProblem, now
 from trio_worker._server._events import normalize_event, read_events, store_event, validate_filter
 from trio_worker._server._filters import invalid
+from trio_worker._server._holders import (
+    FLOW_RUN_HEARTBEAT,
+    check_held_ids,
+    record_flow_run_heartbeat,
+    renew_leases,
+)
 from trio_worker._server._http import ApiState, empty, json_body, ok, parse, path_id, read_body
 from trio_worker._server._storage import Tx
 from trio_worker._server._validation import RequestValidationError, structure
@@ -41,6 +48,8 @@ async def ingest_events(api: ApiState, events: list[dict[str, Any]]) -> None:
             store_event(tx, api.bus, event)
             if event["event"].startswith("prefect.task-run."):
                 _task_runs.apply_client_state(tx, api.tasks, event)
+            elif event["event"] == FLOW_RUN_HEARTBEAT:
+                record_flow_run_heartbeat(tx, event, now())
 
     await api.run(store)
 
@@ -181,6 +190,14 @@ def run_routes(api: ApiState) -> list[Route]:
     async def filter_variables(request: Request) -> Response:
         return ok(await api.run(_logs.filter_variables, await json_body(request)))
 
+    async def renew_task_run_leases(request: Request) -> Response:
+        action = parse(LeaseRenewal, await read_body(request))
+        check_held_ids(action.task_run_ids, "task_run_ids")
+        seconds = api.tasks.lease_seconds
+        ids = [str(i) for i in action.task_run_ids]
+        lost = await api.run(renew_leases, action.client_id[:200], ids, now(), seconds)
+        return ok({"lease_seconds": seconds, "lost": lost})
+
     async def post_events(request: Request) -> Response:
         body = await read_body(request)
         if not isinstance(body, list):
@@ -215,6 +232,7 @@ def run_routes(api: ApiState) -> list[Route]:
         Route("/flow_run_states/", flow_run_states, methods=["GET"]),
         Route("/task_runs/", create_task_run, methods=["POST"]),
         Route("/task_runs/filter", filter_task_runs, methods=["POST"]),
+        Route("/task_runs/renew_leases", renew_task_run_leases, methods=["POST"]),
         Route("/task_runs/{id}/set_state", set_task_run_state, methods=["POST"]),
         Route("/task_runs/{id}", read_task_run, methods=["GET"]),
         Route("/task_runs/{id}", delete_task_run, methods=["DELETE"]),

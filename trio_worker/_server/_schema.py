@@ -108,7 +108,28 @@ same with ten or ten thousand runs queued, and a run leaving the queue costs
 one index entry.
 """
 
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2)
+_V3: Final = """
+ALTER TABLE flow_runs ADD COLUMN heartbeat_at TEXT;
+ALTER TABLE flow_runs ADD COLUMN holder TEXT;
+ALTER TABLE flow_runs ADD COLUMN holder_since TEXT;
+ALTER TABLE flow_runs ADD COLUMN holder_seen TEXT;
+ALTER TABLE flow_runs ADD COLUMN claims_released INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE task_runs ADD COLUMN lease_holder TEXT;
+ALTER TABLE task_runs ADD COLUMN lease_since TEXT;
+ALTER TABLE task_runs ADD COLUMN lease_expires TEXT;
+ALTER TABLE task_runs ADD COLUMN lease_lost_by TEXT;
+ALTER TABLE task_runs ADD COLUMN lease_lapses INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX ix_task_runs_lease ON task_runs (lease_expires) WHERE lease_holder IS NOT NULL;
+"""
+"""Liveness (``_liveness``): who holds a run, since when, and when it last said so.
+
+Flow runs: ``heartbeat_at`` is the engine's last ``prefect.flow-run.heartbeat``;
+``holder``/``holder_since``/``holder_seen`` the worker whose heartbeat lists
+the run; ``claims_released`` counts PENDING claims given back. Task runs carry
+the lease of the task worker they were delivered to.
+"""
+
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3)
 """Migration ``i`` takes a database from ``user_version`` i to i + 1."""
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -22,6 +22,8 @@ from typing import Any, Final
 
 import trio
 
+from trio_worker._server._common import now
+from trio_worker._server._holders import lease_task_run
 from trio_worker._server._records import task_run_json
 from trio_worker._server._storage import Database, Tx
 
@@ -37,9 +39,11 @@ WAITING: Final = "state_type = 'SCHEDULED' AND deferred = 1 AND delivered = 0"
 class TaskQueue:
     """Hands each waiting deferred task run to exactly one subscriber at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, lease_seconds: float = 0.0) -> None:
         self._in_flight: set[str] = set()
         self._changed = trio.Event()
+        #: How long an ack leases a run to its subscriber (0: leases off; ``_liveness``).
+        self.lease_seconds = lease_seconds
 
     def notify(self) -> None:
         """Wake subscribers: a deferred task run may be waiting now."""
@@ -47,13 +51,14 @@ class TaskQueue:
         self._changed = trio.Event()
 
     async def take(
-        self, db: Database, keys: list[str], *, acked: str | None = None
+        self, db: Database, keys: list[str], *, acked: str | None = None, holder: str = ""
     ) -> dict[str, Any]:
         """Wait for a run with one of ``keys`` and reserve it for the caller.
 
         ``acked`` is the run the caller delivered last: its ack is recorded in
         the same transaction that looks for the next run, so a subscriber's
-        hand-off costs one trip to the database, not two.
+        hand-off costs one trip to the database, not two. The ack leases the
+        run to ``holder`` (the subscriber's ``client_id``).
 
         The caller must end the reservation with :meth:`ack`, a later ``take``
         (``acked=``) or :meth:`release` (in a ``finally``), or the run stays
@@ -62,7 +67,14 @@ class TaskQueue:
         try:
             while True:
                 changed = self._changed
-                look = partial(_waiting, keys=keys, count=len(self._in_flight) + 1, acked=acked)
+                look = partial(
+                    _waiting,
+                    keys=keys,
+                    count=len(self._in_flight) + 1,
+                    acked=acked,
+                    holder=holder,
+                    lease_seconds=self.lease_seconds,
+                )
                 rows = await db.run(look)
                 if acked is not None:
                     self._in_flight.discard(acked)
@@ -79,10 +91,12 @@ class TaskQueue:
             if acked is not None:  # the database call itself failed
                 self._in_flight.discard(acked)
 
-    async def ack(self, db: Database, run_id: str) -> None:
-        """Record durably that the run was delivered, then end its reservation."""
+    async def ack(self, db: Database, run_id: str, holder: str = "") -> None:
+        """Record durably that the run was delivered (leased to ``holder``), end its reservation."""
         try:
-            await db.run(partial(_record_ack, run_id=run_id))
+            await db.run(
+                partial(_record_ack, run_id=run_id, holder=holder, seconds=self.lease_seconds)
+            )
         finally:
             self._in_flight.discard(run_id)
 
@@ -93,11 +107,21 @@ class TaskQueue:
             self.notify()
 
 
-def _record_ack(tx: Tx, *, run_id: str) -> None:
+def _record_ack(tx: Tx, *, run_id: str, holder: str, seconds: float) -> None:
     tx.execute("UPDATE task_runs SET delivered = 1 WHERE id = ?", (run_id,))
+    if holder:
+        lease_task_run(tx, run_id, holder, now(), seconds)
 
 
-def _waiting(tx: Tx, *, keys: list[str], count: int, acked: str | None) -> list[sqlite3.Row]:
+def _waiting(
+    tx: Tx,
+    *,
+    keys: list[str],
+    count: int,
+    acked: str | None,
+    holder: str = "",
+    lease_seconds: float = 0.0,
+) -> list[sqlite3.Row]:
     """Waiting runs in delivery order, enough that one is not in flight (``acked`` recorded first).
 
     Runs waiting to be retried go first, then the rest by scheduled time, as
@@ -106,7 +130,7 @@ def _waiting(tx: Tx, *, keys: list[str], count: int, acked: str | None) -> list[
     merged here.
     """
     if acked is not None:
-        _record_ack(tx, run_id=acked)
+        _record_ack(tx, run_id=acked, holder=holder, seconds=lease_seconds)
     order = "ORDER BY next_scheduled_start_time, created LIMIT ?"
     found: dict[str, sqlite3.Row] = {}
     for extra in ("AND state_name = 'AwaitingRetry'", ""):

@@ -31,7 +31,13 @@ from trio_worker._server._filters import (
     page,
 )
 from trio_worker._server._flow_runs import state_columns
-from trio_worker._server._orchestration import RunFacts, build_state, decide, result_json
+from trio_worker._server._orchestration import (
+    TERMINAL,
+    RunFacts,
+    build_state,
+    decide,
+    result_json,
+)
 from trio_worker._server._records import task_run_json
 from trio_worker._server._storage import Tx
 from trio_worker._server._task_queue import TaskQueue
@@ -43,6 +49,7 @@ __all__ = [
     "filter_task_runs",
     "read_task_run",
     "set_task_run_state",
+    "write_rule_state",
 ]
 
 DEFAULT_TASK_RUN_POLICY: Final = {
@@ -79,6 +86,8 @@ def _write_state(
     tx: Tx, queue: TaskQueue, row: sqlite3.Row, state: dict[str, Any], at: datetime
 ) -> None:
     values = state_columns(row, state, at)
+    if state["type"] == "SCHEDULED" or state["type"] in TERMINAL:
+        values.update(lease_holder=None, lease_expires=None)  # the lease ends with the run
     deferred = bool(state["state_details"].get("deferred"))
     if state["type"] == "SCHEDULED":
         values["deferred"] = int(deferred)
@@ -90,6 +99,12 @@ def _write_state(
         "INSERT INTO task_run_states (id, task_run_id, timestamp, body) VALUES (?, ?, ?, ?)",
         (state["id"], row["id"], state["timestamp"], dumps(state)),
     )
+
+
+def write_rule_state(tx: Tx, queue: TaskQueue, row: sqlite3.Row, state: dict[str, Any]) -> None:
+    """Write a state the API's own rules chose (``_liveness``); ``row`` is a ``task_runs`` row."""
+    at = datetime.fromisoformat(state["timestamp"].replace("Z", "+00:00"))
+    _write_state(tx, queue, row, state, at)
 
 
 def create_task_run(tx: Tx, queue: TaskQueue, action: TaskRunCreate) -> tuple[dict[str, Any], bool]:

@@ -149,7 +149,7 @@ def websocket_routes(api: ApiState) -> list[WebSocketRoute]:
         async with trio.open_nursery() as nursery:
             frames, incoming = trio.open_memory_channel[str](16)
             nursery.start_soon(_read_frames, ws, frames, nursery.cancel_scope)
-            if await _deliver(api, ws, keys, incoming):
+            if await _deliver(api, ws, keys, incoming, str(message["client_id"])[:200]):
                 await ws.close()
             nursery.cancel_scope.cancel()
 
@@ -181,13 +181,18 @@ async def _backfill(api: ApiState, event_filter: dict[str, Any]) -> list[dict[st
 
 
 async def _deliver(
-    api: ApiState, ws: WebSocket, keys: list[str], replies: trio.MemoryReceiveChannel[str]
+    api: ApiState,
+    ws: WebSocket,
+    keys: list[str],
+    replies: trio.MemoryReceiveChannel[str],
+    client_id: str,
 ) -> bool:
     """Send runs one at a time, each only after the previous one was acknowledged.
 
     Returns True when the client asked to quit. A run sent but not acknowledged
     (quit, a wrong reply, a disconnect, a cancellation) is released back to
-    the queue, so another subscriber gets it.
+    the queue, so another subscriber gets it. An acknowledged run is leased to
+    ``client_id`` (see ``_liveness``).
     """
     db = api.db
     if db is None:
@@ -196,7 +201,7 @@ async def _deliver(
     try:
         while True:
             previous, acked = acked, None
-            run = await api.tasks.take(db, keys, acked=previous)
+            run = await api.tasks.take(db, keys, acked=previous, holder=client_id)
             acknowledged = False
             try:
                 await ws.send_text(dumps(run))
@@ -217,4 +222,4 @@ async def _deliver(
     finally:
         if acked is not None:
             with trio.CancelScope(shield=True):
-                await api.tasks.ack(db, acked)
+                await api.tasks.ack(db, acked, client_id)
