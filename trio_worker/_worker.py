@@ -258,6 +258,7 @@ class BaseWorker:
         self.events = EventEmitter(self)
         self.log_handler = APILogHandler(worker_name=self.name)
         self.metrics.limiter_tokens.labels("total").set(self.limiter.total_tokens)
+        self.metrics.slots_free.set(self.limiter.total_tokens)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, pool={self.work_pool_name!r})"
@@ -407,7 +408,7 @@ class BaseWorker:
                 self.get_and_submit_flow_runs,
                 interval=self.query_seconds,
                 name="poll",
-                on_error=self._count_error,
+                on_error=self._count_poll_error,
                 pause=self._until_next_poll,
             )
 
@@ -445,6 +446,11 @@ class BaseWorker:
         if math.isinf(self.limiter.total_tokens) and not self.start_rate.unlimited:
             return max(1, int(self.start_rate.burst) // 4)
         return self._refill_batch()
+
+    def _count_poll_error(self, exc: BaseException) -> None:
+        self.metrics.polls_failed.inc()
+        self.metrics.poll_failures_in_a_row.inc()
+        self._count_error(exc)
 
     def _count_error(self, exc: BaseException) -> None:
         self.last_api_error = f"{type(exc).__name__}: {exc}"
@@ -577,6 +583,7 @@ class BaseWorker:
         self.last_polled = time.monotonic()
         self.last_api_error = None
         self.metrics.last_poll.set_to_current_time()
+        self.metrics.poll_failures_in_a_row.set(0)
         submitted = []
         for response in responses:
             flow_run = response.flow_run
@@ -613,6 +620,7 @@ class BaseWorker:
     def _count_in_flight(self) -> None:
         self.metrics.runs_in_flight.set(len(self.in_flight))
         self.metrics.limiter_tokens.labels("borrowed").set(self.limiter.borrowed_tokens)
+        self.metrics.slots_free.set(self._free_slots())
 
     def _untrack(self, flow_run_id: uuid.UUID, *, release: bool = True) -> None:
         """Forget a run and return its token; called once, from the run's ``finally``."""
