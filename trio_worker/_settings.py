@@ -8,6 +8,7 @@ else receives settings (or plain values) through constructors.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -89,6 +90,24 @@ def _parse_port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise ValueError("is not a TCP port (0-65535)")
     return port
+
+
+def _parse_optional_positive_float(text: str) -> float | None:
+    if not text.strip():
+        return None
+    value = _parse_positive_float(text)
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _parse_optional_positive_int(text: str) -> int | None:
+    if not text.strip():
+        return None
+    value = _parse_int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
 
 
 def _parse_optional_str(text: str) -> str | None:
@@ -219,6 +238,22 @@ class Settings:
             "(default: the user's state directory).",
         ),
     )
+    max_starts_per_second: float | None = attrs.field(
+        default=None,
+        metadata=_env(
+            "TRIO_WORKER_MAX_STARTS_PER_SECOND",
+            "Most flow runs a worker starts per second on average, separate from --limit "
+            "(unset: unlimited). Runs beyond it stay SCHEDULED for a later poll.",
+        ),
+    )
+    start_burst: int | None = attrs.field(
+        default=None,
+        metadata=_env(
+            "TRIO_WORKER_START_BURST",
+            "Most runs started at once under TRIO_WORKER_MAX_STARTS_PER_SECOND "
+            "(unset: one second's worth).",
+        ),
+    )
 
     # -- liveness (docs/operations.md, "Nothing is ever stuck") --------------------
     flow_heartbeat_seconds: float = attrs.field(
@@ -307,4 +342,6 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "server_heartbeat_timeout": _parse_non_negative_float,
     "server_pending_timeout": _parse_non_negative_float,
     "server_task_lease": _parse_non_negative_float,
+    "max_starts_per_second": _parse_optional_positive_float,
+    "start_burst": _parse_optional_positive_int,
 }

@@ -38,6 +38,7 @@ from trio_worker._models import (
     SetStateStatus,
     State,
     StateType,
+    now,
 )
 from trio_worker._patience import until_answered
 
@@ -301,6 +302,7 @@ async def _start_and_wait(
         async with trio.open_nursery() as nursery:
             identifier = await nursery.start(run_and_keep_result)
             tracked.infrastructure_pid = identifier
+            worker.metrics.observe_start(flow_run, now())
             _log(
                 worker,
                 flow_run,

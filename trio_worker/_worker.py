@@ -38,6 +38,7 @@ from trio_worker._metrics import WorkerMetrics
 from trio_worker._models import Deployment, Flow, FlowRun, WorkPool, now
 from trio_worker._services import service_loop
 from trio_worker._settings import Settings
+from trio_worker._start_rate import StartRate
 from trio_worker._worker_events import EventEmitter
 
 __all__ = ["BaseWorker", "BaseWorkerResult", "InFlightRun", "WorkerStatistics"]
@@ -146,6 +147,11 @@ class BaseWorker:
             another worker (only for flows that are safe to run twice).
         reconcile: what to do with infrastructure an earlier worker of the same
             name left running on this host: ``"adopt"`` it or ``"kill"`` it.
+        max_starts_per_second: pace run starts to this many per second on
+            average (default: ``settings.max_starts_per_second``, unlimited);
+            runs beyond it stay SCHEDULED until a later poll.
+        start_burst: how many runs may start at once under that pace
+            (default: ``settings.start_burst``, else one second's worth).
     """
 
     #: The worker type's name, as in a pool's ``type``.
@@ -172,6 +178,8 @@ class BaseWorker:
         client_backoff_seconds: float = 1.0,
         on_shutdown: Literal["crash", "reschedule"] = "crash",
         reconcile: Literal["adopt", "kill"] = "adopt",
+        max_starts_per_second: float | None = None,
+        start_burst: int | None = None,
     ) -> None:
         if limit is not None and limit < 1:
             raise ConfigurationError(f"limit={limit} must be at least 1 (or unset for no limit)")
@@ -213,6 +221,13 @@ class BaseWorker:
         self.work_pool: WorkPool | None = None
         self.in_flight: dict[uuid.UUID, InFlightRun] = {}
         self.limiter = trio.CapacityLimiter(math.inf if limit is None else limit)
+        #: Paces claims (and so starts) of runs; separate from the limit on runs at once.
+        self.start_rate = StartRate(
+            self.settings.max_starts_per_second
+            if max_starts_per_second is None
+            else max_starts_per_second,
+            self.settings.start_burst if start_burst is None else start_burst,
+        )
         self.last_polled: float | None = None
         #: Where the health server listens, once started (``http://host:port``).
         self.health_urls: list[str] = []
@@ -243,6 +258,7 @@ class BaseWorker:
         self.events = EventEmitter(self)
         self.log_handler = APILogHandler(worker_name=self.name)
         self.metrics.limiter_tokens.labels("total").set(self.limiter.total_tokens)
+        self.metrics.slots_free.set(self.limiter.total_tokens)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, pool={self.work_pool_name!r})"
@@ -392,7 +408,7 @@ class BaseWorker:
                 self.get_and_submit_flow_runs,
                 interval=self.query_seconds,
                 name="poll",
-                on_error=self._count_error,
+                on_error=self._count_poll_error,
                 pause=self._until_next_poll,
             )
 
@@ -406,13 +422,13 @@ class BaseWorker:
         often than that, so the API is not asked once per finished run).
         """
         self._slots_freed = trio.Event()
-        if self._backlog and self._free_slots() >= self._refill_batch():
-            return
         with trio.move_on_after(seconds):
-            if self._backlog:
-                await self._slots_freed.wait()
-            else:
+            if not self._backlog:
                 await trio.sleep_forever()
+            if self._free_slots() < self._refill_batch():
+                await self._slots_freed.wait()
+            # Paced starts: come back when the bucket holds a batch's worth of tokens.
+            await trio.sleep(self.start_rate.seconds_until(self._start_batch()))
 
     def _free_slots(self) -> float:
         return self.limiter.total_tokens - self.limiter.borrowed_tokens
@@ -420,6 +436,21 @@ class BaseWorker:
     def _refill_batch(self) -> int:
         total = self.limiter.total_tokens
         return 1 if math.isinf(total) else max(1, int(total) // 4)
+
+    def _start_batch(self) -> int:
+        """How many start tokens a paced worker waits for before it polls again.
+
+        A quarter of the slots (as for freed slots), or without a limit a quarter
+        of the burst: never a poll per token at a high rate.
+        """
+        if math.isinf(self.limiter.total_tokens) and not self.start_rate.unlimited:
+            return max(1, int(self.start_rate.burst) // 4)
+        return self._refill_batch()
+
+    def _count_poll_error(self, exc: BaseException) -> None:
+        self.metrics.polls_failed.inc()
+        self.metrics.poll_failures_in_a_row.inc()
+        self._count_error(exc)
 
     def _count_error(self, exc: BaseException) -> None:
         self.last_api_error = f"{type(exc).__name__}: {exc}"
@@ -534,7 +565,7 @@ class BaseWorker:
             return []
         from trio_worker._submission import submit_flow_run
 
-        free = self._free_slots()
+        free = min(self._free_slots(), self.start_rate.available())
         if free <= 0:
             # Every token is borrowed: a page of runs we could not take would
             # only cost the API and this worker the parsing (a backlog of
@@ -555,14 +586,20 @@ class BaseWorker:
         self.last_polled = time.monotonic()
         self.last_api_error = None
         self.metrics.last_poll.set_to_current_time()
+        self.metrics.poll_failures_in_a_row.set(0)
         submitted = []
         for response in responses:
             flow_run = response.flow_run
             if flow_run.id in self.in_flight:
                 continue
+            if not self.start_rate.try_take():
+                logger.debug("Start rate reached; the rest wait for a later poll")
+                self._backlog = True
+                break
             try:
                 self.limiter.acquire_on_behalf_of_nowait(flow_run.id)
             except trio.WouldBlock:
+                self.start_rate.give_back()
                 logger.debug(
                     "Limit of %s runs reached; the rest wait for the next poll", self.limit
                 )
@@ -586,6 +623,7 @@ class BaseWorker:
     def _count_in_flight(self) -> None:
         self.metrics.runs_in_flight.set(len(self.in_flight))
         self.metrics.limiter_tokens.labels("borrowed").set(self.limiter.borrowed_tokens)
+        self.metrics.slots_free.set(self._free_slots())
 
     def _untrack(self, flow_run_id: uuid.UUID, *, release: bool = True) -> None:
         """Forget a run and return its token; called once, from the run's ``finally``."""

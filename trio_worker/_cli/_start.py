@@ -138,6 +138,8 @@ class StartOptions:
     drain_timeout: float
     on_shutdown: Literal["crash", "reschedule"]
     reconcile: Literal["adopt", "kill"]
+    max_starts_per_second: float | None = None
+    start_burst: int | None = None
 
 
 async def _serve(options: StartOptions, settings: Settings) -> None:
@@ -175,6 +177,8 @@ async def _serve(options: StartOptions, settings: Settings) -> None:
             cancel_grace_seconds=options.cancel_grace_seconds,
             on_shutdown=options.on_shutdown,
             reconcile=options.reconcile,
+            max_starts_per_second=options.max_starts_per_second,
+            start_burst=options.start_burst,
         )
         with worker_scope:
             async with worker:
@@ -282,6 +286,18 @@ async def _start_embedded_api(nursery: trio.Nursery, settings: Settings) -> str:
     "(watch, cancel, report) or kill them.",
 )
 @click.option(
+    "--max-starts-per-second",
+    type=click.FloatRange(min=0, min_open=True, max=1e9),
+    help="Start at most this many flow runs per second on average, whatever --limit "
+    "allows; the rest stay SCHEDULED [TRIO_WORKER_MAX_STARTS_PER_SECOND; default: unlimited].",
+)
+@click.option(
+    "--start-burst",
+    type=click.IntRange(min=1),
+    help="With --max-starts-per-second: most runs started at once "
+    "[TRIO_WORKER_START_BURST; default: one second's worth].",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
@@ -305,6 +321,8 @@ def start(
     on_shutdown: Literal["crash", "reschedule"],
     reconcile: Literal["adopt", "kill"],
     log_format: Literal["text", "json"],
+    max_starts_per_second: float | None,
+    start_burst: int | None,
 ) -> None:
     """Start a worker that runs the flow runs of a work pool."""
     if not pool:
@@ -332,6 +350,8 @@ def start(
         drain_timeout=drain_timeout,
         on_shutdown=on_shutdown,
         reconcile=reconcile,
+        max_starts_per_second=max_starts_per_second,
+        start_burst=start_burst,
     )
     configure_logging(log_format)
     run_async(_serve, options, get_settings())
