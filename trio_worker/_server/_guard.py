@@ -61,9 +61,12 @@ def is_loopback_host(host: str) -> bool:
     if name == "localhost":
         return True
     try:
-        return ipaddress.ip_address(name).is_loopback
+        address = ipaddress.ip_address(name)
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback  # 127.0.0.1 reached through a "::" bind
+    return address.is_loopback
 
 
 def _split_host(value: str) -> tuple[str, int | None] | None:
