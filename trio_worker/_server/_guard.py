@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import ipaddress
 import json
@@ -55,8 +56,13 @@ OPEN_PATHS: Final = frozenset({"/api/health", "/api/ready"})
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
+@functools.lru_cache(maxsize=256)
 def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` (a name or an address, without port) means this machine only."""
+    """Whether ``host`` (a name or an address, without port) means this machine only.
+
+    Cached: a server sees the same few names on every request, and parsing an
+    address costs more than the rest of the checks together.
+    """
     name = host.strip().lower().strip("[]")
     if name == "localhost":
         return True
