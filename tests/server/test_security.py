@@ -308,3 +308,12 @@ def test_loopback_means_this_machine_only() -> None:
     assert all(is_loopback_host(host) for host in loopback)
     others = ["0.0.0.0", "::", "10.0.0.1", "192.0.2.10", "evil.example", "localhost.evil"]
     assert not any(is_loopback_host(host) for host in others)
+
+
+async def test_a_token_with_a_lone_surrogate_is_just_invalid(secured: str) -> None:
+    url = ws_url(secured, "/task_runs/subscriptions/scheduled")
+    async with open_websocket_url(url, subprotocols=["prefect"]) as ws:
+        await ws.send_message('{"type": "auth", "token": "admin:\\ud800"}')
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.get_message()
+    assert (info.value.reason.code, info.value.reason.reason) == (1008, "Invalid token")

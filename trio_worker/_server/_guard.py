@@ -113,6 +113,11 @@ def _normalize_origin(value: str) -> str:
     return value.strip().lower().rstrip("/")
 
 
+def _utf8(text: str) -> bytes:
+    """Encode for comparison; a lone surrogate (JSON allows one) must not raise."""
+    return text.encode("utf-8", "surrogatepass")
+
+
 def _mask(value: str | None) -> str:
     return "'***'" if value else "None"
 
@@ -169,7 +174,7 @@ class ApiSecurity:
             decoded = base64.b64decode(credentials.strip(), validate=True)
         except (binascii.Error, ValueError):
             return "the Authorization header is not valid HTTP Basic"
-        if not hmac.compare_digest(decoded, self.auth_string.encode()):
+        if not hmac.compare_digest(decoded, _utf8(self.auth_string)):
             return (
                 "wrong credentials; PREFECT_API_AUTH_STRING must equal the server's "
                 "PREFECT_SERVER_API_AUTH_STRING"
@@ -182,7 +187,7 @@ class ApiSecurity:
             return None
         if not token or not isinstance(token, str):
             return "Auth required but no token provided"
-        if not hmac.compare_digest(token.encode(), self.auth_string.encode()):
+        if not hmac.compare_digest(_utf8(token), _utf8(self.auth_string)):
             return "Invalid token"
         return None
 
