@@ -106,8 +106,8 @@ def _error_for(response: httpx.Response) -> APIError:
         cls = BadRequestError
     elif status in (401, 403):
         cls = UnauthorizedError
-        if "PREFECT_API_" not in str(detail):  # trio-worker's API names it already
-            message += _credentials_hint(request)
+        if not any(name in str(detail) for name in ("PREFECT_", "TRIO_WORKER_")):
+            message += _credentials_hint(request)  # trio-worker's API names the setting itself
     elif status == 404:
         cls = NotFoundError
     elif status == 409:

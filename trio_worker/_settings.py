@@ -210,8 +210,8 @@ class Settings:
         metadata=_env(
             "PREFECT_SERVER_API_AUTH_STRING",
             "user:password the embedded API requires of every request (HTTP Basic, as "
-            "Prefect's server). Unset: no authentication, and `server start` listens on "
-            "loopback only.",
+            "Prefect's server). Unset: no authentication, and `server start` refuses a "
+            "non-loopback --host.",
         ),
     )
     api_allowed_hosts: tuple[str, ...] = attrs.field(

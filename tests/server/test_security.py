@@ -22,7 +22,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_
 from tests.helpers import wait_for
 from trio_worker._client import PrefectClient
 from trio_worker._exceptions import UnauthorizedError
-from trio_worker._server import ApiSecurity, serve_api
+from trio_worker._server import ApiSecurity, is_loopback_host, serve_api
 from trio_worker._settings import Settings
 from trio_worker._subscriptions import open_subscription
 from trio_worker.testing import open_embedded_api
@@ -301,3 +301,19 @@ def test_allowed_hosts_and_origins_are_read_from_the_environment() -> None:
     assert security.allowed_origins == {"https://ui.example", "http://x:8080"}
     assert security.host_problem("other.example:1", loopback_connection=True) is None
     assert security.origin_problem("https://UI.example", "127.0.0.1:4200") is None
+
+
+def test_loopback_means_this_machine_only() -> None:
+    loopback = ["localhost", "127.0.0.1", "127.0.0.5", "::1", "[::1]", "::ffff:127.0.0.1"]
+    assert all(is_loopback_host(host) for host in loopback)
+    others = ["0.0.0.0", "::", "10.0.0.1", "192.0.2.10", "evil.example", "localhost.evil"]
+    assert not any(is_loopback_host(host) for host in others)
+
+
+async def test_a_token_with_a_lone_surrogate_is_just_invalid(secured: str) -> None:
+    url = ws_url(secured, "/task_runs/subscriptions/scheduled")
+    async with open_websocket_url(url, subprotocols=["prefect"]) as ws:
+        await ws.send_message('{"type": "auth", "token": "admin:\\ud800"}')
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.get_message()
+    assert (info.value.reason.code, info.value.reason.reason) == (1008, "Invalid token")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import ipaddress
 import json
@@ -55,15 +56,23 @@ OPEN_PATHS: Final = frozenset({"/api/health", "/api/ready"})
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
+@functools.lru_cache(maxsize=256)
 def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` (a name or an address, without port) means this machine only."""
+    """Whether ``host`` (a name or an address, without port) means this machine only.
+
+    Cached: a server sees the same few names on every request, and parsing an
+    address costs more than the rest of the checks together.
+    """
     name = host.strip().lower().strip("[]")
     if name == "localhost":
         return True
     try:
-        return ipaddress.ip_address(name).is_loopback
+        address = ipaddress.ip_address(name)
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback  # 127.0.0.1 reached through a "::" bind
+    return address.is_loopback
 
 
 def _split_host(value: str) -> tuple[str, int | None] | None:
@@ -102,6 +111,11 @@ def _split_origin(value: str) -> tuple[str, str, int] | None:
 
 def _normalize_origin(value: str) -> str:
     return value.strip().lower().rstrip("/")
+
+
+def _utf8(text: str) -> bytes:
+    """Encode for comparison; a lone surrogate (JSON allows one) must not raise."""
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _mask(value: str | None) -> str:
@@ -160,7 +174,7 @@ class ApiSecurity:
             decoded = base64.b64decode(credentials.strip(), validate=True)
         except (binascii.Error, ValueError):
             return "the Authorization header is not valid HTTP Basic"
-        if not hmac.compare_digest(decoded, self.auth_string.encode()):
+        if not hmac.compare_digest(decoded, _utf8(self.auth_string)):
             return (
                 "wrong credentials; PREFECT_API_AUTH_STRING must equal the server's "
                 "PREFECT_SERVER_API_AUTH_STRING"
@@ -173,7 +187,7 @@ class ApiSecurity:
             return None
         if not token or not isinstance(token, str):
             return "Auth required but no token provided"
-        if not hmac.compare_digest(token.encode(), self.auth_string.encode()):
+        if not hmac.compare_digest(_utf8(token), _utf8(self.auth_string)):
             return "Invalid token"
         return None
 
