@@ -17,6 +17,7 @@ import attrs
 from trio_worker._exceptions import ConfigurationError
 
 __all__ = [
+    "DEFAULT_API_MAX_BODY_BYTES",
     "DEFAULT_HEARTBEAT_SECONDS",
     "DEFAULT_PREFETCH_SECONDS",
     "DEFAULT_QUERY_SECONDS",
@@ -31,6 +32,7 @@ DEFAULT_MAX_RETRIES: Final = 5
 DEFAULT_WEBSERVER_HOST: Final = "127.0.0.1"
 DEFAULT_WEBSERVER_PORT: Final = 8080
 DEFAULT_EMBEDDED_API_PORT: Final = 4200
+DEFAULT_API_MAX_BODY_BYTES: Final = 10 * 1024 * 1024
 
 
 def _env(name: str, help: str) -> dict[str, str]:
@@ -77,6 +79,13 @@ def _parse_non_negative_int(text: str) -> int:
     value = _parse_int(text)
     if value < 0:
         raise ValueError("must not be negative")
+    return value
+
+
+def _parse_positive_int(text: str) -> int:
+    value = _parse_int(text)
+    if value <= 0:
+        raise ValueError("must be greater than zero")
     return value
 
 
@@ -174,6 +183,14 @@ class Settings:
             "is unset (0 = any free port).",
         ),
     )
+    api_max_body_bytes: int = attrs.field(
+        default=DEFAULT_API_MAX_BODY_BYTES,
+        metadata=_env(
+            "TRIO_WORKER_API_MAX_BODY_BYTES",
+            "Largest request body (and websocket message) the embedded API accepts, in bytes; "
+            "larger ones are refused with 413.",
+        ),
+    )
     state_dir: str | None = attrs.field(
         default=None,
         metadata=_env(
@@ -229,4 +246,5 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "webserver_port": _parse_port,
     "state_dir": _parse_optional_str,
     "embedded_api_port": _parse_port,
+    "api_max_body_bytes": _parse_positive_int,
 }

@@ -12,6 +12,7 @@ import platformdirs
 import trio
 
 from trio_worker._cli import main
+from trio_worker._cli._common import get_settings
 from trio_worker._server import DEFAULT_HOST, DEFAULT_PORT, serve_api
 
 __all__ = ["default_db_path", "server"]
@@ -42,13 +43,14 @@ async def _watch_signals(scope: trio.CancelScope) -> None:
             return
 
 
-async def _serve(host: str, port: int, db_path: Path) -> str | None:
+async def _serve(host: str, port: int, db_path: Path, max_body_bytes: int) -> str | None:
     """Serve until a signal; return a one-line error if the server could not start."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, nursery.cancel_scope)
         try:
             url = await nursery.start(lambda task_status: serve_api(
-                host=host, port=port, db_path=db_path, task_status=task_status))  # fmt: skip
+                host=host, port=port, db_path=db_path, max_body_bytes=max_body_bytes,
+                task_status=task_status))  # fmt: skip
         except OSError as exc:
             nursery.cancel_scope.cancel()
             return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
@@ -76,6 +78,6 @@ async def _serve(host: str, port: int, db_path: Path) -> str | None:
 def start(host: str, port: int, db: Path | None) -> None:
     """Serve the embedded API until SIGINT/SIGTERM, printing the PREFECT_API_URL to export."""
     db_path = db if db is not None else default_db_path()
-    error = trio.run(_serve, host, port, db_path)
+    error = trio.run(_serve, host, port, db_path, get_settings().api_max_body_bytes)
     if error is not None:
         raise click.ClickException(error)

@@ -157,7 +157,9 @@ async def _serve(options: StartOptions, settings: Settings) -> None:
         await nursery.start(watch_shutdown_signals, on_first_signal, worker_scope)
         api_url = settings.api_url
         if not api_url:
-            api_url = await _start_embedded_api(nursery, settings.embedded_api_port)
+            api_url = await _start_embedded_api(
+                nursery, settings.embedded_api_port, settings.api_max_body_bytes
+            )
             settings = attrs.evolve(settings, api_url=api_url)
         type_name = options.type or await _pool_type(settings, api_url, options.pool) or "process"
         worker_cls = await _resolve_worker_class(type_name, options.install_policy)
@@ -186,7 +188,7 @@ async def _serve(options: StartOptions, settings: Settings) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def _start_embedded_api(nursery: trio.Nursery, port: int) -> str:
+async def _start_embedded_api(nursery: trio.Nursery, port: int, max_body_bytes: int) -> str:
     """Use the API on ``port`` if one answers there, else serve one in this nursery."""
     url = f"http://127.0.0.1:{port}/api"
     if port and await _existing_api(url):
@@ -197,7 +199,9 @@ async def _start_embedded_api(nursery: trio.Nursery, port: int) -> str:
 
     db_path = default_db_path()
     try:
-        api_url: str = await nursery.start(functools.partial(serve_api, port=port, db_path=db_path))
+        api_url: str = await nursery.start(
+            functools.partial(serve_api, port=port, db_path=db_path, max_body_bytes=max_body_bytes)
+        )
     except OSError as exc:
         raise ConfigurationError(
             f"cannot serve the embedded API on port {port}: {exc.strerror}; "

@@ -18,6 +18,7 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from trio_worker._server._app import create_app as create_app
+from trio_worker._settings import DEFAULT_API_MAX_BODY_BYTES
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "create_app", "serve_api"]
 
@@ -30,6 +31,7 @@ async def serve_api(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     db_path: str | Path,
+    max_body_bytes: int = DEFAULT_API_MAX_BODY_BYTES,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
@@ -37,7 +39,8 @@ async def serve_api(
 
     Supports ``nursery.start``: once the socket is listening (and the database
     is open) it reports the API URL, e.g. ``http://127.0.0.1:54321/api``, with
-    the real port when ``port`` is 0.
+    the real port when ``port`` is 0. Request bodies and websocket messages
+    over ``max_body_bytes`` are refused (413; websocket close code 1009).
 
     Raises:
         OSError: the address cannot be bound (e.g. the port is in use).
@@ -49,7 +52,9 @@ async def serve_api(
     config.graceful_timeout = 2.0
     config.keep_alive_timeout = 30.0
     config.websocket_ping_interval = None
-    app = wrap_app(create_app(db_path), config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    config.websocket_max_message_size = max_body_bytes
+    api = create_app(db_path, max_body_bytes=max_body_bytes)
+    app = wrap_app(api, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
     # Bind before starting, so a port in use is a plain OSError raised here
     # rather than one wrapped in hypercorn's nurseries.
     sockets = config.create_sockets()

@@ -11,17 +11,19 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount
+from starlette.routing import Mount, Route
 
+from trio_worker._server._body_limit import BodyLimit
 from trio_worker._server._common import APIProblem
 from trio_worker._server._http import ApiState
-from trio_worker._server._router import Dispatcher
+from trio_worker._server._router import ASGIApp, Dispatcher
 from trio_worker._server._routes_core import core_routes
 from trio_worker._server._routes_runs import run_routes
 from trio_worker._server._storage import open_database
 from trio_worker._server._websockets import websocket_routes
+from trio_worker._settings import DEFAULT_API_MAX_BODY_BYTES
 
-__all__ = ["create_app"]
+__all__ = ["api_routes", "create_app"]
 
 logger = logging.getLogger("trio_worker.server")
 
@@ -41,12 +43,21 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"exception_message": "Internal Server Error"}, status_code=500)
 
 
-def create_app(db_path: str | Path) -> Dispatcher:
+def api_routes(api: ApiState) -> list[Route]:
+    """Every HTTP route of the API (paths relative to ``/api``), handlers bound to ``api``.
+
+    The one list the app serves; tests enumerate it to reach every route.
+    """
+    return [*core_routes(api), *run_routes(api)]
+
+
+def create_app(db_path: str | Path, *, max_body_bytes: int = DEFAULT_API_MAX_BODY_BYTES) -> ASGIApp:
     """Build the embedded API as an ASGI app storing its data in the SQLite file ``db_path``.
 
     The database is opened (created and migrated as needed) by the app's
     lifespan, so any ASGI server that runs lifespans can serve it; use
     :func:`~trio_worker._server.serve_api` to serve it on trio with hypercorn.
+    Request bodies over ``max_body_bytes`` are refused with 413.
     """
     api = ApiState()
 
@@ -59,7 +70,7 @@ def create_app(db_path: str | Path) -> Dispatcher:
             finally:
                 api.db = None
 
-    http_routes = [*core_routes(api), *run_routes(api)]
+    http_routes = api_routes(api)
     fallback = Starlette(
         routes=[Mount("/api", routes=[*http_routes, *websocket_routes(api)])],
         exception_handlers={
@@ -69,4 +80,4 @@ def create_app(db_path: str | Path) -> Dispatcher:
         },
         lifespan=lifespan,
     )
-    return Dispatcher("/api", http_routes, fallback)
+    return BodyLimit(Dispatcher("/api", http_routes, fallback), max_body_bytes)
