@@ -18,6 +18,7 @@ import attrs
 from trio_worker._exceptions import ConfigurationError
 
 __all__ = [
+    "DEFAULT_API_MAX_BODY_BYTES",
     "DEFAULT_HEARTBEAT_SECONDS",
     "DEFAULT_PREFETCH_SECONDS",
     "DEFAULT_QUERY_SECONDS",
@@ -36,6 +37,7 @@ DEFAULT_FLOW_HEARTBEAT_SECONDS: Final = 30.0
 DEFAULT_RUN_HEARTBEAT_TIMEOUT_SECONDS: Final = 90.0
 DEFAULT_PENDING_TIMEOUT_SECONDS: Final = 90.0
 DEFAULT_TASK_LEASE_SECONDS: Final = 60.0
+DEFAULT_API_MAX_BODY_BYTES: Final = 10 * 1024 * 1024
 
 
 def _env(name: str, help: str) -> dict[str, str]:
@@ -82,6 +84,13 @@ def _parse_non_negative_int(text: str) -> int:
     value = _parse_int(text)
     if value < 0:
         raise ValueError("must not be negative")
+    return value
+
+
+def _parse_positive_int(text: str) -> int:
+    value = _parse_int(text)
+    if value <= 0:
+        raise ValueError("must be greater than zero")
     return value
 
 
@@ -230,6 +239,14 @@ class Settings:
             "embedded API state-changing requests, besides its own.",
         ),
     )
+    api_max_body_bytes: int = attrs.field(
+        default=DEFAULT_API_MAX_BODY_BYTES,
+        metadata=_env(
+            "TRIO_WORKER_API_MAX_BODY_BYTES",
+            "Largest request body (and websocket message) the embedded API accepts, in bytes; "
+            "larger ones are refused with 413.",
+        ),
+    )
     state_dir: str | None = attrs.field(
         default=None,
         metadata=_env(
@@ -344,4 +361,5 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "server_task_lease": _parse_non_negative_float,
     "max_starts_per_second": _parse_optional_positive_float,
     "start_burst": _parse_optional_positive_int,
+    "api_max_body_bytes": _parse_positive_int,
 }

@@ -49,13 +49,16 @@ async def _watch_signals(scope: trio.CancelScope) -> None:
             return
 
 
-async def _serve(host: str, port: int, db_path: Path, security: ApiSecurity) -> str | None:
+async def _serve(
+    host: str, port: int, db_path: Path, security: ApiSecurity, max_body_bytes: int
+) -> str | None:
     """Serve until a signal; return a one-line error if the server could not start."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, nursery.cancel_scope)
         try:
             url = await nursery.start(lambda task_status: serve_api(
                 host=host, port=port, db_path=db_path, security=security,
+                max_body_bytes=max_body_bytes,
                 task_status=task_status))  # fmt: skip
         except OSError as exc:
             nursery.cancel_scope.cancel()
@@ -112,6 +115,7 @@ def start(host: str, port: int, db: Path | None, insecure_no_auth: bool) -> None
             err=True,
         )
     db_path = db if db is not None else default_db_path()
-    error = trio.run(_serve, host, port, db_path, security)
+    settings = get_settings()
+    error = trio.run(_serve, host, port, db_path, security, settings.api_max_body_bytes)
     if error is not None:
         raise click.ClickException(error)

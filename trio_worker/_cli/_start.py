@@ -204,7 +204,13 @@ async def _start_embedded_api(nursery: trio.Nursery, settings: Settings) -> str:
 
     db_path = default_db_path()
     security = ApiSecurity.from_settings(settings)
-    serve = functools.partial(serve_api, port=port, db_path=db_path, security=security)
+    serve = functools.partial(
+        serve_api,
+        port=port,
+        db_path=db_path,
+        security=security,
+        max_body_bytes=settings.api_max_body_bytes,
+    )
     try:
         api_url: str = await nursery.start(serve)
     except OSError as exc:

@@ -21,7 +21,7 @@ from trio_worker._server._app import create_app as create_app
 from trio_worker._server._guard import ApiSecurity as ApiSecurity
 from trio_worker._server._guard import is_loopback_host as is_loopback_host
 from trio_worker._server._liveness import LivenessRules as LivenessRules
-from trio_worker._settings import Settings
+from trio_worker._settings import DEFAULT_API_MAX_BODY_BYTES, Settings
 
 __all__ = [
     "DEFAULT_HOST",
@@ -43,6 +43,7 @@ async def serve_api(
     port: int = DEFAULT_PORT,
     db_path: str | Path,
     security: ApiSecurity | None = None,
+    max_body_bytes: int = DEFAULT_API_MAX_BODY_BYTES,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     liveness: LivenessRules | None = None,
@@ -52,7 +53,8 @@ async def serve_api(
     Supports ``nursery.start``: once the socket is listening (and the database
     is open) it reports the API URL, e.g. ``http://127.0.0.1:54321/api``, with
     the real port when ``port`` is 0. ``security`` (credentials, allowed hosts
-    and origins) is passed to :func:`create_app`.
+    and origins) is passed to :func:`create_app`. Request bodies and websocket
+    messages over ``max_body_bytes`` are refused (413; websocket close code 1009).
 
     ``liveness`` holds the thresholds of the rules that end or give back
     runs whose owner died; by default they are read from the environment
@@ -71,7 +73,8 @@ async def serve_api(
     config.graceful_timeout = 2.0
     config.keep_alive_timeout = 30.0
     config.websocket_ping_interval = None
-    asgi_app = create_app(db_path, security, liveness=liveness)
+    config.websocket_max_message_size = max_body_bytes
+    asgi_app = create_app(db_path, security, max_body_bytes=max_body_bytes, liveness=liveness)
     app = wrap_app(asgi_app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
     # Bind before starting, so a port in use is a plain OSError raised here
     # rather than one wrapped in hypercorn's nurseries.

@@ -14,8 +14,9 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount
+from starlette.routing import Mount, Route
 
+from trio_worker._server._body_limit import BodyLimit
 from trio_worker._server._common import APIProblem, now
 from trio_worker._server._guard import ApiSecurity, Guard
 from trio_worker._server._http import ApiState
@@ -25,8 +26,9 @@ from trio_worker._server._routes_core import core_routes
 from trio_worker._server._routes_runs import run_routes
 from trio_worker._server._storage import open_database
 from trio_worker._server._websockets import websocket_routes
+from trio_worker._settings import DEFAULT_API_MAX_BODY_BYTES
 
-__all__ = ["create_app"]
+__all__ = ["api_routes", "create_app"]
 
 logger = logging.getLogger("trio_worker.server")
 
@@ -46,10 +48,19 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"exception_message": "Internal Server Error"}, status_code=500)
 
 
+def api_routes(api: ApiState) -> list[Route]:
+    """Every HTTP route of the API (paths relative to ``/api``), handlers bound to ``api``.
+
+    The one list the app serves; tests enumerate it to reach every route.
+    """
+    return [*core_routes(api), *run_routes(api)]
+
+
 def create_app(
     db_path: str | Path,
     security: ApiSecurity | None = None,
     *,
+    max_body_bytes: int = DEFAULT_API_MAX_BODY_BYTES,
     liveness: LivenessRules | None = None,
     clock: Callable[[], datetime] = now,
 ) -> Guard:
@@ -64,7 +75,8 @@ def create_app(
     :func:`~trio_worker._server.serve_api` to serve it on trio with hypercorn.
     The lifespan also owns the server's services: the liveness sweep
     (``_liveness``, thresholds ``liveness``, default :class:`LivenessRules`),
-    which compares signals with ``clock()``.
+    which compares signals with ``clock()``. Request bodies over
+    ``max_body_bytes`` are refused with 413.
     """
     security = security if security is not None else ApiSecurity()
     api = ApiState(security, liveness)
@@ -91,7 +103,7 @@ def create_app(
             finally:
                 api.db = None
 
-    http_routes = [*core_routes(api), *run_routes(api)]
+    http_routes = api_routes(api)
     fallback = Starlette(
         routes=[Mount("/api", routes=[*http_routes, *websocket_routes(api)])],
         exception_handlers={
@@ -101,4 +113,4 @@ def create_app(
         },
         lifespan=lifespan,
     )
-    return Guard(Dispatcher("/api", http_routes, fallback), security)
+    return Guard(BodyLimit(Dispatcher("/api", http_routes, fallback), max_body_bytes), security)

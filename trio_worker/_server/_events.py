@@ -179,7 +179,8 @@ def validate_filter(raw: Any) -> dict[str, Any]:
     """Check an ``EventFilter`` enough to evaluate it safely.
 
     Raises:
-        ValueError: the filter is not an object or has an unknown section.
+        ValueError: the filter is not an object, has an unknown section, or a
+            section of the wrong shape (what Prefect's ``EventFilter`` model refuses).
     """
     if raw is None:
         return {}
@@ -189,11 +190,43 @@ def validate_filter(raw: Any) -> dict[str, Any]:
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"unknown filter fields {sorted(unknown)}")
+    for section, value in raw.items():
+        if section == "order":
+            if value not in (None, "ASC", "DESC"):
+                raise ValueError("order must be 'ASC' or 'DESC'")
+        elif value is not None and not isinstance(value, dict):
+            raise ValueError(f"{section} must be an object")
     occurred = raw.get("occurred") or {}
     for key in ("since", "until"):
         if occurred.get(key) is not None:
-            parse_datetime(str(occurred[key]))
+            if not isinstance(occurred[key], str):
+                raise ValueError(f"occurred.{key} must be a datetime")
+            parse_datetime(occurred[key])
+    for section in ("event", "resource", "related", "any_resource", "id"):
+        for key, value in (raw.get(section) or {}).items():
+            if key in _LIST_KEYS and value is not None and not _strings(value):
+                raise ValueError(f"{section}.{key} must be a list of strings")
+            if key == "labels" and value is not None and not _label_spec(value):
+                raise ValueError(f"{section}.labels must map labels to strings or lists of them")
+    query = (raw.get("text") or {}).get("query")
+    if query is not None and not isinstance(query, str):
+        raise ValueError("text.query must be a string")
     return raw
+
+
+_LIST_KEYS: Final = frozenset(
+    {"name", "prefix", "exclude_name", "exclude_prefix", "id", "id_prefix", "role"}
+)
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _label_spec(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(v, str) or _strings(v) for v in value.values()
+    )
 
 
 def _labels_match(resource: dict[str, str], section: dict[str, Any] | None) -> bool:

@@ -39,8 +39,10 @@ class ApiState:
     is what the websockets check their auth frame against.
     """
 
-    def __init__(self, security: ApiSecurity, liveness: LivenessRules | None = None) -> None:
-        self.security = security
+    def __init__(
+        self, security: ApiSecurity | None = None, liveness: LivenessRules | None = None
+    ) -> None:
+        self.security = security if security is not None else ApiSecurity()
         self.db: Database | None = None
         self.bus = EventBus()
         self.liveness = liveness if liveness is not None else LivenessRules()

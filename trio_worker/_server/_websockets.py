@@ -16,7 +16,6 @@ nursery cancels everything it was doing.
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from typing import Any, Final
 
@@ -28,6 +27,7 @@ from trio_worker._server._common import APIProblem, dumps, format_time, now
 from trio_worker._server._events import normalize_event, read_events, validate_filter
 from trio_worker._server._guard import ApiSecurity
 from trio_worker._server._http import ApiState
+from trio_worker._server._json_input import decode_json
 from trio_worker._server._routes_runs import ingest_events
 
 __all__ = ["websocket_routes"]
@@ -44,7 +44,7 @@ async def _handshake(ws: WebSocket, security: ApiSecurity) -> bool:
     if "prefect" in (ws.scope.get("subprotocols") or []):
         await ws.accept(subprotocol="prefect")
         try:
-            message = json.loads(await ws.receive_text())
+            message = decode_json(await ws.receive_text())
         except (ValueError, KeyError):
             message = None
         if not isinstance(message, dict) or message.get("type") != "auth":
@@ -89,7 +89,7 @@ def websocket_routes(api: ApiState) -> list[WebSocketRoute]:
             while True:
                 text = await ws.receive_text()
                 try:
-                    event = normalize_event(json.loads(text))
+                    event = normalize_event(decode_json(text))
                 except (ValueError, APIProblem):
                     await ws.close(code=1007, reason="Invalid event")
                     return
@@ -101,7 +101,7 @@ def websocket_routes(api: ApiState) -> list[WebSocketRoute]:
         if not await _handshake(ws, api.security):
             return
         try:
-            message = json.loads(await ws.receive_text())
+            message = decode_json(await ws.receive_text())
         except WebSocketDisconnect:
             return
         except ValueError:
@@ -136,7 +136,7 @@ def websocket_routes(api: ApiState) -> list[WebSocketRoute]:
         if not await _handshake(ws, api.security):
             return
         try:
-            message = json.loads(await ws.receive_text())
+            message = decode_json(await ws.receive_text())
         except WebSocketDisconnect:
             return
         except ValueError:
@@ -206,7 +206,7 @@ async def _deliver(
             try:
                 await ws.send_text(dumps(run))
                 try:
-                    reply = json.loads(await replies.receive())
+                    reply = decode_json(await replies.receive())
                 except (ValueError, trio.EndOfChannel):
                     return False
                 kind = reply.get("type") if isinstance(reply, dict) else None
