@@ -31,6 +31,8 @@ DEFAULT_MAX_RETRIES: Final = 5
 DEFAULT_WEBSERVER_HOST: Final = "127.0.0.1"
 DEFAULT_WEBSERVER_PORT: Final = 8080
 DEFAULT_EMBEDDED_API_PORT: Final = 4200
+DEFAULT_LOG_BUFFER_LINES: Final = 50_000
+MOST_LOG_BUFFER_LINES: Final = 10_000_000
 
 
 def _env(name: str, help: str) -> dict[str, str]:
@@ -77,6 +79,13 @@ def _parse_non_negative_int(text: str) -> int:
     value = _parse_int(text)
     if value < 0:
         raise ValueError("must not be negative")
+    return value
+
+
+def _parse_log_buffer_lines(text: str) -> int:
+    value = _parse_int(text)
+    if not 1 <= value <= MOST_LOG_BUFFER_LINES:
+        raise ValueError(f"must be between 1 and {MOST_LOG_BUFFER_LINES:,}")
     return value
 
 
@@ -131,7 +140,14 @@ class Settings:
     )
     ssl_cert_file: str | None = attrs.field(
         default=None,
-        metadata=_env("PREFECT_API_SSL_CERT_FILE", "CA bundle used to verify the API's TLS."),
+        metadata={
+            **_env(
+                "PREFECT_API_SSL_CERT_FILE",
+                "CA bundle (PEM) that verifies the API's certificate, for REST and websockets "
+                "alike. Unset: SSL_CERT_FILE, as Prefect reads it, else certifi's bundle.",
+            ),
+            "fallback_env": "SSL_CERT_FILE",
+        },
     )
     max_retries: int = attrs.field(
         default=DEFAULT_MAX_RETRIES,
@@ -174,6 +190,14 @@ class Settings:
             "is unset (0 = any free port).",
         ),
     )
+    log_buffer_lines: int = attrs.field(
+        default=DEFAULT_LOG_BUFFER_LINES,
+        metadata=_env(
+            "TRIO_WORKER_LOG_BUFFER_LINES",
+            "Log lines a worker or a flow run keeps while they wait to be sent to the API. "
+            "Beyond it the oldest are dropped, and the run's logs say how many and why.",
+        ),
+    )
     state_dir: str | None = attrs.field(
         default=None,
         metadata=_env(
@@ -204,6 +228,9 @@ class Settings:
         for field in attrs.fields(cls):
             name = field.metadata["env"]
             raw = environ.get(name)
+            if raw is None and "fallback_env" in field.metadata:
+                name = field.metadata["fallback_env"]
+                raw = environ.get(name)
             if raw is None:
                 continue
             parser = _PARSERS[field.name]
@@ -229,4 +256,5 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "webserver_port": _parse_port,
     "state_dir": _parse_optional_str,
     "embedded_api_port": _parse_port,
+    "log_buffer_lines": _parse_log_buffer_lines,
 }
