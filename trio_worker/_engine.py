@@ -362,14 +362,11 @@ async def _run(
     api_url: str, settings: Settings, flow_run_id: uuid.UUID, handler: APILogHandler
 ) -> int | _Handover:
     async with PrefectClient(api_url, settings=settings) as client:
-        shipper = LogShipper(handler, client)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(shipper.serve)
-                outcome = await _execute(client, flow_run_id)
-                nursery.cancel_scope.cancel()
-        finally:
-            await shipper.flush()
+        shipper = LogShipper(handler.buffer, client)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(shipper.serve)  # its last flush runs when it is cancelled
+            outcome = await _execute(client, flow_run_id)
+            nursery.cancel_scope.cancel()
     return outcome
 
 
@@ -422,7 +419,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigurationError as exc:
         print(f"trio_worker.engine: {exc}", file=sys.stderr)
         return 1
-    handler = APILogHandler(flow_run_id)
+    handler = APILogHandler(flow_run_id, capacity=settings.log_buffer_lines)
     with logging_to_api(handler):
         outcome = trio.run(_run, settings.api_url, settings, flow_run_id, handler)
     if isinstance(outcome, _Handover):
