@@ -177,6 +177,11 @@ def surrogate():
     log.info("before")
     log.info("bad \\udcff line")
     log.info("after")
+
+
+def unfinished():
+    print("first")
+    print("last, without a newline", end="")
 """
 
 
@@ -242,3 +247,14 @@ async def test_a_line_with_a_lone_surrogate_is_stored_repaired_with_its_neighbou
     user = [log.message for log in logs if log.name == "user.flows"]
     assert user == ["before", "bad \ufffd line", "after"]
     assert not [log for log in logs if log.name == DROPPED_LOGGER_NAME]
+
+
+async def test_a_last_print_without_a_newline_is_stored(api_url: str, tmp_path: Path) -> None:
+    (tmp_path / "flows.py").write_text(NOISY_FLOWS)
+    async with PrefectClient(api_url) as client:
+        run = await _pending_run(client, "flows.py:unfinished", defaults={})
+        done = await _engine(api_url, run.id, tmp_path)
+        assert done.returncode == 0, done.stderr.decode()
+        logs = await _all_logs(client, run.id)
+    printed = [log.message for log in logs if log.name == "trio_worker.flow_runs.print"]
+    assert printed == ["first", "last, without a newline"]

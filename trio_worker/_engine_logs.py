@@ -17,7 +17,7 @@ import logging
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final, TextIO, cast
 
 from trio_worker._log_shipping import LogBuffer, LogShipper
@@ -115,11 +115,15 @@ class _PrintTee:
 
 
 @contextlib.contextmanager
-def logging_to_api(handler: APILogHandler) -> Iterator[None]:
+def logging_to_api(handler: APILogHandler) -> Iterator[Callable[[], None]]:
     """Route this process's log records (INFO and up) and prints to ``handler`` and stderr.
 
     The engine is the process's main program, so configuring the root logger
     is its business; everything is restored on exit for in-process callers.
+
+    Yields:
+        A function that buffers a last printed line without a newline: call
+        it before the last flush, or that line would never be sent.
     """
     root = logging.getLogger()
     console = logging.StreamHandler(sys.stderr)
@@ -136,7 +140,7 @@ def logging_to_api(handler: APILogHandler) -> Iterator[None]:
     tee = _PrintTee(sys.stdout, handler)
     sys.stdout = cast(TextIO, tee)
     try:
-        yield
+        yield tee.close_line
     finally:
         tee.close_line()
         sys.stdout = saved[2]
