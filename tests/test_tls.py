@@ -181,3 +181,10 @@ async def test_task_worker_receives_a_task_over_wss(
         handle = await echo.delay_async("over tls")
         assert await handle.result_async(30) == "over tls"
         nursery.cancel_scope.cancel()
+
+
+async def test_https_to_a_plain_http_api_says_the_handshake_failed(api_url: str) -> None:
+    url = api_url.replace("http://", "https://", 1)
+    async with PrefectClient(url, backoff_seconds=0.01) as client:
+        with pytest.raises(TLSError, match=r"TLS handshake failed: .*served over https"):
+            await client.hello()
