@@ -46,8 +46,10 @@ if TYPE_CHECKING:
 __all__ = [
     "DROPPED_LOGGER_NAME",
     "APILogHandler",
+    "DropNotice",
     "LogBuffer",
     "LogShipper",
+    "flush_logs",
     "repair_text",
     "ship_logs",
 ]
