@@ -25,11 +25,8 @@ from trio_worker._engine import (
     load_entrypoint,
     prefect_engine_argv,
 )
-from trio_worker._engine_logs import (
-    MAX_LOG_MESSAGE_CHARS,
-    APILogHandler,
-    LogShipper,
-)
+from trio_worker._engine_logs import APILogHandler, LogShipper
+from trio_worker._log_shipping import MAX_MESSAGE_CHARS
 from trio_worker._models import FlowRun, State, StateType, now
 
 ENGINE = [sys.executable, "-m", "trio_worker.engine"]
@@ -350,19 +347,28 @@ def test_log_handler_keeps_http_and_worker_internals_out_and_truncates() -> None
     for name in ("httpx", "httpcore.connection", "trio_worker.client"):
         handler.handle(_record(name, "internal"))
     handler.handle(_record("trio_worker.flow_runs", "engine"))
-    handler.handle(_record("user", "x" * (MAX_LOG_MESSAGE_CHARS + 10)))
-    batch = handler.take_batch()
+    handler.handle(_record("user", "x" * (MAX_MESSAGE_CHARS + 10)))
+    batch = handler.buffer.take()
     assert [log.name for log in batch] == ["trio_worker.flow_runs", "user"]
     assert batch[1].message.endswith("... [truncated]")
+    assert len(batch[1].message) == MAX_MESSAGE_CHARS
     assert all(log.flow_run_id == run_id for log in batch)
-    assert handler.take_batch() == []
+    assert handler.buffer.take() == []
 
 
-async def test_log_shipping_failure_is_reported_on_stderr_not_raised(
-    capsys: pytest.CaptureFixture[str],
+async def test_log_shipping_failure_is_reported_in_the_log_not_raised(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     handler = APILogHandler(uuid.uuid4())
     handler.handle(_record("user", "hello"))
     async with PrefectClient("http://127.0.0.1:9/api", backoff_seconds=0.01) as client:
-        await LogShipper(handler, client).flush()
-    assert "could not ship 1 log line(s)" in capsys.readouterr().err
+        shipper = LogShipper(handler.buffer, client)
+        assert not await shipper.flush()
+        assert len(handler.buffer) == 1  # kept for the next flush
+        await shipper.close()
+    assert len(handler.buffer) == 0
+    [warning] = [r for r in caplog.records if r.name == "trio_worker.log_shipping"]
+    message = warning.getMessage()
+    assert "1 log line(s)" in message
+    assert "the API did not answer before the process exited" in message
+    assert "ConnectError" in message

@@ -23,6 +23,7 @@ from trio_worker._exceptions import ModelError as ModelError
 from trio_worker._exceptions import NotFoundError as NotFoundError
 from trio_worker._exceptions import ServerUnavailableError as ServerUnavailableError
 from trio_worker._exceptions import TemplateError as TemplateError
+from trio_worker._exceptions import TLSError as TLSError
 from trio_worker._exceptions import TrioWorkerError as TrioWorkerError
 from trio_worker._exceptions import UnauthorizedError as UnauthorizedError
 from trio_worker._exceptions import WorkerTypeNotFoundError as WorkerTypeNotFoundError
@@ -72,6 +73,7 @@ __all__ = [
     "ServerUnavailableError",
     "Settings",
     "StopTaskWorker",
+    "TLSError",
     "Task",
     "TaskRunFailedError",
     "TaskRunHandle",

@@ -126,7 +126,11 @@ async def listen_for_cancellations(worker: BaseWorker) -> None:
                 await _on_cancelling(worker, resource_id.removeprefix(FLOW_RUN_RESOURCE_PREFIX))
 
     await serve_subscription(
-        worker.api_url, "events/out", listen, token=websocket_token(worker.settings)
+        worker.api_url,
+        "events/out",
+        listen,
+        token=websocket_token(worker.settings),
+        ssl_context=worker.client.ssl_context,
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import ssl
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
@@ -31,6 +32,7 @@ from trio_worker._exceptions import (
     ModelError,
     NotFoundError,
     ServerUnavailableError,
+    TLSError,
     UnauthorizedError,
 )
 from trio_worker._models import (
@@ -50,6 +52,7 @@ from trio_worker._models import (
     WorkQueue,
 )
 from trio_worker._settings import Settings
+from trio_worker._tls import create_ssl_context, describe_tls_failure
 from trio_worker._transport import RetryTransport
 from trio_worker._version import __version__
 
@@ -159,6 +162,10 @@ class PrefectClient:
             requests in flight at once (a task worker at a high limit) wants
             about one each: requests queued for a connection cost the pool far
             more CPU than an idle connection does.
+
+    Raises:
+        ConfigurationError: the URL is not http(s), or the CA bundle of an
+            https URL (``PREFECT_API_SSL_CERT_FILE``) cannot be used.
     """
 
     def __init__(
@@ -176,6 +183,11 @@ class PrefectClient:
             )
         self.api_url = api_url.rstrip("/")
         self.settings = settings or Settings()
+        #: The one context that verifies the API for REST and for every
+        #: websocket opened on behalf of this client (None for plain http).
+        self.ssl_context: ssl.SSLContext | None = (
+            create_ssl_context(self.settings) if api_url.startswith("https://") else None
+        )
         self._backoff_seconds = backoff_seconds
         self._max_connections = max_connections
         self._state = _ClientState.UNOPENED
@@ -201,11 +213,9 @@ class PrefectClient:
                 f"cannot open a PrefectClient that is {self._state.value}; create a new one"
             )
         settings = self.settings
-        verify: bool | str = True
-        if settings.tls_insecure_skip_verify:
-            verify = False
-        elif settings.ssl_cert_file:
-            verify = settings.ssl_cert_file
+        # Plain http needs no CA bundle (loading one costs tens of ms per
+        # client); a context without one still refuses a redirect to https.
+        verify = self.ssl_context or ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         # As many idle connections kept as may be open: with fewer, a burst of
         # concurrent submissions closed and reopened a connection per request.
         limits = httpx.Limits(
@@ -257,6 +267,11 @@ class PrefectClient:
             )
         except httpx.TransportError as exc:
             url = f"{self.api_url}/{path.lstrip('/')}"
+            tls_failure = describe_tls_failure(exc)
+            if tls_failure is not None:
+                raise TLSError(
+                    f"{method} {url} failed: {tls_failure}", method=method, url=url
+                ) from exc
             raise ServerUnavailableError(
                 f"{method} {url} failed: {type(exc).__name__}: {exc or 'no response'}",
                 method=method,

@@ -44,7 +44,7 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, Final, NoReturn
@@ -373,17 +373,21 @@ async def _fail_to_load(client: PrefectClient, run: FlowRun, message: str) -> in
 
 
 async def _run(
-    api_url: str, settings: Settings, flow_run_id: uuid.UUID, handler: APILogHandler
+    api_url: str,
+    settings: Settings,
+    flow_run_id: uuid.UUID,
+    handler: APILogHandler,
+    end_output: Callable[[], None],
 ) -> int | _Handover:
     async with PrefectClient(api_url, settings=settings) as client:
-        shipper = LogShipper(handler, client)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(shipper.serve)
+        shipper = LogShipper(handler.buffer, client)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(shipper.serve)  # its last flush runs when it is cancelled
+            try:
                 outcome = await _execute(client, flow_run_id, settings.flow_heartbeat_seconds)
-                nursery.cancel_scope.cancel()
-        finally:
-            await shipper.flush()
+            finally:
+                end_output()  # a last print without a newline is a line too
+            nursery.cancel_scope.cancel()
     return outcome
 
 
@@ -440,9 +444,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigurationError as exc:
         print(f"trio_worker.engine: {exc}", file=sys.stderr)
         return 1
-    handler = APILogHandler(flow_run_id)
-    with logging_to_api(handler):
-        outcome = trio.run(_run, settings.api_url, settings, flow_run_id, handler)
+    handler = APILogHandler(flow_run_id, capacity=settings.log_buffer_lines)
+    with logging_to_api(handler) as end_output:
+        outcome = trio.run(_run, settings.api_url, settings, flow_run_id, handler, end_output)
     if isinstance(outcome, _Handover):
         _exec_prefect_engine(outcome.flow_run_id, environ)
     return outcome

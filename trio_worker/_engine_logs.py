@@ -1,10 +1,12 @@
-"""Ship a flow run's log lines and prints to ``POST /logs/``, as Prefect's engine does.
+"""A flow run's log lines and prints, buffered for ``POST /logs/`` as Prefect's engine does.
 
-Records are buffered by :class:`APILogHandler` (safe from any thread, never
-blocking on the network) and sent in batches by :class:`LogShipper`, a Trio
-task of the engine, every couple of seconds and once more before exit.
-Shipping is best effort: a failure is written to stderr, never raised, so a
-run never fails because its logs could not be sent.
+:class:`APILogHandler` turns the records of the flow-run process (and, through
+:func:`logging_to_api`, its prints) into :class:`Log` lines of one run in a
+:class:`~trio_worker._log_shipping.LogBuffer`; the engine sends it with the
+one :class:`~trio_worker._log_shipping.LogShipper`, every couple of seconds
+and once more before exit. Shipping is best effort but never silent: a run
+that prints faster than the API stores, or whose lines the API refuses, gets
+``N log lines dropped: <reason>`` in its logs.
 """
 
 from __future__ import annotations
@@ -15,31 +17,17 @@ import logging
 import sys
 import threading
 import uuid
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, Final, TextIO, cast
 
-import trio
-
-from trio_worker._client import PrefectClient
-from trio_worker._exceptions import APIError, ModelError
+from trio_worker._log_shipping import LogBuffer, LogShipper
 from trio_worker._models import Log
+from trio_worker._settings import DEFAULT_LOG_BUFFER_LINES
 
 __all__ = ["LOGGER_NAME", "APILogHandler", "LogShipper", "logging_to_api"]
 
 LOGGER_NAME: Final = "trio_worker.flow_runs"
 PRINT_LOGGER_NAME: Final = "trio_worker.flow_runs.print"
-
-LOG_BATCH_INTERVAL_SECONDS: Final = 2.0
-"""Prefect's PREFECT_LOGGING_TO_API_BATCH_INTERVAL default."""
-LOG_FLUSH_TIMEOUT_SECONDS: Final = 10.0
-"""Longest one flush may take, the last one included: logs never hold the exit up for long."""
-MAX_LOG_MESSAGE_CHARS: Final = 900_000
-"""Prefect's server refuses a log above 1,000,000 bytes of JSON; keep room for the rest."""
-MAX_BATCH_CHARS: Final = 2_900_000
-"""Prefect batches at most 4,000,000 - 1,000,000 - 1 bytes; count ~200 per record for the rest."""
-MAX_BUFFERED_LOGS: Final = 50_000
-"""Records kept while the API is unreachable; older ones are dropped beyond this."""
 
 _NOT_SHIPPED: Final = ("httpx", "httpcore", "hpack", "h11", "h2", "trio_worker")
 """Loggers whose records never go to the API: shipping them would log the shipping itself."""
@@ -55,105 +43,36 @@ def _ships(record: logging.LogRecord) -> bool:
 
 
 class APILogHandler(logging.Handler):
-    """Buffer records as :class:`Log` lines of one flow run, for :class:`LogShipper` to send.
+    """Buffer records as :class:`Log` lines of one flow run, for a ``LogShipper`` to send.
 
-    ``emit`` only appends under the handler's lock, so it is safe from the
-    user's thread and never blocks on the network.
+    ``emit`` only appends to :attr:`buffer` (under its lock), so it is safe
+    from the user's thread and never blocks on the network.
+
+    Args:
+        flow_run_id: the run every line belongs to.
+        capacity: lines kept while they wait (``TRIO_WORKER_LOG_BUFFER_LINES``).
     """
 
-    def __init__(self, flow_run_id: uuid.UUID) -> None:
+    def __init__(self, flow_run_id: uuid.UUID, *, capacity: int = DEFAULT_LOG_BUFFER_LINES) -> None:
         super().__init__()
         self.flow_run_id = flow_run_id
         self.setFormatter(logging.Formatter("%(message)s"))  # + traceback when exc_info
         self.addFilter(_ships)
-        self._buffer: deque[Log] = deque(maxlen=MAX_BUFFERED_LOGS)
-        self.dropped = 0
+        self.buffer = LogBuffer(capacity)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            message = self.format(record)
-            if len(message) > MAX_LOG_MESSAGE_CHARS:
-                message = message[:MAX_LOG_MESSAGE_CHARS] + "... [truncated]"
-            if len(self._buffer) == self._buffer.maxlen:
-                self.dropped += 1
-            self._buffer.append(
+            self.buffer.add(
                 Log(
                     name=record.name,
                     level=record.levelno,
-                    message=message,
-                    timestamp=_record_time(record),
+                    message=self.format(record),
+                    timestamp=dt.datetime.fromtimestamp(record.created, dt.UTC),
                     flow_run_id=self.flow_run_id,
                 )
             )
         except Exception:
             self.handleError(record)
-
-    def take_batch(self) -> list[Log]:
-        """Remove and return the oldest records, up to one request's worth."""
-        batch: list[Log] = []
-        size = 0
-        self.acquire()
-        try:
-            while self._buffer and (not batch or size < MAX_BATCH_CHARS):
-                size += len(self._buffer[0].message) + 200
-                batch.append(self._buffer.popleft())
-        finally:
-            self.release()
-        return batch
-
-    def put_back(self, batch: Sequence[Log]) -> None:
-        """Return an unsent batch to the front of the buffer, to try again later."""
-        self.acquire()
-        try:
-            self._buffer.extendleft(reversed(batch))
-        finally:
-            self.release()
-
-
-def _record_time(record: logging.LogRecord) -> dt.datetime:
-    return dt.datetime.fromtimestamp(record.created, dt.UTC)
-
-
-class LogShipper:
-    """Send the handler's records every couple of seconds, and once more before exit."""
-
-    def __init__(self, handler: APILogHandler, client: PrefectClient) -> None:
-        self._handler = handler
-        self._client = client
-
-    async def serve(self) -> None:
-        """Flush every :data:`LOG_BATCH_INTERVAL_SECONDS` until cancelled."""
-        while True:
-            await trio.sleep(LOG_BATCH_INTERVAL_SECONDS)
-            await self.flush()
-
-    async def flush(self) -> None:
-        """Send what is buffered, within :data:`LOG_FLUSH_TIMEOUT_SECONDS`; never raise.
-
-        Shielded, so cancelling :meth:`serve` never cuts a request in half
-        (a half-sent batch would be lost or sent twice).
-        """
-        with trio.move_on_after(LOG_FLUSH_TIMEOUT_SECONDS, shield=True):
-            while batch := self._handler.take_batch():
-                try:
-                    await self._client.create_logs(batch)
-                except (APIError, ModelError) as exc:
-                    # stderr, not logging: a log line about shipping would be shipped too.
-                    print(
-                        f"trio_worker.engine: could not ship {len(batch)} log line(s): {exc}",
-                        file=sys.stderr,
-                    )
-                    return
-                except trio.Cancelled:
-                    self._handler.put_back(batch)
-                    raise
-        if self._handler.dropped:
-            print(
-                f"trio_worker.engine: dropped {self._handler.dropped} log line(s) "
-                "while the API was unreachable",
-                file=sys.stderr,
-            )
-            self._handler.dropped = 0
 
 
 class _PrintTee:
@@ -196,11 +115,15 @@ class _PrintTee:
 
 
 @contextlib.contextmanager
-def logging_to_api(handler: APILogHandler) -> Iterator[None]:
+def logging_to_api(handler: APILogHandler) -> Iterator[Callable[[], None]]:
     """Route this process's log records (INFO and up) and prints to ``handler`` and stderr.
 
     The engine is the process's main program, so configuring the root logger
     is its business; everything is restored on exit for in-process callers.
+
+    Yields:
+        A function that buffers a last printed line without a newline: call
+        it before the last flush, or that line would never be sent.
     """
     root = logging.getLogger()
     console = logging.StreamHandler(sys.stderr)
@@ -217,7 +140,7 @@ def logging_to_api(handler: APILogHandler) -> Iterator[None]:
     tee = _PrintTee(sys.stdout, handler)
     sys.stdout = cast(TextIO, tee)
     try:
-        yield
+        yield tee.close_line
     finally:
         tee.close_line()
         sys.stdout = saved[2]

@@ -14,6 +14,7 @@ situation it derives from that builtin too, so callers may catch either::
     │   ├── NotFoundError(LookupError)      404
     │   ├── ConflictError                   409
     │   └── ServerUnavailableError          429 / 5xx / transport error after retries
+    │       └── TLSError                    the API's certificate was refused; says why
     ├── InfrastructureError                 a run could not be started; str() is the reason
     └── WorkerTypeNotFoundError(LookupError)
 
@@ -33,6 +34,7 @@ __all__ = [
     "ModelError",
     "NotFoundError",
     "ServerUnavailableError",
+    "TLSError",
     "TemplateError",
     "TrioWorkerError",
     "UnauthorizedError",
@@ -118,6 +120,17 @@ class ServerUnavailableError(APIError):
     """The API stayed unreachable or busy (429, 5xx, transport error) after bounded retries.
 
     Service loops treat it as transient: they back off and try again.
+    """
+
+
+class TLSError(ServerUnavailableError):
+    """The TLS handshake with the API failed, most often because its certificate was refused.
+
+    The message says why (``certificate verify failed: self-signed
+    certificate in certificate chain``) and names the setting to change
+    (``PREFECT_API_SSL_CERT_FILE``). Still a :class:`ServerUnavailableError`,
+    so a running worker keeps trying (a certificate may be renewed), but it
+    is never mistaken for an API that is down.
     """
 
 

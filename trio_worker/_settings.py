@@ -38,6 +38,8 @@ DEFAULT_RUN_HEARTBEAT_TIMEOUT_SECONDS: Final = 90.0
 DEFAULT_PENDING_TIMEOUT_SECONDS: Final = 90.0
 DEFAULT_TASK_LEASE_SECONDS: Final = 60.0
 DEFAULT_API_MAX_BODY_BYTES: Final = 10 * 1024 * 1024
+DEFAULT_LOG_BUFFER_LINES: Final = 50_000
+MOST_LOG_BUFFER_LINES: Final = 10_000_000
 
 
 def _env(name: str, help: str) -> dict[str, str]:
@@ -91,6 +93,13 @@ def _parse_positive_int(text: str) -> int:
     value = _parse_int(text)
     if value <= 0:
         raise ValueError("must be greater than zero")
+    return value
+
+
+def _parse_log_buffer_lines(text: str) -> int:
+    value = _parse_int(text)
+    if not 1 <= value <= MOST_LOG_BUFFER_LINES:
+        raise ValueError(f"must be between 1 and {MOST_LOG_BUFFER_LINES:,}")
     return value
 
 
@@ -171,7 +180,14 @@ class Settings:
     )
     ssl_cert_file: str | None = attrs.field(
         default=None,
-        metadata=_env("PREFECT_API_SSL_CERT_FILE", "CA bundle used to verify the API's TLS."),
+        metadata={
+            **_env(
+                "PREFECT_API_SSL_CERT_FILE",
+                "CA bundle (PEM) that verifies the API's certificate, for REST and websockets "
+                "alike. Unset: SSL_CERT_FILE, as Prefect reads it, else certifi's bundle.",
+            ),
+            "fallback_env": "SSL_CERT_FILE",
+        },
     )
     max_retries: int = attrs.field(
         default=DEFAULT_MAX_RETRIES,
@@ -245,6 +261,14 @@ class Settings:
             "TRIO_WORKER_API_MAX_BODY_BYTES",
             "Largest request body (and websocket message) the embedded API accepts, in bytes; "
             "larger ones are refused with 413.",
+        ),
+    )
+    log_buffer_lines: int = attrs.field(
+        default=DEFAULT_LOG_BUFFER_LINES,
+        metadata=_env(
+            "TRIO_WORKER_LOG_BUFFER_LINES",
+            "Log lines a worker or a flow run keeps while they wait to be sent to the API. "
+            "Beyond it the oldest are dropped, and the run's logs say how many and why.",
         ),
     )
     state_dir: str | None = attrs.field(
@@ -327,6 +351,9 @@ class Settings:
         for field in attrs.fields(cls):
             name = field.metadata["env"]
             raw = environ.get(name)
+            if raw is None and "fallback_env" in field.metadata:
+                name = field.metadata["fallback_env"]
+                raw = environ.get(name)
             if raw is None:
                 continue
             parser = _PARSERS[field.name]
@@ -362,4 +389,5 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "max_starts_per_second": _parse_optional_positive_float,
     "start_burst": _parse_optional_positive_int,
     "api_max_body_bytes": _parse_positive_int,
+    "log_buffer_lines": _parse_log_buffer_lines,
 }

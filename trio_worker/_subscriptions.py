@@ -28,6 +28,7 @@ import trio_websocket
 
 from trio_worker._exceptions import UnauthorizedError
 from trio_worker._settings import Settings
+from trio_worker._tls import probe_tls
 
 __all__ = [
     "JsonWebSocket",
@@ -154,7 +155,9 @@ async def open_subscription(
         api_url: the API base URL (``http://127.0.0.1:4200/api``).
         path: the websocket's path under it, e.g. ``task_runs/subscriptions/scheduled``.
         token: the auth frame's token (:func:`websocket_token`); ``None`` on an open server.
-        ssl_context: for ``wss://``; None uses the system defaults.
+        ssl_context: for ``wss://``: the API client's context
+            (:attr:`PrefectClient.ssl_context`), so the websocket trusts
+            exactly what REST trusts. None uses the system defaults.
         connect_timeout_seconds: bound on the upgrade plus the auth round trip.
 
     Yields:
@@ -187,6 +190,13 @@ async def open_subscription(
         raise SubscriptionClosedError(f"{url}: upgrade answered {exc.status_code}") from None
     except trio.TooSlowError:
         raise SubscriptionClosedError(f"{url}: no auth_success within the timeout") from None
+    except trio_websocket.HandshakeError as exc:
+        # A refused certificate surfaces as a handshake timeout: ask TLS why.
+        tls_failure = None
+        if ssl_context is not None and url.startswith("wss://"):
+            tls_failure = await probe_tls(url, ssl_context, timeout_seconds=connect_timeout_seconds)
+        why = tls_failure or f"{type(exc).__name__}: {exc}"
+        raise SubscriptionClosedError(f"{url}: {why}") from exc
     except CONNECTION_ERRORS as exc:
         raise SubscriptionClosedError(f"{url}: {type(exc).__name__}: {exc}") from exc
 
@@ -229,7 +239,7 @@ async def serve_subscription(
         path: the websocket path under it.
         handler: called with each authenticated socket.
         token: the auth token (:func:`websocket_token`).
-        ssl_context: for ``wss://``.
+        ssl_context: for ``wss://``: the API client's context.
         initial_backoff_seconds: first wait after a failure; doubles up to ``max_backoff_seconds``.
         max_backoff_seconds: the longest wait between attempts.
         on_connected: told True when a connection is authenticated, False when it drops.

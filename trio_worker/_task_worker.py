@@ -278,6 +278,8 @@ class TaskWorker:
 
     async def _serve_runs(self, settings: Settings, task_status: trio.TaskStatus[None]) -> None:
         assert settings.api_url is not None
+        assert self._client is not None
+        ssl_context = self._client.ssl_context  # the websockets trust what REST trusts
         async with trio.open_nursery() as runs:
             try:
                 with trio.CancelScope() as scope:
@@ -293,6 +295,7 @@ class TaskWorker:
                                     SUBSCRIPTION_PATH,
                                     functools.partial(self._on_socket, runs),
                                     token=websocket_token(settings),
+                                    ssl_context=ssl_context,
                                     on_connected=functools.partial(self._set_connected, lane),
                                     log_outages=lane == 0,
                                 )

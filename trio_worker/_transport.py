@@ -21,6 +21,8 @@ from typing import Final
 import httpx
 import trio
 
+from trio_worker._tls import describe_tls_failure
+
 __all__ = ["RETRY_STATUS_CODES", "RetryTransport"]
 
 logger = logging.getLogger("trio_worker.client")
@@ -102,7 +104,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
                     "%s %s failed (%s); retry %d of %d in %.1f s",
                     request.method,
                     request.url.copy_with(query=None),
-                    type(exc).__name__,
+                    describe_tls_failure(exc) or type(exc).__name__,
                     attempt + 1,
                     self._max_retries,
                     delay,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import datetime as dt
+import functools
 import logging
 import math
 import socket
@@ -50,6 +51,8 @@ HOSTNAME: Final = socket.gethostname()
 RUN_LOGGER_NAME: Final = "trio_worker.flow_runs"
 #: Seconds a state proposal may take while the worker shuts down.
 SHUTDOWN_REPORT_SECONDS: Final = 10.0
+#: Seconds the last flush of the worker's run log lines may take at shutdown.
+LOG_FLUSH_TIMEOUT_SECONDS: Final = 5.0
 
 
 @attrs.frozen
@@ -256,7 +259,9 @@ class BaseWorker:
         self.cancelling: set[uuid.UUID] = set()
         self.metrics = WorkerMetrics()
         self.events = EventEmitter(self)
-        self.log_handler = APILogHandler(worker_name=self.name)
+        self.log_handler = APILogHandler(
+            worker_name=self.name, capacity=self.settings.log_buffer_lines
+        )
         self.metrics.limiter_tokens.labels("total").set(self.limiter.total_tokens)
         self.metrics.slots_free.set(self.limiter.total_tokens)
 
@@ -358,7 +363,14 @@ class BaseWorker:
                 await self.sync_with_backend()
                 await self.reconcile_infrastructure()
                 loops.start_soon(self.events.serve)
-                loops.start_soon(ship_logs, self.client, self.log_handler)
+                loops.start_soon(
+                    functools.partial(
+                        ship_logs,
+                        self.client,
+                        self.log_handler.buffer,
+                        flush_timeout_seconds=LOG_FLUSH_TIMEOUT_SECONDS,
+                    )
+                )
                 self.events.started()
                 printer(f"Worker {self.name!r} started!")
                 if run_once:

@@ -158,7 +158,11 @@ class EventEmitter:
                 self.sent += 1
 
         await serve_subscription(
-            worker.api_url, "events/in", stream, token=websocket_token(worker.settings)
+            worker.api_url,
+            "events/in",
+            stream,
+            token=websocket_token(worker.settings),
+            ssl_context=worker.client.ssl_context,
         )
 
     @staticmethod

@@ -24,7 +24,12 @@ import trio
 
 from trio_worker._client import PrefectClient
 from trio_worker._converter import unstructure
-from trio_worker._exceptions import ConfigurationError, ServerUnavailableError, TrioWorkerError
+from trio_worker._exceptions import (
+    ConfigurationError,
+    ServerUnavailableError,
+    TLSError,
+    TrioWorkerError,
+)
 from trio_worker._settings import Settings
 
 __all__ = [
@@ -68,7 +73,8 @@ def one_line(exc: BaseException) -> str:
 
 def _error_message(exc: TrioWorkerError) -> str:
     message = one_line(exc)
-    if isinstance(exc, ServerUnavailableError) and exc.status_code is None:
+    unanswered = isinstance(exc, ServerUnavailableError) and exc.status_code is None
+    if unanswered and not isinstance(exc, TLSError):
         # No answer at all: the likeliest cause is a wrong URL or a stopped server.
         message += " (is the API at PREFECT_API_URL running?)"
     return message

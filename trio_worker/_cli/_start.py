@@ -24,7 +24,7 @@ from trio_worker._cli._common import get_settings, run_async
 from trio_worker._client import PrefectClient
 from trio_worker._exceptions import ConfigurationError, NotFoundError, WorkerTypeNotFoundError
 from trio_worker._logging import configure_logging
-from trio_worker._registry import get_worker_class, installed_worker_types
+from trio_worker._registry import get_worker_class, installed_worker_types, worker_type_package
 from trio_worker._settings import Settings
 from trio_worker._signals import watch_shutdown_signals
 from trio_worker._worker import BaseWorker
@@ -62,8 +62,13 @@ def _read_base_job_template(path: str | None) -> dict[str, Any] | None:
 
 
 async def _install_worker_type(type_name: str) -> None:
-    """Install the package that provides worker type ``type_name`` with pip."""
-    package = f"trio-worker-{type_name}"
+    """Install the package that provides worker type ``type_name`` with pip.
+
+    Raises:
+        ConfigurationError: the type is not a plain name (checked before pip runs).
+        WorkerTypeNotFoundError: pip could not install it.
+    """
+    package = worker_type_package(type_name)
     click.echo(f"Installing {package} ...", err=True)
     result = await trio.run_process(
         [sys.executable, "-m", "pip", "install", package],
@@ -92,9 +97,8 @@ async def _resolve_worker_class(type_name: str, policy: str) -> type[BaseWorker]
         if policy == "never" or (policy == "prompt" and not sys.stdin.isatty()):
             raise
         if policy == "prompt":
-            question = (
-                f"Worker type {type_name!r} is not installed. Install trio-worker-{type_name}?"
-            )
+            package = worker_type_package(type_name)  # never ask about a non-name
+            question = f"Worker type {type_name!r} is not installed. Install {package}?"
             if not await trio.to_thread.run_sync(click.confirm, question):
                 raise
         await _install_worker_type(type_name)
