@@ -11,6 +11,8 @@ ceiling is set by an exec wrapper before the command's first instruction
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import functools
 import logging
 import os
@@ -20,7 +22,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-from typing import Any, Final
+from types import TracebackType
+from typing import Any, Final, Self
 
 import trio
 
@@ -37,6 +40,8 @@ from trio_worker._process_group import (
     terminate_process_group,
 )
 from trio_worker._run_records import RunRecord, RunRecords
+from trio_worker._settings import parse_bool
+from trio_worker._warm_start import WarmStarter, open_warm_starter
 from trio_worker._worker import HOSTNAME, BaseWorker, BaseWorkerResult
 
 __all__ = ["ProcessWorker", "format_infrastructure_pid", "parse_infrastructure_pid"]
@@ -44,6 +49,14 @@ __all__ = ["ProcessWorker", "format_infrastructure_pid", "parse_infrastructure_p
 logger = logging.getLogger("trio_worker.process")
 
 ENGINE_COMMAND: Final = (sys.executable, "-m", "trio_worker.engine")
+#: In a job's env, ``0``/``false`` opts that run out of warm start.
+WARM_START_ENV: Final = "TRIO_WORKER_WARM_START"
+#: How long a killed warm run's exit may take to be reported by its zygote.
+EXIT_REPORT_SECONDS: Final = 5.0
+
+
+def _log_cold(flow_run: FlowRun) -> None:
+    logger.info("Flow run '%s' starts cold: no warm-start zygote is available", flow_run.id)
 
 
 def format_infrastructure_pid(pid: int) -> str:
@@ -74,6 +87,9 @@ class ProcessWorker(BaseWorker):
     def __init__(self, work_pool_name: str, **kwargs: Any) -> None:
         super().__init__(work_pool_name, **kwargs)
         self.run_records = RunRecords(self.name, self.settings.state_dir)
+        #: Forks engine runs while the worker is open with warm start on.
+        self.warm_starter: WarmStarter | None = None
+        self._warm_stack = contextlib.AsyncExitStack()
 
     async def reconcile_infrastructure(self) -> None:
         """Adopt or kill the processes an earlier worker of this name left running."""
@@ -85,6 +101,47 @@ class ProcessWorker(BaseWorker):
         """Run trio-worker's engine with the worker's own interpreter."""
         return shlex.join(ENGINE_COMMAND)
 
+    async def __aenter__(self) -> Self:
+        # The warm starter is opened around the base worker (and so around its
+        # runs nursery): it outlives every run, whose exits it reports.
+        async with contextlib.AsyncExitStack() as stack:
+            if self.settings.warm_start:
+                self.warm_starter = await stack.enter_async_context(
+                    open_warm_starter(
+                        self.settings.preload, max_forks=self.settings.warm_start_max_forks
+                    )
+                )
+            await super().__aenter__()
+            self._warm_stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: builtins.type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        try:
+            return await super().__aexit__(exc_type, exc, tb)
+        finally:
+            stack, self._warm_stack = self._warm_stack, contextlib.AsyncExitStack()
+            self.warm_starter = None
+            await stack.aclose()
+
+    def _warm_eligible(self, command: list[str], configuration: ProcessJobConfiguration) -> bool:
+        """Only the engine itself is forked, and only when the deployment does not opt out."""
+        if self.warm_starter is None or command != list(ENGINE_COMMAND):
+            return False
+        job_env = {k: v for k, v in configuration.env.items() if v is not None}
+        if WARM_START_ENV in job_env:
+            try:
+                if not parse_bool(job_env[WARM_START_ENV]):
+                    return False
+            except ValueError:
+                return False
+        # Variables read by the interpreter at start-up would not take effect in a fork.
+        return not any(k.startswith("PYTHON") and k != "PYTHONPATH" for k in job_env)
+
     async def run(
         self,
         flow_run: FlowRun,
@@ -92,6 +149,10 @@ class ProcessWorker(BaseWorker):
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> BaseWorkerResult:
         """Start the configured command, report its pid, and wait for it to exit.
+
+        Engine runs are forked from the warm-start zygote when one is
+        available (:mod:`trio_worker._warm_start`); anything else, or when no
+        zygote can be had, starts a fresh process.
 
         Raises:
             InfrastructureError: the working directory is missing or the command
@@ -109,12 +170,38 @@ class ProcessWorker(BaseWorker):
         else:
             temporary_dir = cwd = tempfile.mkdtemp(prefix="trio-worker-", suffix="-run")
         env = {**os.environ, **{k: v for k, v in configuration.env.items() if v is not None}}
-        output = None if configuration.stream_output else subprocess.DEVNULL
         tracked = self.in_flight.get(flow_run.id)
         memory_limit_mb = tracked.memory_limit_mb if tracked is not None else None
-        argv = command
-        if memory_limit_mb is not None:
-            argv = capped_command(command, effective_limit(memory_limit_mb))
+        limit_bytes = None if memory_limit_mb is None else effective_limit(memory_limit_mb)
+        try:
+            result = None
+            if self._warm_eligible(command, configuration):
+                result = await self._run_warm(
+                    flow_run, configuration, env, cwd, limit_bytes, task_status
+                )
+            if result is None:
+                result = await self._run_cold(
+                    flow_run, configuration, command, env, cwd, limit_bytes, task_status
+                )
+            return result
+        finally:
+            if temporary_dir is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(shutil.rmtree, temporary_dir, True)
+
+    async def _run_cold(
+        self,
+        flow_run: FlowRun,
+        configuration: ProcessJobConfiguration,
+        command: list[str],
+        env: dict[str, str],
+        cwd: str,
+        limit_bytes: int | None,
+        task_status: trio.TaskStatus[str],
+    ) -> BaseWorkerResult:
+        """Start the command as a fresh child process of the worker."""
+        output = None if configuration.stream_output else subprocess.DEVNULL
+        argv = command if limit_bytes is None else capped_command(command, limit_bytes)
         spawn = functools.partial(
             trio.run_process,
             argv,
@@ -139,29 +226,81 @@ class ProcessWorker(BaseWorker):
                     spawn_error = exc
                 else:
                     task_status.started(format_infrastructure_pid(process.pid))
-                    await self.run_records.add(
-                        RunRecord(
-                            flow_run_id=str(flow_run.id),
-                            pid=process.pid,
-                            start_ticks=process_start_time(process.pid),
-                            started_at=now().isoformat(),
-                        )
-                    )
+                    await self._record(flow_run, process.pid)
         finally:
             if process is not None:
                 # The leader is gone; anything left in its group is an orphan.
                 signal_process_group(process.pid, signal.SIGKILL)
                 with trio.CancelScope(shield=True):
                     await self.run_records.remove(str(flow_run.id))
-            if temporary_dir is not None:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(shutil.rmtree, temporary_dir, True)
         if spawn_error is not None or process is None:
             reason = spawn_error.strerror if spawn_error else "no process"
             raise InfrastructureError(f"could not start {command[0]!r}: {reason}")
         assert process.returncode is not None
         return BaseWorkerResult(
             identifier=format_infrastructure_pid(process.pid), status_code=process.returncode
+        )
+
+    async def _run_warm(
+        self,
+        flow_run: FlowRun,
+        configuration: ProcessJobConfiguration,
+        env: dict[str, str],
+        cwd: str,
+        limit_bytes: int | None,
+        task_status: trio.TaskStatus[str],
+    ) -> BaseWorkerResult | None:
+        """Fork the engine run from the zygote; ``None`` when it must start cold instead."""
+        assert self.warm_starter is not None
+        with contextlib.ExitStack() as fds:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            fds.callback(os.close, devnull)
+            out = 1 if configuration.stream_output else devnull
+            err = 2 if configuration.stream_output else devnull
+            child = await self.warm_starter.spawn(
+                argv0=ENGINE_COMMAND[0],
+                env=env,
+                cwd=cwd,
+                fds=(devnull, out, err),
+                memory_limit_bytes=limit_bytes,
+            )
+        if child is None:
+            _log_cold(flow_run)
+            return None
+        try:
+            task_status.started(format_infrastructure_pid(child.pid))
+            await self._record(flow_run, child.pid)
+            await child.wait()
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                await terminate_process_group(child, grace_seconds=self.cancel_grace_seconds)
+                with trio.move_on_after(self.cancel_grace_seconds + EXIT_REPORT_SECONDS):
+                    await child.wait()
+            raise
+        finally:
+            signal_process_group(child.pid, signal.SIGKILL)
+            with trio.CancelScope(shield=True):
+                await self.run_records.remove(str(flow_run.id))
+        if child.returncode is None:
+            logger.warning(
+                "The exit status of flow run '%s' (pid %d) is unknown: its zygote died first;"
+                " the run's own states tell how it ended",
+                flow_run.id,
+                child.pid,
+            )
+        return BaseWorkerResult(
+            identifier=format_infrastructure_pid(child.pid),
+            status_code=0 if child.returncode is None else child.returncode,
+        )
+
+    async def _record(self, flow_run: FlowRun, pid: int) -> None:
+        await self.run_records.add(
+            RunRecord(
+                flow_run_id=str(flow_run.id),
+                pid=pid,
+                start_ticks=process_start_time(pid),
+                started_at=now().isoformat(),
+            )
         )
 
     def infrastructure_is_abandoned(self, flow_run: FlowRun, infrastructure_pid: str) -> bool:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Final
+from collections.abc import Awaitable
+from typing import Final, Protocol
 
 import trio
 
 __all__ = [
+    "GroupLeader",
     "group_is_alive",
     "kill_process_group",
     "parent_pid",
@@ -62,11 +64,23 @@ async def kill_process_group(pgid: int, *, grace_seconds: float) -> None:
     signal_process_group(pgid, signal.SIGKILL)
 
 
-async def terminate_process_group(process: trio.Process, *, grace_seconds: float) -> None:
-    """Stop a child we started and everything in its group (``deliver_cancel`` for run_process).
+class GroupLeader(Protocol):
+    """A process that leads its group and whose exit can be awaited.
+
+    A ``trio.Process``, or a warm-started run whose exit its zygote reports.
+    """
+
+    @property
+    def pid(self) -> int: ...
+
+    def wait(self) -> Awaitable[object]: ...
+
+
+async def terminate_process_group(process: GroupLeader, *, grace_seconds: float) -> None:
+    """Stop a run's process and everything in its group (``deliver_cancel`` for run_process).
 
     Trio runs this shielded when the run's scope is cancelled and reaps the
-    leader afterwards.
+    leader afterwards; a warm-started run's zygote reaps it.
     """
     pgid = process.pid
     signal_process_group(pgid, signal.SIGTERM)

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_PREFETCH_SECONDS",
     "DEFAULT_QUERY_SECONDS",
     "Settings",
+    "parse_bool",
 ]
 
 DEFAULT_QUERY_SECONDS: Final = 10.0
@@ -53,6 +54,15 @@ def _parse_bool(text: str) -> bool:
     if lowered in {"0", "false", "no", "off", ""}:
         return False
     raise ValueError("is not a boolean (use true or false)")
+
+
+def parse_bool(text: str) -> bool:
+    """Read a boolean as the settings do (``1/true/yes/on``, ``0/false/no/off``).
+
+    Raises:
+        ValueError: for anything else.
+    """
+    return _parse_bool(text)
 
 
 def _parse_positive_float(text: str) -> float:
@@ -126,6 +136,14 @@ def _parse_optional_positive_int(text: str) -> int | None:
     if value < 1:
         raise ValueError("must be at least 1")
     return value
+
+
+def _parse_module_list(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    for name in names:
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise ValueError(f"names {name!r}, which is not a module name")
+    return names
 
 
 def _parse_optional_str(text: str) -> str | None:
@@ -329,6 +347,29 @@ class Settings:
             "redelivered (retries or idempotent) or CRASHED within this many seconds (0 = never).",
         ),
     )
+    warm_start: bool = attrs.field(
+        default=True,
+        metadata=_env(
+            "TRIO_WORKER_WARM_START",
+            "Start engine runs by forking a zygote that has already imported the engine "
+            "(and Prefect); false: every run starts a fresh interpreter. In a job's env, "
+            "false opts that deployment out.",
+        ),
+    )
+    preload: tuple[str, ...] = attrs.field(
+        default=(),
+        metadata=_env(
+            "TRIO_WORKER_PRELOAD",
+            "Comma-separated modules the warm-start zygote imports for every run to share.",
+        ),
+    )
+    warm_start_max_forks: int = attrs.field(
+        default=1000,
+        metadata=_env(
+            "TRIO_WORKER_WARM_START_MAX_FORKS",
+            "Forks after which the warm-start zygote is replaced by a fresh one.",
+        ),
+    )
 
     def __repr__(self) -> str:
         # Secrets never reach a repr, a log line or a traceback.
@@ -390,4 +431,7 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "start_burst": _parse_optional_positive_int,
     "api_max_body_bytes": _parse_positive_int,
     "log_buffer_lines": _parse_log_buffer_lines,
+    "warm_start": _parse_bool,
+    "preload": _parse_module_list,
+    "warm_start_max_forks": _parse_positive_int,
 }

@@ -273,16 +273,20 @@ class BaseWorker:
     async def __aenter__(self) -> Self:
         if self._exit_stack is not None:
             raise RuntimeError(f"{self!r} was already opened; create a new worker")
-        stack = contextlib.AsyncExitStack()
-        self._exit_stack = stack
         assert self.api_url is not None  # checked in __init__
-        self._client = await stack.enter_async_context(
-            PrefectClient(
-                self.api_url, settings=self.settings, backoff_seconds=self._client_backoff_seconds
+        # Closed here if opening fails (a cancellation included): a nursery
+        # left open would corrupt the caller's nursery stack.
+        async with contextlib.AsyncExitStack() as stack:
+            self._client = await stack.enter_async_context(
+                PrefectClient(
+                    self.api_url,
+                    settings=self.settings,
+                    backoff_seconds=self._client_backoff_seconds,
+                )
             )
-        )
-        outer = await stack.enter_async_context(trio.open_nursery())
-        self._runs_nursery = await outer.start(self._own_runs)
+            outer = await stack.enter_async_context(trio.open_nursery())
+            self._runs_nursery = await outer.start(self._own_runs)
+            self._exit_stack = stack.pop_all()
         return self
 
     async def _own_runs(self, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:

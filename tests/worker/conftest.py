@@ -28,8 +28,13 @@ def pool_name() -> str:
 
 
 def fast_settings(api_url: str, state_dir: Path) -> Settings:
-    """Settings that poll often, so tests don't wait on intervals."""
+    """Settings that poll often, so tests don't wait on intervals.
+
+    Warm start follows ``TRIO_WORKER_WARM_START`` (on unless set false), so
+    ``nox -s tests_cold`` runs the same tests through the cold path.
+    """
     return Settings(
+        warm_start=Settings.from_env().warm_start,
         api_url=api_url,
         query_seconds=0.2,
         heartbeat_seconds=1.0,
