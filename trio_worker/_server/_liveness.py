@@ -187,10 +187,15 @@ def _sweep_flow_runs(
             if at - last <= rules.silence(rules.heartbeat_timeout):
                 continue
             cancelling = row["state_type"] == "CANCELLING"
+            listing = (
+                f"no heartbeat of worker {row['holder']!r} listing it "
+                f"(last {_ago(at, parse_time(row['holder_seen']))})"
+                if row["holder"]
+                else "no worker heartbeat listing it"
+            )
             message = (
                 f"No prefect.flow-run.heartbeat from its engine "
-                f"(last {_ago(at, parse_time(row['heartbeat_at']))}) and no heartbeat of "
-                f"{worker} listing it (last {_ago(at, parse_time(row['holder_seen']))}) for "
+                f"(last {_ago(at, parse_time(row['heartbeat_at']))}) and {listing} for "
                 f"{rules.heartbeat_timeout:g} s: the run's process or host is presumed dead"
             )
             new_type = "CANCELLED" if cancelling else "CRASHED"
@@ -317,8 +322,9 @@ async def serve_liveness(
         return
     while True:
         await trio.sleep(period)
+        at = clock()  # here, on the Trio side: a mock clock is only readable here
         try:
-            done = await db.run(lambda tx: sweep(tx, bus, queue, rules, clock()))
+            done = await db.run(lambda tx: sweep(tx, bus, queue, rules, at))
         except Exception:
             logger.exception("liveness sweep failed; trying again in %.1f s", period)
             continue
