@@ -31,6 +31,7 @@ the embedded API) are left alone by the heartbeat rule.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -302,6 +303,12 @@ def sweep(
     return counts
 
 
+def _sweep_tx(
+    bus: EventBus, queue: TaskQueue, rules: LivenessRules, at: datetime, tx: Tx
+) -> LivenessCounts:
+    return sweep(tx, bus, queue, rules, at)
+
+
 async def serve_liveness(
     db: Database,
     bus: EventBus,
@@ -324,7 +331,7 @@ async def serve_liveness(
         await trio.sleep(period)
         at = clock()  # here, on the Trio side: a mock clock is only readable here
         try:
-            done = await db.run(lambda tx: sweep(tx, bus, queue, rules, at))
+            done = await db.run(functools.partial(_sweep_tx, bus, queue, rules, at))
         except Exception:
             logger.exception("liveness sweep failed; trying again in %.1f s", period)
             continue
