@@ -246,6 +246,18 @@ def _redeliverable(row: Any) -> bool:
     return idempotent and row["lease_lapses"] < MAX_IDEMPOTENT_REDELIVERIES
 
 
+def _parameters_id(tx: Tx, run_id: str) -> str | None:
+    """The run's ``task_parameters_id``: its RUNNING state may not carry it, its SCHEDULED one does."""
+    for state_row in tx.all(
+        "SELECT body FROM task_run_states WHERE task_run_id = ? ORDER BY timestamp DESC, rowid DESC",
+        (run_id,),
+    ):
+        found = (loads(state_row["body"]).get("state_details") or {}).get("task_parameters_id")
+        if found:
+            return str(found)
+    return None
+
+
 def _sweep_task_leases(tx: Tx, queue: TaskQueue, at: datetime, counts: LivenessCounts) -> None:
     rows = tx.all(
         "SELECT * FROM task_runs WHERE lease_holder IS NOT NULL AND lease_expires < ? "
@@ -262,7 +274,11 @@ def _sweep_task_leases(tx: Tx, queue: TaskQueue, at: datetime, counts: LivenessC
             f"(held since {_ago(at, since)}, expired {_ago(at, parse_time(row['lease_expires']))})"
         )
         if _redeliverable(row):
-            details.update(deferred=True, scheduled_time=format_time(at))
+            details.update(
+                deferred=True,
+                scheduled_time=format_time(at),
+                task_parameters_id=_parameters_id(tx, row["id"]),
+            )
             message = f"Redelivered: {lapse}"
             state = build_state(
                 "SCHEDULED", name="AwaitingRetry", message=message, data=None, details=details,
