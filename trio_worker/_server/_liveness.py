@@ -247,9 +247,10 @@ def _redeliverable(row: Any) -> bool:
 
 
 def _parameters_id(tx: Tx, run_id: str) -> str | None:
-    """The run's ``task_parameters_id``: its RUNNING state may not carry it, its SCHEDULED one does."""
+    """The run's ``task_parameters_id``: its RUNNING state may lack it, its SCHEDULED one has it."""
     for state_row in tx.all(
-        "SELECT body FROM task_run_states WHERE task_run_id = ? ORDER BY timestamp DESC, rowid DESC",
+        "SELECT body FROM task_run_states WHERE task_run_id = ? "
+        "ORDER BY timestamp DESC, rowid DESC",
         (run_id,),
     ):
         found = (loads(state_row["body"]).get("state_details") or {}).get("task_parameters_id")
