@@ -109,8 +109,12 @@ def ls(states: tuple[str, ...], limit: int, as_json: bool) -> None:
         echo_json(runs)
         return
     echo_table(
-        ["id", "name", "state", "pool", "expected start"],
-        [(r.id, r.name, _state_label(r), r.work_pool_name, r.expected_start_time) for r in runs],
+        ["id", "name", "state", "pool", "expected start", "held by", "held since"],
+        [
+            (r.id, r.name, _state_label(r), r.work_pool_name, r.expected_start_time)
+            + (r.held_by, r.held_since)
+            for r in runs
+        ],
         empty="No flow runs.",
     )
 
