@@ -110,13 +110,15 @@ def ls(states: tuple[str, ...], limit: int, as_json: bool) -> None:
         return
     echo_table(
         ["id", "name", "state", "pool", "expected start", "held by", "held since"],
-        [
-            (r.id, r.name, _state_label(r), r.work_pool_name, r.expected_start_time)
-            + (r.held_by, r.held_since)
-            for r in runs
-        ],
+        [_flow_run_row(r) for r in runs],
         empty="No flow runs.",
     )
+
+
+def _flow_run_row(r: FlowRun) -> tuple[object, ...]:
+    # "held by": the worker whose heartbeat lists the run (embedded API only).
+    return (r.id, r.name, _state_label(r), r.work_pool_name, r.expected_start_time, r.held_by,
+            r.held_since)  # fmt: skip
 
 
 async def _inspect(settings: Settings, ref: str) -> tuple[FlowRun, list[State]]:
