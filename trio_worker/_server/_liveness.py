@@ -173,7 +173,15 @@ def _flow_state(row: Any, state_type: str, message: str, at: datetime) -> dict[s
 def _sweep_flow_runs(
     tx: Tx, bus: EventBus, rules: LivenessRules, at: datetime, counts: LivenessCounts
 ) -> None:
-    rows = tx.all(f"{FLOW_RUN_SELECT} WHERE fr.state_type IN ('PENDING', 'RUNNING', 'CANCELLING')")
+    # Runs that signalled within the shorter silence are alive under both
+    # rules: only the others are read (most active runs heartbeat).
+    silences = [rules.silence(t) for t in (rules.heartbeat_timeout, rules.pending_timeout) if t]
+    cutoff = format_time(at - min(silences))
+    rows = tx.all(
+        f"{FLOW_RUN_SELECT} WHERE fr.state_type IN ('PENDING', 'RUNNING', 'CANCELLING') "
+        "AND max(coalesce(fr.heartbeat_at, ''), coalesce(fr.holder_seen, '')) < ?",
+        (cutoff,),
+    )
     for row in rows:
         current = loads(row["state"]) if row["state"] else {}
         since = parse_time(current.get("timestamp"))
