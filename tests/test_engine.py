@@ -17,10 +17,12 @@ from typing import Any
 import pytest
 import trio
 
+from tests.helpers import wait_for
 from trio_worker._client import PrefectClient
 from trio_worker._converter import structure
 from trio_worker._engine import (
     EntrypointError,
+    _exec_prefect_engine,
     is_prefect_flow,
     load_entrypoint,
     prefect_engine_argv,
@@ -61,6 +63,11 @@ def sleeper():
     pathlib.Path("started").write_text("")
     time.sleep(60)
     pathlib.Path("finished").write_text("")
+
+
+def blocked_until(path):
+    while not pathlib.Path(path).exists():
+        time.sleep(0.02)
 """
 
 
@@ -372,3 +379,58 @@ async def test_log_shipping_failure_is_reported_in_the_log_not_raised(
     assert "1 log line(s)" in message
     assert "the API did not answer before the process exited" in message
     assert "ConnectError" in message
+
+
+def test_handover_asks_prefects_engine_for_30_second_heartbeats(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[dict[str, str]] = []
+
+    def fake_execve(path: str, argv: list[str], env: dict[str, str]) -> None:
+        calls.append(env)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execve", fake_execve)
+    run_id = uuid.uuid4()
+    for environ, expected in (({}, "30"), ({"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "60"}, "60")):
+        with pytest.raises(SystemExit):
+            _exec_prefect_engine(run_id, environ)
+        assert calls[-1]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == expected
+        assert calls[-1]["PREFECT__FLOW_RUN_ID"] == str(run_id)
+
+
+async def test_engine_heartbeats_in_prefects_shape_while_it_runs(
+    api_url: str, project: Path
+) -> None:
+    release = project / "release"
+    async with PrefectClient(api_url) as client:
+        run = await _pending_run(
+            client, "flows.py:blocked_until", parameters={"path": str(release)}, defaults={}
+        )
+
+        async def beats() -> list[Any]:
+            found = await client.read_events(
+                {"event": {"name": ["prefect.flow-run.heartbeat"]},
+                 "resource": {"id": [f"prefect.flow-run.{run.id}"]}}
+            )  # fmt: skip
+            return found if len(found) >= 3 else []
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                functools.partial(
+                    _engine, api_url, run.id, project, PREFECT_FLOWS_HEARTBEAT_FREQUENCY="0.2"
+                )
+            )
+            # The sync flow blocks its thread; the engine's loop keeps heartbeating.
+            heartbeats = await wait_for(beats, what="three heartbeats while the flow blocks")
+            release.touch()
+        flow = await client.read_flow(run.flow_id)
+        final = await client.read_flow_run(run.id)
+    assert final.state is not None and final.state.type is StateType.COMPLETED
+    beat = heartbeats[0]
+    assert beat.resource["prefect.resource.name"] == run.name
+    assert beat.payload == {}
+    related = {r["prefect.resource.role"]: r for r in beat.related}
+    assert related["flow"]["prefect.resource.id"] == f"prefect.flow.{run.flow_id}"
+    assert related["flow"]["prefect.resource.name"] == flow.name
+    assert related["deployment"]["prefect.resource.id"] == f"prefect.deployment.{run.deployment_id}"

@@ -128,3 +128,18 @@ def test_evolve_overlays_flags() -> None:
     assert settings.query_seconds == 1.0
     assert settings.api_key == SECRET
     assert SECRET not in repr(settings)
+
+
+def test_liveness_settings_defaults_zero_and_errors() -> None:
+    settings = Settings.from_env({})
+    assert settings.flow_heartbeat_seconds == 30
+    assert (settings.server_heartbeat_timeout, settings.server_pending_timeout) == (90, 90)
+    assert settings.server_task_lease == 60
+    off = Settings.from_env(
+        {"TRIO_WORKER_SERVER_TASK_LEASE": "0", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "0.5"}
+    )
+    assert (off.server_task_lease, off.flow_heartbeat_seconds) == (0, 0.5)
+    with pytest.raises(ConfigurationError, match="TRIO_WORKER_SERVER_HEARTBEAT_TIMEOUT"):
+        Settings.from_env({"TRIO_WORKER_SERVER_HEARTBEAT_TIMEOUT": "-1"})
+    with pytest.raises(ConfigurationError, match="PREFECT_FLOWS_HEARTBEAT_FREQUENCY"):
+        Settings.from_env({"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "0"})

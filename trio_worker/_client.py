@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import math
 import ssl
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -372,7 +373,8 @@ class PrefectClient:
         """
         body: dict[str, Any] = {
             "name": worker_name,
-            "heartbeat_interval_seconds": heartbeat_interval_seconds,
+            # An integer for Prefect's schema (a fraction is a 422 there).
+            "heartbeat_interval_seconds": max(1, math.ceil(heartbeat_interval_seconds)),
         }
         if flow_run_ids:
             body["flow_run_ids"] = [str(i) for i in flow_run_ids[:MAX_HELD_RUN_IDS]]

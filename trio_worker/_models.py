@@ -217,6 +217,9 @@ class FlowRun:
     end_time: dt.datetime | None = None
     created: dt.datetime | None = None
     updated: dt.datetime | None = None
+    #: The worker whose heartbeat lists it, and since when (the embedded API's own fields).
+    held_by: str | None = None
+    held_since: dt.datetime | None = None
 
 
 @attrs.frozen
@@ -289,6 +292,9 @@ class TaskRun:
     start_time: dt.datetime | None = None
     end_time: dt.datetime | None = None
     created: dt.datetime | None = None
+    #: The task worker holding its lease, and since when (the embedded API's own fields).
+    held_by: str | None = None
+    held_since: dt.datetime | None = None
 
 
 @attrs.frozen

@@ -11,6 +11,7 @@ from trio_worker._version import __version__
 #: Which module defines each command: commands load when used, so
 #: ``trio-worker start`` does not import the embedded server or the task worker.
 _COMMAND_MODULES = {
+    "automation": "_automation",
     "demo": "_demo",
     "deployment": "_deployment",
     "flow-run": "_flow_run",

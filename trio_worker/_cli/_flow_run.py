@@ -109,10 +109,16 @@ def ls(states: tuple[str, ...], limit: int, as_json: bool) -> None:
         echo_json(runs)
         return
     echo_table(
-        ["id", "name", "state", "pool", "expected start"],
-        [(r.id, r.name, _state_label(r), r.work_pool_name, r.expected_start_time) for r in runs],
+        ["id", "name", "state", "pool", "expected start", "held by", "held since"],
+        [_flow_run_row(r) for r in runs],
         empty="No flow runs.",
     )
+
+
+def _flow_run_row(r: FlowRun) -> tuple[object, ...]:
+    # "held by": the worker whose heartbeat lists the run (embedded API only).
+    return (r.id, r.name, _state_label(r), r.work_pool_name, r.expected_start_time, r.held_by,
+            r.held_since)  # fmt: skip
 
 
 async def _inspect(settings: Settings, ref: str) -> tuple[FlowRun, list[State]]:

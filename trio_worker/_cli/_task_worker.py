@@ -191,8 +191,11 @@ def ls_command(states: tuple[str, ...], task_key: str | None, limit: int, as_jso
         echo_json(runs)
         return
     echo_table(
-        ["id", "name", "task key", "state", "created"],
-        [(r.id, r.name, r.task_key, _state_label(r), r.created) for r in runs],
+        ["id", "name", "task key", "state", "created", "held by", "held since"],
+        [
+            (r.id, r.name, r.task_key, _state_label(r), r.created, r.held_by, r.held_since)
+            for r in runs
+        ],
         empty="No task runs found.",
     )
 

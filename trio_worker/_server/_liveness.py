@@ -31,6 +31,7 @@ the embedded API) are left alone by the heartbeat rule.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -172,7 +173,15 @@ def _flow_state(row: Any, state_type: str, message: str, at: datetime) -> dict[s
 def _sweep_flow_runs(
     tx: Tx, bus: EventBus, rules: LivenessRules, at: datetime, counts: LivenessCounts
 ) -> None:
-    rows = tx.all(f"{FLOW_RUN_SELECT} WHERE fr.state_type IN ('PENDING', 'RUNNING', 'CANCELLING')")
+    # Runs that signalled within the shorter silence are alive under both
+    # rules: only the others are read (most active runs heartbeat).
+    silences = [rules.silence(t) for t in (rules.heartbeat_timeout, rules.pending_timeout) if t]
+    cutoff = format_time(at - min(silences))
+    rows = tx.all(
+        f"{FLOW_RUN_SELECT} WHERE fr.state_type IN ('PENDING', 'RUNNING', 'CANCELLING') "
+        "AND max(coalesce(fr.heartbeat_at, ''), coalesce(fr.holder_seen, '')) < ?",
+        (cutoff,),
+    )
     for row in rows:
         current = loads(row["state"]) if row["state"] else {}
         since = parse_time(current.get("timestamp"))
@@ -187,10 +196,15 @@ def _sweep_flow_runs(
             if at - last <= rules.silence(rules.heartbeat_timeout):
                 continue
             cancelling = row["state_type"] == "CANCELLING"
+            listing = (
+                f"no heartbeat of worker {row['holder']!r} listing it "
+                f"(last {_ago(at, parse_time(row['holder_seen']))})"
+                if row["holder"]
+                else "no worker heartbeat listing it"
+            )
             message = (
                 f"No prefect.flow-run.heartbeat from its engine "
-                f"(last {_ago(at, parse_time(row['heartbeat_at']))}) and no heartbeat of "
-                f"{worker} listing it (last {_ago(at, parse_time(row['holder_seen']))}) for "
+                f"(last {_ago(at, parse_time(row['heartbeat_at']))}) and {listing} for "
                 f"{rules.heartbeat_timeout:g} s: the run's process or host is presumed dead"
             )
             new_type = "CANCELLED" if cancelling else "CRASHED"
@@ -240,6 +254,19 @@ def _redeliverable(row: Any) -> bool:
     return idempotent and row["lease_lapses"] < MAX_IDEMPOTENT_REDELIVERIES
 
 
+def _parameters_id(tx: Tx, run_id: str) -> str | None:
+    """The run's ``task_parameters_id``: its RUNNING state may lack it, its SCHEDULED one has it."""
+    for state_row in tx.all(
+        "SELECT body FROM task_run_states WHERE task_run_id = ? "
+        "ORDER BY timestamp DESC, rowid DESC",
+        (run_id,),
+    ):
+        found = (loads(state_row["body"]).get("state_details") or {}).get("task_parameters_id")
+        if found:
+            return str(found)
+    return None
+
+
 def _sweep_task_leases(tx: Tx, queue: TaskQueue, at: datetime, counts: LivenessCounts) -> None:
     rows = tx.all(
         "SELECT * FROM task_runs WHERE lease_holder IS NOT NULL AND lease_expires < ? "
@@ -256,7 +283,11 @@ def _sweep_task_leases(tx: Tx, queue: TaskQueue, at: datetime, counts: LivenessC
             f"(held since {_ago(at, since)}, expired {_ago(at, parse_time(row['lease_expires']))})"
         )
         if _redeliverable(row):
-            details.update(deferred=True, scheduled_time=format_time(at))
+            details.update(
+                deferred=True,
+                scheduled_time=format_time(at),
+                task_parameters_id=_parameters_id(tx, row["id"]),
+            )
             message = f"Redelivered: {lapse}"
             state = build_state(
                 "SCHEDULED", name="AwaitingRetry", message=message, data=None, details=details,
@@ -297,6 +328,12 @@ def sweep(
     return counts
 
 
+def _sweep_tx(
+    bus: EventBus, queue: TaskQueue, rules: LivenessRules, at: datetime, tx: Tx
+) -> LivenessCounts:
+    return sweep(tx, bus, queue, rules, at)
+
+
 async def serve_liveness(
     db: Database,
     bus: EventBus,
@@ -317,8 +354,9 @@ async def serve_liveness(
         return
     while True:
         await trio.sleep(period)
+        at = clock()  # here, on the Trio side: a mock clock is only readable here
         try:
-            done = await db.run(lambda tx: sweep(tx, bus, queue, rules, clock()))
+            done = await db.run(functools.partial(_sweep_tx, bus, queue, rules, at))
         except Exception:
             logger.exception("liveness sweep failed; trying again in %.1f s", period)
             continue
