@@ -8,16 +8,25 @@ stream down it runs every round, as before.
 
 from __future__ import annotations
 
+import functools
+import itertools
+import random
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
+import trio
+import trio.testing
 
 from tests.helpers import wait_for
 from tests.proxy import faulty_proxy
 from tests.worker.conftest import WorkerFactory, fast_settings
+from trio_worker import _services
 from trio_worker._cancellation import CHECK_ROUNDS_WHILE_STREAMING
 from trio_worker._process import ProcessWorker
+from trio_worker._services import service_loop
 
 POLLS = 40  # with query_seconds 0.05: 20 rounds of the check (every 2 intervals)
 
@@ -77,3 +86,31 @@ async def test_with_the_stream_down_the_fallback_checks_every_round(
             assert not worker.cancel_stream.live
     # Jitter spreads both loops by +-30 %, so not exactly one check per two polls.
     assert counts["cancel_reads"] >= POLLS // 2, counts
+
+
+async def test_workers_started_together_do_not_poll_in_lockstep(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Eight poll loops started at the same instant (a fleet rolled out at once): the
+    # jitter of each interval spreads them, so their tenth polls are far apart.
+    monkeypatch.setattr(_services, "random", random.Random(15))
+    interval = 10.0
+    polls: list[list[float]] = [[] for _ in range(8)]
+
+    def workload(mine: list[float]) -> Callable[[], Awaitable[None]]:
+        async def poll() -> None:
+            mine.append(trio.current_time())
+
+        return poll
+
+    async with trio.open_nursery() as nursery:
+        for mine in polls:
+            nursery.start_soon(
+                functools.partial(service_loop, workload(mine), interval=interval, name="poll")
+            )
+        await trio.sleep(interval * 12)
+        nursery.cancel_scope.cancel()
+    tenth = sorted(mine[10] for mine in polls)
+    assert len({round(t, 3) for t in (mine[0] for mine in polls)}) == 1  # first polls: at once
+    assert tenth[-1] - tenth[0] > interval / 2
+    assert min(b - a for a, b in itertools.pairwise(tenth)) > 0.01
