@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import nox
@@ -21,6 +24,10 @@ nox.options.error_on_missing_interpreters = True
 nox.options.sessions = ["tests", "lint", "typecheck"]
 
 PYTHON = "3.11"
+
+# The throwaway PostgreSQL server (stdlib only) is shared with the fleet benchmark.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
+from _postgres import PostgresUnavailable, postgres_server  # noqa: E402
 
 
 def _install_dev(session: nox.Session) -> None:
@@ -56,6 +63,11 @@ def typecheck(session: nox.Session) -> None:
 # installed --no-deps plus its other requirements (certifi unpinned); 3.8.8 installs
 # normally. The newest version also refreshes the contract data on request.
 PREFECT_VERSIONS = ["3.8.8", "3.9.1"]
+#: Which database each Prefect server runs on: users who outgrow one machine run
+#: Prefect on PostgreSQL, so the newest version runs the suite on both.
+PREFECT_DATABASES = [(version, "sqlite") for version in PREFECT_VERSIONS] + [
+    (PREFECT_VERSIONS[-1], "postgres")
+]
 PREFECT_NO_DEPS = {"3.9.1": {"certifi"}}
 #: 3.8.8 allows any fastapi<1, but its server fails to import with fastapi>=0.151
 #: (``Body(min_items=...)``); 3.9 pins <0.151 itself.
@@ -128,11 +140,41 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
             continue
 
 
+@contextlib.contextmanager
+def _database(session: nox.Session, database: str) -> Iterator[dict[str, str]]:
+    """Yield the server env that points Prefect at ``database`` (a fresh PostgreSQL or SQLite).
+
+    Missing PostgreSQL binaries are installed when root (apt-get); otherwise the
+    session is skipped with the reason, except in CI (``CI`` set), where it fails.
+    """
+    if database == "sqlite":
+        yield {}
+        return
+    started = time.monotonic()
+    try:
+        with postgres_server(install=True) as pg:
+            pg.create_database("prefect")
+            session.log(
+                f"PostgreSQL ({pg.bin_dir}) ready at {pg.host}:{pg.port}"
+                f" in {time.monotonic() - started:.0f} s"
+            )
+            yield {"PREFECT_API_DATABASE_CONNECTION_URL": pg.sqlalchemy_url("prefect")}
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI"):
+            session.error(f"PostgreSQL is needed in CI: {exc}")
+        session.skip(f"no PostgreSQL: {exc}")
+
+
 @nox.session(python=PYTHON, default=False)
-@nox.parametrize("prefect", PREFECT_VERSIONS)
-def prefect(session: nox.Session, prefect: str) -> None:
-    """Run the interop suite against a real Prefect server (`-- --refresh-contract` saves its
-    responses to tests/data/prefect_contract/; other args go to pytest)."""
+@nox.parametrize(
+    ("prefect", "database"),
+    PREFECT_DATABASES,
+    ids=[f"{version}-{database}" for version, database in PREFECT_DATABASES],
+)
+def prefect(session: nox.Session, prefect: str, database: str) -> None:
+    """Run the interop suite against a real Prefect server on SQLite or PostgreSQL
+    (`-- --refresh-contract` saves its responses to tests/data/prefect_contract/; other
+    args go to pytest)."""
     started = time.monotonic()
     _install_prefect(session, prefect)
     _install_dev(session)
@@ -140,9 +182,12 @@ def prefect(session: nox.Session, prefect: str) -> None:
         f"installed Prefect {prefect} and trio-worker in {time.monotonic() - started:.0f} s"
     )
     args = list(session.posargs)
-    refresh = "--refresh-contract" in args
+    refresh = "--refresh-contract" in args and database == "sqlite"
     args = [a for a in args if a != "--refresh-contract"] or ["tests/interop"]
-    with tempfile.TemporaryDirectory(prefix="trio-worker-prefect-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="trio-worker-prefect-") as tmp,
+        _database(session, database) as database_env,
+    ):
         home = Path(tmp)
         port = _free_port()
         url = f"http://127.0.0.1:{port}/api"
@@ -151,6 +196,7 @@ def prefect(session: nox.Session, prefect: str) -> None:
             "PREFECT_HOME": str(home / "server"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_ENABLED": "false",
+            **database_env,
         }
         if prefect == CSRF_PROTECTED_VERSION:
             # One version runs with CSRF protection on: every client must fetch tokens.
@@ -169,7 +215,8 @@ def prefect(session: nox.Session, prefect: str) -> None:
         try:
             _wait_for_health(url, server, log)
             session.log(
-                f"prefect server {prefect} healthy at {url} ({time.monotonic() - started:.0f} s)"
+                f"prefect server {prefect} on {database} healthy at {url}"
+                f" ({time.monotonic() - started:.0f} s)"
             )
             env = {
                 "PREFECT_API_URL": url,
@@ -183,6 +230,7 @@ def prefect(session: nox.Session, prefect: str) -> None:
             _stop(server)
             if server.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL, None):
                 session.warn(f"prefect server exited with {server.returncode}")
+        session.log(f"prefect {prefect} on {database}: {time.monotonic() - started:.0f} s in all")
 
 
 #: The Prefect release the benchmark compares against (3.9.x needs --no-deps here, see

@@ -3,7 +3,10 @@
 Two sources, one action. The API's ``/events/out`` stream tells the worker
 about a ``prefect.flow-run.Cancelling`` at once; a polling loop reads the
 pool's CANCELLING runs (and legacy CANCELLED runs named "Cancelling") every
-two query intervals and catches whatever the stream missed. Both call
+two query intervals and catches whatever the stream missed. While the stream
+is connected and has not dropped since the last check, the polling check runs
+only every ``CHECK_ROUNDS_WHILE_STREAMING`` rounds: an idle fleet then costs
+the server one poll per worker per interval, not three requests. Both call
 :func:`cancel_run`:
 
 - a run this worker owns is cancelled through its cancel scope; its task
@@ -21,6 +24,8 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any, Final
 
+import attrs
+
 from trio_worker._exceptions import APIError, InfrastructureError
 from trio_worker._models import FlowRun, State, StateType, now
 from trio_worker._submission import CANCELLED_MESSAGE, propose_final_state
@@ -29,22 +34,52 @@ from trio_worker._subscriptions import JsonWebSocket, serve_subscription, websoc
 if TYPE_CHECKING:
     from trio_worker._worker import BaseWorker
 
-__all__ = ["cancel_run", "check_for_cancelled_flow_runs", "listen_for_cancellations"]
+__all__ = [
+    "CancelStream",
+    "cancel_run",
+    "check_for_cancelled_flow_runs",
+    "listen_for_cancellations",
+]
 
 logger = logging.getLogger("trio_worker.cancellation")
 
 CANCELLING_EVENT: Final = "prefect.flow-run.Cancelling"
 FLOW_RUN_RESOURCE_PREFIX: Final = "prefect.flow-run."
+#: While the stream is up, the polling check runs every this many rounds (it
+#: still catches an event the server failed to deliver, only later).
+CHECK_ROUNDS_WHILE_STREAMING: Final = 10
 NO_INFRASTRUCTURE_MESSAGE: Final = (
     "This flow run is missing infrastructure tracking information and cancellation "
     "cannot be guaranteed."
 )
 
 
+@attrs.define
+class CancelStream:
+    """What the polling check knows of the ``/events/out`` stream.
+
+    Attributes:
+        live: the stream is connected and its filter sent.
+        gap: the stream was down at some point since the last polling check.
+        skipped: polling checks skipped since the last one that ran.
+    """
+
+    live: bool = False
+    gap: bool = True
+    skipped: int = 0
+
+
 async def check_for_cancelled_flow_runs(worker: BaseWorker) -> None:
     """Poll the pool's cancelling runs and cancel each (the events stream's fallback)."""
     if worker.work_pool is None:
         return
+    stream = worker.cancel_stream
+    if stream.live and not stream.gap and stream.skipped + 1 < CHECK_ROUNDS_WHILE_STREAMING:
+        stream.skipped += 1
+        return
+    # Whatever the stream missed while it was down is in the API now: read it.
+    stream.gap = not stream.live
+    stream.skipped = 0
     scope: dict[str, Any] = {"work_pools": {"name": {"any_": [worker.work_pool_name]}}}
     if worker.work_queues:
         scope["work_pool_queues"] = {"name": {"any_": list(worker.work_queues)}}
@@ -116,14 +151,20 @@ async def listen_for_cancellations(worker: BaseWorker) -> None:
         }
         event_filter = {"occurred": occurred, "event": {"name": [CANCELLING_EVENT]}}
         await socket.send_json({"type": "filter", "filter": event_filter, "backfill": False})
-        while True:
-            message = await socket.receive_json()
-            if not isinstance(message, dict) or message.get("type") != "event":
-                continue
-            resource = message.get("event", {}).get("resource", {})
-            resource_id = str(resource.get("prefect.resource.id", ""))
-            if resource_id.startswith(FLOW_RUN_RESOURCE_PREFIX):
-                await _on_cancelling(worker, resource_id.removeprefix(FLOW_RUN_RESOURCE_PREFIX))
+        worker.cancel_stream.live = True
+        try:
+            while True:
+                message = await socket.receive_json()
+                if not isinstance(message, dict) or message.get("type") != "event":
+                    continue
+                resource = message.get("event", {}).get("resource", {})
+                resource_id = str(resource.get("prefect.resource.id", ""))
+                if resource_id.startswith(FLOW_RUN_RESOURCE_PREFIX):
+                    run_id = resource_id.removeprefix(FLOW_RUN_RESOURCE_PREFIX)
+                    await _on_cancelling(worker, run_id)
+        finally:
+            worker.cancel_stream.live = False
+            worker.cancel_stream.gap = True
 
     await serve_subscription(
         worker.api_url,

@@ -454,7 +454,7 @@ async def _complete_if_unreported(worker: BaseWorker, flow_run: FlowRun, *, engi
     API told it another actor decided (ABORT/REJECT), so its run is left alone.
     """
     current = await until_answered(
-        functools.partial(worker.client.read_flow_run, flow_run.id),
+        functools.partial(worker.run_reader.read, flow_run.id),
         what=f"read flow run '{flow_run.id}'",
         patience=FINAL_REPORT_PATIENCE_SECONDS,
     )

@@ -37,6 +37,7 @@ from trio_worker._jobs import BaseJobConfiguration, BaseVariables, default_base_
 from trio_worker._log_shipping import APILogHandler, ship_logs
 from trio_worker._metrics import WorkerMetrics
 from trio_worker._models import Deployment, Flow, FlowRun, WorkPool, now
+from trio_worker._run_reads import RunReader
 from trio_worker._services import service_loop
 from trio_worker._settings import Settings
 from trio_worker._start_rate import StartRate
@@ -257,6 +258,10 @@ class BaseWorker:
         self.read_locks: dict[tuple[str, uuid.UUID], trio.Lock] = {}
         #: Runs of other (dead) workers this worker is stopping right now.
         self.cancelling: set[uuid.UUID] = set()
+        from trio_worker._cancellation import CancelStream
+
+        #: The cancellation stream's state, so the polling fallback can rest while it is up.
+        self.cancel_stream = CancelStream()
         self.metrics = WorkerMetrics()
         self.events = EventEmitter(self)
         self.log_handler = APILogHandler(
@@ -284,6 +289,8 @@ class BaseWorker:
                     backoff_seconds=self._client_backoff_seconds,
                 )
             )
+            #: Reads of runs whose process exited, batched when they overlap.
+            self.run_reader = RunReader(self._client)
             outer = await stack.enter_async_context(trio.open_nursery())
             self._runs_nursery = await outer.start(self._own_runs)
             self._exit_stack = stack.pop_all()
