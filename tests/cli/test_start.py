@@ -19,21 +19,21 @@ from trio_worker._models import StateType
 
 async def test_bad_base_job_template_is_one_line(run_cli: RunCli, tmp_path: Path) -> None:
     missing = await run_cli("start", "-p", "p", "--base-job-template", str(tmp_path / "nope.json"))
-    missing.assert_one_line_error("nope.json")
+    missing.assert_usage_error("nope.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     result = await run_cli("start", "-p", "p", "--base-job-template", str(bad))
-    result.assert_one_line_error("not valid JSON")
+    result.assert_usage_error("not valid JSON")
 
 
 async def test_bad_name_is_one_line(run_cli: RunCli) -> None:
     result = await run_cli("start", "-p", "p", "--name", "a/b")
-    result.assert_one_line_error("'a/b'")
+    result.assert_usage_error("'a/b'")
 
 
 async def test_missing_pool_without_a_terminal_is_one_line(run_cli: RunCli) -> None:
     result = await run_cli("start")
-    result.assert_one_line_error("--pool")
+    result.assert_usage_error("--pool")
 
 
 async def test_unknown_type_lists_installed_types(run_cli: RunCli) -> None:

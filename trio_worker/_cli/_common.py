@@ -5,10 +5,12 @@ Every command for people follows one shape: read :class:`Settings` once
 opens a client with :func:`open_client`, then print either a table for a
 person (:func:`echo_table`) or JSON for a script (:func:`echo_json`).
 
-Errors a person can act on (no API URL, an unknown pool, a bad ``--param``)
-become one line on stderr and exit status 1, never a traceback: the
+Errors a person can act on (no API URL, an unknown pool) become one line on
+stderr and exit status 1, never a traceback: the
 :class:`~trio_worker._exceptions.TrioWorkerError` tree is mapped to
-:class:`click.ClickException` in :func:`run_async`.
+:class:`click.ClickException` in :func:`run_async`. A malformed flag (a bad
+``--param``) is a usage error (:func:`usage_error`, exit status 2). The group
+in ``trio_worker._cli`` prints both as one line.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "parse_key_values",
     "parse_uuid",
     "run_async",
+    "usage_error",
 ]
 
 T = TypeVar("T")
@@ -85,6 +88,16 @@ def _only_trio_worker_error(group: BaseExceptionGroup[Any]) -> TrioWorkerError |
     return leaf if isinstance(leaf, TrioWorkerError) else None
 
 
+def usage_error(message: str) -> click.UsageError:
+    """Return a usage error (exit status 2) for the command being run."""
+    return click.UsageError(message, click.get_current_context(silent=True))
+
+
+def _only_keyboard_interrupt(group: BaseExceptionGroup[Any]) -> bool:
+    matched, rest = group.split(KeyboardInterrupt)
+    return matched is not None and rest is None
+
+
 def run_async(fn: Callable[[Unpack[Ts]], Awaitable[T]], *args: *Ts) -> T:
     """Run ``fn(*args)`` with :func:`trio.run` and return its result.
 
@@ -105,6 +118,10 @@ def run_async(fn: Callable[[Unpack[Ts]], Awaitable[T]], *args: *Ts) -> T:
     except TrioWorkerError as exc:
         raise click.ClickException(_error_message(exc)) from None
     except BaseExceptionGroup as group:
+        if _only_keyboard_interrupt(group):
+            # Ctrl-C inside a nursery: one plain KeyboardInterrupt, which the
+            # group in trio_worker._cli prints as one line (exit status 130).
+            raise KeyboardInterrupt from None
         error = _only_trio_worker_error(group)
         if error is None:
             raise
@@ -232,14 +249,14 @@ def parse_key_values(pairs: Iterable[str], *, option: str) -> dict[str, Any]:
         option: the option's name, for the error message (e.g. ``--param``).
 
     Raises:
-        click.ClickException: when an item has no ``=`` or an empty key.
+        click.UsageError: when an item has no ``=`` or an empty key.
     """
     result: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise click.ClickException(f"{option} {pair!r} is not KEY=VALUE (e.g. {option} n=3)")
+            raise usage_error(f"{option} {pair!r} is not KEY=VALUE (e.g. {option} n=3)")
         result[key] = _parse_value(value)
     return result
 

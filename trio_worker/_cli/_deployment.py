@@ -26,6 +26,7 @@ from trio_worker._cli._common import (
     parse_key_values,
     parse_uuid,
     run_async,
+    usage_error,
 )
 from trio_worker._client import PrefectClient
 from trio_worker._exceptions import NotFoundError
@@ -63,9 +64,7 @@ def deployment() -> None:
 def _split_entrypoint(entrypoint: str) -> tuple[str, str]:
     path, sep, func = entrypoint.rpartition(":")
     if not sep or not path or not func.isidentifier():
-        raise click.ClickException(
-            f"--entrypoint {entrypoint!r} is not PATH:FUNCTION (e.g. flows.py:hello)"
-        )
+        raise usage_error(f"--entrypoint {entrypoint!r} is not PATH:FUNCTION (e.g. flows.py:hello)")
     return path, func
 
 
@@ -169,7 +168,7 @@ def create(
     path, func = _split_entrypoint(entrypoint)
     cwd = Path.cwd().resolve()
     if not (cwd / path).is_file():
-        raise click.ClickException(f"entrypoint file {path!r} not found in {cwd}")
+        raise usage_error(f"--entrypoint: file {path!r} not found in {cwd}")
     body: dict[str, Any] = {
         "name": name,
         "work_pool_name": pool,

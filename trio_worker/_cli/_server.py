@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -12,6 +13,8 @@ import platformdirs
 import trio
 
 from trio_worker._cli import main
+from trio_worker._cli._database_claim import claim_database
+from trio_worker._exceptions import ConfigurationError
 from trio_worker._server import DEFAULT_HOST, DEFAULT_PORT, serve_api
 
 __all__ = ["default_db_path", "server"]
@@ -44,6 +47,19 @@ async def _watch_signals(scope: trio.CancelScope) -> None:
 
 async def _serve(host: str, port: int, db_path: Path) -> str | None:
     """Serve until a signal; return a one-line error if the server could not start."""
+    try:
+        claim = claim_database(db_path)
+    except ConfigurationError as exc:
+        return str(exc)
+    try:
+        return await _serve_claimed(host, port, db_path, claim.publish)
+    finally:
+        claim.release()
+
+
+async def _serve_claimed(
+    host: str, port: int, db_path: Path, publish: Callable[[str], None]
+) -> str | None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, nursery.cancel_scope)
         try:
@@ -55,6 +71,7 @@ async def _serve(host: str, port: int, db_path: Path) -> str | None:
         except Exception as exc:  # e.g. a database this version cannot use
             nursery.cancel_scope.cancel()
             return f"cannot start the embedded API with {db_path}: {exc}"
+        publish(url)
         click.echo(f"export PREFECT_API_URL={url}")
         click.echo(f"Embedded API listening; database {db_path}. Ctrl+C to stop.", err=True)
         sys.stdout.flush()

@@ -20,7 +20,8 @@ import httpx
 import trio
 
 from trio_worker._cli import main
-from trio_worker._cli._common import get_settings, run_async
+from trio_worker._cli._common import get_settings, run_async, usage_error
+from trio_worker._cli._database_claim import DatabaseClaim, claim_database, serving_url
 from trio_worker._client import PrefectClient
 from trio_worker._exceptions import ConfigurationError, NotFoundError, WorkerTypeNotFoundError
 from trio_worker._logging import configure_logging
@@ -40,21 +41,17 @@ def _read_base_job_template(path: str | None) -> dict[str, Any] | None:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise click.ClickException(
-            f"--base-job-template: cannot read {path!r}: {exc.strerror}"
-        ) from None
+        raise usage_error(f"--base-job-template: cannot read {path!r}: {exc.strerror}") from None
     try:
         template = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise click.ClickException(
-            f"--base-job-template: {path!r} is not valid JSON: {exc}"
-        ) from None
+        raise usage_error(f"--base-job-template: {path!r} is not valid JSON: {exc}") from None
     if not (
         isinstance(template, dict)
         and isinstance(template.get("job_configuration"), dict)
         and isinstance(template.get("variables"), dict)
     ):
-        raise click.ClickException(
+        raise usage_error(
             f"--base-job-template: {path!r} must be a JSON object with "
             "'job_configuration' and 'variables'"
         )
@@ -187,26 +184,48 @@ async def _serve(options: StartOptions, settings: Settings) -> None:
 
 
 async def _start_embedded_api(nursery: trio.Nursery, port: int) -> str:
-    """Use the API on ``port`` if one answers there, else serve one in this nursery."""
-    url = f"http://127.0.0.1:{port}/api"
-    if port and await _existing_api(url):
-        click.echo(f"PREFECT_API_URL is not set; using the API already running at {url}")
-        return url
+    """Use the API on ``port`` if one answers there, else serve one in this nursery.
+
+    Either way the first line printed says which API and which database the
+    worker uses, and how to choose another: zero setup, but no surprise.
+    """
     from trio_worker._cli._server import default_db_path
-    from trio_worker._server import serve_api
 
     db_path = default_db_path()
+    url = f"http://127.0.0.1:{port}/api"
+    if port and await _existing_api(url):
+        database = f" (database {db_path})" if serving_url(db_path) == url else ""
+        click.echo(
+            f"PREFECT_API_URL is not set; using the API already running at {url}{database}; "
+            "set PREFECT_API_URL to use another API"
+        )
+        return url
+    from trio_worker._server import serve_api
+
+    claim = claim_database(db_path)
     try:
         api_url: str = await nursery.start(functools.partial(serve_api, port=port, db_path=db_path))
     except OSError as exc:
+        claim.release()
         raise ConfigurationError(
             f"cannot serve the embedded API on port {port}: {exc.strerror}; "
             "set PREFECT_API_URL to the API to use, or TRIO_WORKER_API_PORT to a free port"
         ) from None
+    claim.publish(api_url)
+    nursery.start_soon(_hold_claim, claim)
     click.echo(
-        f"PREFECT_API_URL is not set; serving the embedded API at {api_url} (database {db_path})"
+        f"PREFECT_API_URL is not set; serving the embedded API at {api_url} "
+        f"(database {db_path}); set PREFECT_API_URL to use another API"
     )
     return api_url
+
+
+async def _hold_claim(claim: DatabaseClaim) -> None:
+    """Keep the database claimed while the command's nursery (and its API) lives."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        claim.release()
 
 
 @main.command()
@@ -301,14 +320,22 @@ def start(
     reconcile: Literal["adopt", "kill"],
     log_format: Literal["text", "json"],
 ) -> None:
-    """Start a worker that runs the flow runs of a work pool."""
+    """Start a worker that runs the flow runs of a work pool.
+
+    Without PREFECT_API_URL the worker needs no setup: it uses the API already
+    answering at 127.0.0.1:4200 (TRIO_WORKER_API_PORT), or serves the embedded
+    API there itself, on the database file TRIO_WORKER_DB (default: api.db in
+    the user data directory). Its first line says which URL and database. Set
+    PREFECT_API_URL to use another API: a `trio-worker server start`, or a
+    Prefect server.
+    """
     if not pool:
         if sys.stdin.isatty():
             pool = click.prompt("Work pool to serve")
         else:
-            raise click.ClickException("--pool is required: name the work pool to serve (-p NAME)")
+            raise usage_error("--pool is required: name the work pool to serve (-p NAME)")
     if name is not None and ("/" in name or "%" in name or not name):
-        raise click.ClickException(
+        raise usage_error(
             f"--name {name!r} is not allowed: it must be non-empty and contain no '/' or '%'"
         )
     options = StartOptions(

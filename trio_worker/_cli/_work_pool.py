@@ -17,6 +17,7 @@ from trio_worker._cli._common import (
     json_option,
     open_client,
     run_async,
+    usage_error,
 )
 from trio_worker._client import PrefectClient
 from trio_worker._exceptions import ConflictError, NotFoundError, WorkerTypeNotFoundError
@@ -47,11 +48,13 @@ def _read_template(path: Path) -> dict[str, Any]:
     try:
         template = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
+        raise usage_error(f"--base-job-template: cannot read {path}: {exc.strerror}") from None
     except ValueError as exc:
-        raise click.ClickException(f"{path} is not JSON: {exc}") from None
+        raise usage_error(f"--base-job-template: {path} is not JSON: {exc}") from None
     if not isinstance(template, dict):
-        raise click.ClickException(f"{path} must hold a JSON object, not {type(template).__name__}")
+        raise usage_error(
+            f"--base-job-template: {path} must hold a JSON object, not {type(template).__name__}"
+        )
     return template
 
 
