@@ -13,7 +13,7 @@ import pytest
 from trio_worker._client import PrefectClient
 from trio_worker._models import StateType, now
 
-FLOW_SOURCE = "def hello(name='world', n=1):\n    print('hello', name, n)\n"
+FLOW_SOURCE = "def hello(name='world', n=1, quoted=None):\n    print('hello', name, n)\n"
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ async def test_create_records_flow_path_params_and_job_variables(
         run_cli,
         "--param", "name=people", "--param", "n=3", "--param", 'quoted="3"',
         "--job-variable", 'env={"A": "1"}', "--job-variable", "stream_output=false",
-        "--queue", "fast", "--concurrency-limit", "2",
+        "--work-queue", "fast", "--concurrency-limit", "2",
     )  # fmt: skip
     assert result.returncode == 0, result
     deployment_id = uuid.UUID(result.stdout.strip())

@@ -10,13 +10,20 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from tests.cli.conftest import CliResult, RunCli
-from tests.helpers import clean_env
+from tests.helpers import clean_env, wait_for
+from trio_worker._client import PrefectClient
+from trio_worker._models import StateType
+from trio_worker._settings import Settings
+from trio_worker._task_worker import TaskWorker
+from trio_worker._tasks import Task
 
 # -- point 1: `start` without PREFECT_API_URL says which API and database ------------------
 
@@ -141,3 +148,175 @@ async def test_point12_ctrl_c_is_one_line_and_status_130() -> None:
         err = (await process.stderr.receive_some(65536)).decode()
     assert code == 130
     assert err.strip().splitlines() == ["Interrupted."]
+
+
+# -- point 8: `deployment create` reads the function's definition, without importing it ----
+
+FLOWS = (
+    "import sys\n"
+    "print('imported!', file=sys.stderr)\n"  # never printed: the CLI does not import it
+    "def hello(name='world', times=1):\n"
+    "    print(f'hello {name}' * times)\n"
+    "def broken():\n"
+    "    raise ValueError('on purpose')\n"
+)
+
+
+async def _deploy(run_cli: RunCli, client: PrefectClient, tmp_path: Path, *extra: str) -> CliResult:
+    (tmp_path / "flows.py").write_text(FLOWS)
+    if not await client.read_work_pools():
+        await client.create_work_pool("my-pool", type="process")
+    return await run_cli(
+        "deployment", "create", "hello", "--pool", "my-pool", "--entrypoint", *extra
+    )
+
+
+async def test_point8_create_refuses_a_function_the_file_does_not_define(
+    run_cli: RunCli, client: PrefectClient, tmp_path: Path
+) -> None:
+    result = await _deploy(run_cli, client, tmp_path, "flows.py:helo")
+    result.assert_usage_error("flows.py has no function 'helo'. Did you mean 'hello'?")
+    assert "imported!" not in result.stderr
+    assert await client.read_deployments() == []
+    created = await _deploy(run_cli, client, tmp_path, "flows.py:hello")
+    assert created.returncode == 0, created
+    assert "imported!" not in created.stderr
+
+
+async def test_point8_11_run_refuses_a_parameter_the_flow_does_not_take(
+    run_cli: RunCli, client: PrefectClient, tmp_path: Path
+) -> None:
+    assert (await _deploy(run_cli, client, tmp_path, "flows.py:hello")).returncode == 0
+    result = await run_cli("deployment", "run", "hello/hello", "--param", "nme=trio")
+    result.assert_usage_error(
+        "the flow has no parameter 'nme'. Did you mean 'name'?", "(accepted: name, times)"
+    )
+    assert await client.read_flow_runs() == []
+    fine = await run_cli("deployment", "run", "hello/hello", "--param", "name=trio")
+    assert fine.returncode == 0, fine
+
+
+async def test_point8_a_function_gone_at_run_time_is_failed_not_crashed(
+    run_cli: RunCli, client: PrefectClient, tmp_path: Path
+) -> None:
+    (tmp_path / "flows.py").write_text(FLOWS)
+    await client.create_work_pool("my-pool", type="process")
+    created = await run_cli(
+        "deployment", "create", "broken", "--pool", "my-pool", "--entrypoint", "flows.py:broken"
+    )
+    assert created.returncode == 0, created
+    # The file changes after the deployment: the engine records FAILED and exits 1.
+    (tmp_path / "flows.py").write_text(FLOWS.replace("def broken", "def renamed"))
+    assert (await run_cli("deployment", "run", "broken/broken")).returncode == 0
+    worker = await run_cli("start", "--pool", "my-pool", "--run-once")
+    assert worker.returncode == 0, worker
+    (run,) = await client.read_flow_runs()
+    assert run.state is not None and run.state.type is StateType.FAILED
+    assert "ended FAILED" in worker.stderr
+    assert "crashed" not in worker.stderr.lower()
+    assert "CRASHED" not in worker.stderr
+
+
+# -- point 11: mistyped pools and worker types -------------------------------------------
+
+
+async def test_point11_start_on_a_mistyped_pool_suggests_the_existing_one(
+    run_cli: RunCli, client: PrefectClient
+) -> None:
+    await client.create_work_pool("my-pool", type="process")
+    result = await run_cli("start", "--pool", "my-pol", "--run-once")
+    result.assert_usage_error("work pool 'my-pol' not found. Did you mean 'my-pool'?")
+    assert [p.name for p in await client.read_work_pools()] == ["my-pool"]
+
+
+async def test_point11_start_on_a_new_pool_says_it_creates_it(run_cli: RunCli) -> None:
+    result = await run_cli("start", "--pool", "fresh", "--run-once")
+    assert result.returncode == 0, result
+    assert "Work pool 'fresh' does not exist yet: the worker creates it." in result.stdout
+
+
+async def test_point11_work_pool_create_with_a_mistyped_type(
+    run_cli: RunCli, client: PrefectClient
+) -> None:
+    result = await run_cli("work-pool", "create", "p", "--type", "procss")
+    result.assert_usage_error("--type 'procss' is not an installed worker type.", "'process'")
+    assert await client.read_work_pools() == []
+    # A type served by workers elsewhere is fine; -t is the short form.
+    elsewhere = await run_cli("work-pool", "create", "k", "-t", "kubernetes")
+    assert elsewhere.returncode == 0, elsewhere
+
+
+# -- point 13: the same flags spelled the same way ----------------------------------------
+
+
+async def test_point13_help_is_consistent() -> None:
+    env = clean_env()
+    flow_runs = (await _run("flow-run", "ls", "--help", env=env)).stdout
+    task_runs = (await _run("task-run", "ls", "--help", env=env)).stdout
+    assert "-s, --state" in flow_runs and "-s, --state" in task_runs
+    create = (await _run("deployment", "create", "--help", env=env)).stdout
+    start = (await _run("start", "--help", env=env)).stdout
+    assert "-q, --work-queue" in create and "-q, --work-queue" in start
+    pool = (await _run("work-pool", "create", "--help", env=env)).stdout
+    assert "-t, --type" in pool
+    flat = " ".join(start.split())
+    assert "[default: (unlimited)" in flat
+    assert "[default: (10, or PREFECT_WORKER_PREFETCH_SECONDS)]" in flat
+    inspect = (await _run("task-run", "inspect", "--help", env=env)).stdout
+    assert "an id or a run name" in inspect
+
+
+# -- point 15: delete, and results where they are stored -----------------------------------
+
+
+async def test_point15_delete_a_flow_run_a_deployment_and_a_pool(
+    run_cli: RunCli, client: PrefectClient, tmp_path: Path
+) -> None:
+    assert (await _deploy(run_cli, client, tmp_path, "flows.py:hello")).returncode == 0
+    assert (await run_cli("deployment", "run", "hello/hello")).returncode == 0
+    (run,) = await client.read_flow_runs()
+    deleted = await run_cli("flow-run", "delete", run.name)
+    assert deleted.returncode == 0, deleted
+    assert f"Deleted flow run {run.name!r}" in deleted.stdout
+    assert await client.read_flow_runs() == []
+    assert (await run_cli("deployment", "delete", "hello/hello")).returncode == 0
+    assert await client.read_deployments() == []
+    assert (await run_cli("work-pool", "delete", "my-pool", "--yes")).returncode == 0
+    assert await client.read_work_pools() == []
+    again = await run_cli("work-pool", "delete", "my-pool")
+    again.assert_one_line_error("work pool 'my-pool' not found")
+
+
+async def test_point15_task_run_inspect_shows_the_result_value(
+    api_url: str,
+    run_cli: RunCli,
+    client: PrefectClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TRIO_WORKER_TASK_STORAGE", str(tmp_path / "store"))
+    add = Task(_add, key="first-hour-add")
+    worker = TaskWorker(add, settings=Settings(api_url=api_url))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.start)
+        handle = await add.enqueue(client, (40, 2))
+        await wait_for(
+            lambda: _completed(client, handle.task_run_id), what="the task run completes"
+        )
+        nursery.cancel_scope.cancel()
+    run = await client.read_task_run(handle.task_run_id)
+    for ref in (str(run.id), run.name):
+        shown = await run_cli("task-run", "inspect", ref)
+        assert shown.returncode == 0, shown
+        assert "result:" in shown.stdout
+        (line,) = [ln for ln in shown.stdout.splitlines() if ln.startswith("result:")]
+        assert line.split()[-1] == "42"
+
+
+def _add(x: int, y: int) -> int:
+    return x + y
+
+
+async def _completed(client: PrefectClient, run_id: uuid.UUID) -> bool:
+    run = await client.read_task_run(run_id)
+    return run.state is not None and run.state.type is StateType.COMPLETED

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar, TypeVarTuple, Unpack
@@ -31,6 +32,7 @@ from trio_worker._settings import Settings
 
 __all__ = [
     "MISSING_API_URL_MESSAGE",
+    "confirm_or_abort",
     "echo_fields",
     "echo_json",
     "echo_table",
@@ -43,9 +45,11 @@ __all__ = [
     "parse_uuid",
     "run_async",
     "usage_error",
+    "yes_option",
 ]
 
 T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
 Ts = TypeVarTuple("Ts")
 
 MISSING_API_URL_MESSAGE: Final = (
@@ -53,6 +57,23 @@ MISSING_API_URL_MESSAGE: Final = (
 )
 _SETTINGS_KEY: Final = "trio_worker.settings"
 _COLUMN_GAP: Final = "  "
+
+yes_option = click.option(
+    "-y", "--yes", is_flag=True, default=False, help="Do not ask for confirmation."
+)
+
+
+def confirm_or_abort(question: str, yes: bool) -> None:
+    """Ask ``question`` on a terminal unless ``--yes``; without a terminal, go ahead.
+
+    Raises:
+        click.Abort: the person answered no (printed as one line, status 1).
+    """
+    if yes or not sys.stdin.isatty():
+        return
+    if not click.confirm(question, default=False):
+        raise click.Abort
+
 
 json_option = click.option(
     "--json",
@@ -77,15 +98,15 @@ def _error_message(exc: TrioWorkerError) -> str:
     return message
 
 
-def _only_trio_worker_error(group: BaseExceptionGroup[Any]) -> TrioWorkerError | None:
-    """Return the error inside ``group`` when it holds nothing but trio-worker errors."""
-    matched, rest = group.split(TrioWorkerError)
+def _only(group: BaseExceptionGroup[Any], kind: type[E]) -> E | None:
+    """Return the first error inside ``group`` when it holds nothing but ``kind``."""
+    matched, rest = group.split(kind)
     if matched is None or rest is not None:
         return None
     leaf: BaseException = matched
     while isinstance(leaf, BaseExceptionGroup):
         leaf = leaf.exceptions[0]
-    return leaf if isinstance(leaf, TrioWorkerError) else None
+    return leaf if isinstance(leaf, kind) else None
 
 
 def usage_error(message: str) -> click.UsageError:
@@ -122,7 +143,10 @@ def run_async(fn: Callable[[Unpack[Ts]], Awaitable[T]], *args: *Ts) -> T:
             # Ctrl-C inside a nursery: one plain KeyboardInterrupt, which the
             # group in trio_worker._cli prints as one line (exit status 130).
             raise KeyboardInterrupt from None
-        error = _only_trio_worker_error(group)
+        said = _only(group, click.ClickException)
+        if said is not None:  # a command's own one-line error, raised in a nursery
+            raise said from None
+        error = _only(group, TrioWorkerError)
         if error is None:
             raise
         raise click.ClickException(_error_message(error)) from None

@@ -19,7 +19,7 @@ import click
 import httpx
 import trio
 
-from trio_worker._cli import main
+from trio_worker._cli import did_you_mean, main
 from trio_worker._cli._common import get_settings, run_async, usage_error
 from trio_worker._cli._database_claim import DatabaseClaim, claim_database, serving_url
 from trio_worker._client import PrefectClient
@@ -108,12 +108,26 @@ async def _existing_api(url: str) -> bool:
     return response.status_code == 200
 
 
-async def _pool_type(settings: Settings, api_url: str, pool: str) -> str | None:
+async def _pool_type(settings: Settings, api_url: str, pool: str, *, create: bool) -> str | None:
+    """Return the pool's type; None when it does not exist yet (the worker creates it).
+
+    A pool that does not exist while one of a close name does is surely a
+    typo: refused, rather than created and waited on forever.
+    """
     async with PrefectClient(api_url, settings=settings) as client:
         try:
             return (await client.read_work_pool(pool)).type
         except NotFoundError:
-            return None
+            names = [p.name for p in await client.read_work_pools()]
+    hint = did_you_mean(pool, names)
+    if hint:
+        raise usage_error(
+            f"work pool {pool!r} not found.{hint} "
+            f"(to serve a new pool of that name, create it: `trio-worker work-pool create {pool}`)"
+        )
+    if create:
+        click.echo(f"Work pool {pool!r} does not exist yet: the worker creates it.")
+    return None
 
 
 @attrs.frozen
@@ -156,7 +170,10 @@ async def _serve(options: StartOptions, settings: Settings) -> None:
         if not api_url:
             api_url = await _start_embedded_api(nursery, settings.embedded_api_port)
             settings = attrs.evolve(settings, api_url=api_url)
-        type_name = options.type or await _pool_type(settings, api_url, options.pool) or "process"
+        pool_type = await _pool_type(
+            settings, api_url, options.pool, create=options.create_pool_if_not_found
+        )
+        type_name = options.type or pool_type or "process"
         worker_cls = await _resolve_worker_class(type_name, options.install_policy)
         worker = worker_cls(
             options.pool,
@@ -238,10 +255,17 @@ async def _hold_claim(claim: DatabaseClaim) -> None:
 @click.option(
     "--prefetch-seconds",
     type=float,
-    help="Start runs scheduled up to this many seconds ahead [PREFECT_WORKER_PREFETCH_SECONDS].",
+    show_default="10, or PREFECT_WORKER_PREFETCH_SECONDS",
+    help="Start runs scheduled up to this many seconds ahead.",
 )
 @click.option("--run-once", is_flag=True, help="Poll once, wait for those runs, and exit.")
-@click.option("-l", "--limit", type=click.IntRange(min=1), help="Most flow runs at once.")
+@click.option(
+    "-l",
+    "--limit",
+    type=click.IntRange(min=1),
+    show_default="unlimited",
+    help="Most flow runs at once.",
+)
 @click.option(
     "--with-healthcheck",
     is_flag=True,

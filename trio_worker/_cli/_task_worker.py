@@ -33,6 +33,7 @@ from trio_worker._cli._common import (
     parse_uuid,
     run_async,
 )
+from trio_worker._cli._results import describe_result
 from trio_worker._exceptions import NotFoundError
 from trio_worker._models import StateType, TaskRun
 from trio_worker._settings import Settings
@@ -198,22 +199,32 @@ def ls_command(states: tuple[str, ...], task_key: str | None, limit: int, as_jso
 
 
 async def _read(settings: Settings, ref: str) -> TaskRun:
+    """Read the task run ``ref`` names: an id, or a name only one run has."""
     run_id = parse_uuid(ref)
-    if run_id is None:
-        raise click.ClickException(f"{ref!r} is not a task run id")
     async with open_client(settings) as client:
-        try:
-            return await client.read_task_run(run_id)
-        except NotFoundError:
-            raise click.ClickException(f"task run {ref} not found") from None
+        if run_id is not None:
+            try:
+                return await client.read_task_run(run_id)
+            except NotFoundError:
+                raise click.ClickException(f"task run {ref!r} not found") from None
+        found = await client.read_task_runs(task_runs={"name": {"any_": [ref]}}, limit=2)
+    found = [r for r in found if r.name == ref]
+    if not found:
+        raise click.ClickException(f"task run {ref!r} not found")
+    if len(found) > 1:
+        raise click.ClickException(f"several task runs are named {ref!r}; use an id")
+    return found[0]
 
 
 @task_run.command("inspect")
-@click.argument("task_run_id")
+@click.argument("task_run_ref", metavar="ID")
 @json_option
-def inspect_command(task_run_id: str, as_json: bool) -> None:
-    """Show one task run: state, message, parameters id, times."""
-    run = run_async(functools.partial(_read, get_settings(), task_run_id))
+def inspect_command(task_run_ref: str, as_json: bool) -> None:
+    """Show the task run ID (an id or a run name): state, message, result, times.
+
+    The result is read from the task store when this machine shares it.
+    """
+    run = run_async(functools.partial(_read, get_settings(), task_run_ref))
     if as_json:
         echo_json(run)
         return
@@ -227,7 +238,7 @@ def inspect_command(task_run_id: str, as_json: bool) -> None:
             ("state", _state_label(run)),
             ("message", state.message if state else None),
             ("parameters id", details.task_parameters_id if details else None),
-            ("result", state.data if state else None),
+            ("result", describe_result(state)),
             ("created", run.created),
             ("started", run.start_time),
             ("ended", run.end_time),
