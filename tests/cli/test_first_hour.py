@@ -19,6 +19,7 @@ import trio
 
 from tests.cli.conftest import CliResult, RunCli
 from tests.helpers import clean_env, wait_for
+from tests.test_task_worker import EXAMPLE, Child, child_env, child_worker
 from trio_worker._client import PrefectClient
 from trio_worker._models import StateType
 from trio_worker._settings import Settings
@@ -320,3 +321,74 @@ def _add(x: int, y: int) -> int:
 async def _completed(client: PrefectClient, run_id: uuid.UUID) -> bool:
     run = await client.read_task_run(run_id)
     return run.state is not None and run.state.type is StateType.COMPLETED
+
+
+# -- points 5, 6, 7: the task worker's Ctrl-C, output and start-up -------------------------
+
+
+async def _submit_example(api_url: str, tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [sys.executable, str(EXAMPLE / "submit.py")],
+            env=child_env(api_url, tmp_path),
+            cwd=EXAMPLE,
+            capture_stdout=True,
+        )
+    assert done.stdout.decode().splitlines() == ["add: 42", "slugify: hello-background-tasks"]
+
+
+async def _interrupt(child: Child) -> tuple[int, str]:
+    child.process.send_signal(signal.SIGINT)
+    with trio.fail_after(30):
+        code = await child.process.wait()
+    assert child.process.stderr is not None
+    async for chunk in child.process.stderr:
+        child.output += chunk.decode(errors="replace")
+    return code, child.output
+
+
+async def test_point5_ctrl_c_on_the_example_script_is_one_line(
+    api_url: str, tmp_path: Path
+) -> None:
+    script = [sys.executable, str(EXAMPLE / "serve.py")]
+    async with child_worker(api_url, tmp_path, command=script, cwd=EXAMPLE) as child:
+        await _submit_example(api_url, tmp_path)
+        code, output = await _interrupt(child)
+    assert code == 130
+    assert "Traceback" not in output and "ExceptionGroup" not in output
+    assert output.strip().splitlines()[-1] == "Stopped."
+
+
+async def test_point6_the_task_worker_says_one_line_per_run_and_no_http(
+    api_url: str, tmp_path: Path
+) -> None:
+    command = [sys.executable, "-m", "trio_worker", "task-worker", "serve"]
+    args = ("tasks:add", "tasks:slugify")
+    async with child_worker(api_url, tmp_path, *args, command=command, cwd=EXAMPLE) as child:
+        await _submit_example(api_url, tmp_path)
+        await child.wait_for_line("tasks.slugify 'slugify' COMPLETED in")
+        await child.wait_for_line("tasks.add 'add' COMPLETED in")
+        code, output = await _interrupt(child)
+    assert code == 0, output
+    assert output.count("subscribed to") == 1
+    assert "HTTP Request" not in output
+    assert "Traceback" not in output
+
+
+async def test_point7_the_task_worker_fails_fast_on_an_unreachable_api(tmp_path: Path) -> None:
+    env = {
+        **child_env("http://127.0.0.1:9/api", tmp_path),
+        "PREFECT_CLIENT_MAX_RETRIES": "0",
+    }
+    result = await _run("task-worker", "serve", "tasks:add", env=env, cwd=EXAMPLE)
+    result.assert_one_line_error("ConnectError", "is the API at PREFECT_API_URL running?")
+
+
+async def test_point12_a_task_that_cannot_be_imported_names_the_parameter(
+    tmp_path: Path,
+) -> None:
+    env = child_env("http://127.0.0.1:9/api", tmp_path)
+    result = await _run("task-worker", "serve", "tasks:ad", env=env, cwd=EXAMPLE)
+    result.assert_usage_error("MODULE:TASK", "no function or task 'ad'. Did you mean 'add'?")
+    missing = await _run("task-worker", "serve", "taskz:add", env=env, cwd=EXAMPLE)
+    missing.assert_usage_error("MODULE:TASK", "cannot import 'taskz'")

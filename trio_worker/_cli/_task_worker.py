@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-import logging
 import os
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import click
 import trio
 
-from trio_worker._cli import main
+from trio_worker._cli import did_you_mean, main
 from trio_worker._cli._common import (
     MISSING_API_URL_MESSAGE,
     echo_fields,
@@ -35,6 +34,7 @@ from trio_worker._cli._common import (
 )
 from trio_worker._cli._results import describe_result
 from trio_worker._exceptions import NotFoundError
+from trio_worker._logging import configure_logging
 from trio_worker._models import StateType, TaskRun
 from trio_worker._settings import Settings
 from trio_worker._signals import watch_shutdown_signals
@@ -55,7 +55,9 @@ def load_task(spec: str) -> Task[..., Any]:
     """
     module_part, sep, attr = spec.rpartition(":")
     if not sep or not module_part or not attr:
-        raise click.BadParameter(f"{spec!r} is not module:task (e.g. tasks:add)")
+        raise click.BadParameter(
+            f"{spec!r} is not module:task (e.g. tasks:add)", param_hint="MODULE:TASK"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -69,7 +71,9 @@ def load_task(spec: str) -> Task[..., Any]:
         else:
             module = importlib.import_module(module_part)
     except ImportError as exc:
-        raise click.BadParameter(f"cannot import {module_part!r}: {exc}") from None
+        raise click.BadParameter(
+            f"cannot import {module_part!r} (from {spec!r}): {exc}", param_hint="MODULE:TASK"
+        ) from None
     target: Any = module
     for part in attr.split("."):
         target = getattr(target, part, None)
@@ -77,7 +81,11 @@ def load_task(spec: str) -> Task[..., Any]:
         return target
     if callable(target):
         return Task(target)
-    raise click.BadParameter(f"{spec!r}: {module_part} has no function or task {attr!r}")
+    names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+    raise click.BadParameter(
+        f"{spec!r}: {module_part} has no function or task {attr!r}.{did_you_mean(attr, names)}",
+        param_hint="MODULE:TASK",
+    )
 
 
 @main.group("task-worker")
@@ -125,10 +133,7 @@ def serve_command(
     if not settings.api_url:
         raise click.ClickException(MISSING_API_URL_MESSAGE)
     loaded = [load_task(spec) for spec in tasks]
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+    configure_logging("text")
     worker = TaskWorker(
         *loaded,
         limit=limit,
