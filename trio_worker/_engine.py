@@ -274,13 +274,17 @@ async def _call(fn: Any, parameters: Mapping[str, Any]) -> Any:
     return result
 
 
-async def _execute(client: PrefectClient, flow_run_id: uuid.UUID) -> int | _Handover:
+async def _execute(
+    client: PrefectClient, flow_run_id: uuid.UUID, handler: APILogHandler | None = None
+) -> int | _Handover:
     """Take one flow run from PENDING to a final state; return the exit code."""
     try:
         run = await client.read_flow_run(flow_run_id)
     except (APIError, ModelError) as exc:
         logger.error("Could not read flow run %s: %s", flow_run_id, exc)
         return 1
+    if handler is not None:
+        handler.console_prefix = f"{run.name} | "
     if run.deployment_id is None:
         return await _fail_to_load(client, run, "the flow run has no deployment to run")
     try:
@@ -366,7 +370,7 @@ async def _run(
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(shipper.serve)
-                outcome = await _execute(client, flow_run_id)
+                outcome = await _execute(client, flow_run_id, handler)
                 nursery.cancel_scope.cancel()
         finally:
             await shipper.flush()

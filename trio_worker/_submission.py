@@ -141,6 +141,9 @@ async def _report_interrupted(worker: BaseWorker, flow_run: FlowRun) -> None:
             )
             return
         message = f"Worker {worker.name!r} shut down; the run was rescheduled."
+        _log(
+            worker, flow_run, logging.WARNING, "Flow run '%s' cut short: %s", flow_run.name, message
+        )
         await propose_final_state(
             worker,
             flow_run.id,
@@ -149,6 +152,7 @@ async def _report_interrupted(worker: BaseWorker, flow_run: FlowRun) -> None:
         )
         return
     message = f"Worker {worker.name!r} shut down before the run finished."
+    _log(worker, flow_run, logging.WARNING, "Flow run '%s' cut short: %s", flow_run.name, message)
     await propose_final_state(worker, flow_run.id, State.of(StateType.CRASHED, message))
 
 
@@ -195,8 +199,9 @@ async def _submit(worker: BaseWorker, tracked: InFlightRun) -> None:
         worker,
         flow_run,
         logging.INFO,
-        "Worker %r submitting flow run '%s'",
+        "Worker %r submitting flow run '%s' (%s)",
         worker.name,
+        flow_run.name,
         flow_run.id,
     )
 

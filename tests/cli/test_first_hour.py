@@ -6,6 +6,7 @@ against a real embedded API; each test names the point of the issue it covers.
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -56,8 +57,8 @@ async def test_point1_start_without_api_url_names_the_api_and_database_first(
 ) -> None:
     result = await _run("start", "-p", "solo", "--run-once", env=_embedded_env(tmp_path))
     assert result.returncode == 0, result
-    first = result.stdout.splitlines()[0]
-    assert first.startswith("PREFECT_API_URL is not set; serving the embedded API at http://")
+    first = result.stderr.splitlines()[0]
+    assert "PREFECT_API_URL is not set; serving the embedded API at http://" in first
     assert f"(database {tmp_path / 'api.db'})" in first
     assert "set PREFECT_API_URL to use another API" in first
 
@@ -233,7 +234,7 @@ async def test_point11_start_on_a_mistyped_pool_suggests_the_existing_one(
 async def test_point11_start_on_a_new_pool_says_it_creates_it(run_cli: RunCli) -> None:
     result = await run_cli("start", "--pool", "fresh", "--run-once")
     assert result.returncode == 0, result
-    assert "Work pool 'fresh' does not exist yet: the worker creates it." in result.stdout
+    assert "Work pool 'fresh' does not exist yet: the worker creates it." in result.stderr
 
 
 async def test_point11_work_pool_create_with_a_mistyped_type(
@@ -392,3 +393,66 @@ async def test_point12_a_task_that_cannot_be_imported_names_the_parameter(
     result.assert_usage_error("MODULE:TASK", "no function or task 'ad'. Did you mean 'add'?")
     missing = await _run("task-worker", "serve", "taskz:add", env=env, cwd=EXAMPLE)
     missing.assert_usage_error("MODULE:TASK", "cannot import 'taskz'")
+
+
+# -- point 14: one log format, the run's name on its output, a drain that says what it does --
+
+#: The worker's line format (trio_worker._logging.TEXT_FORMAT), e.g.
+#: ``2026-12-04 17:34:28,725 INFO trio_worker.flow_runs: ...``.
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+: ")
+
+
+async def test_point14_one_log_format_and_run_names_on_streamed_output(
+    run_cli: RunCli, client: PrefectClient, tmp_path: Path
+) -> None:
+    assert (await _deploy(run_cli, client, tmp_path, "flows.py:hello")).returncode == 0
+    assert (await run_cli("deployment", "run", "hello/hello", "--count", "2")).returncode == 0
+    worker = await run_cli("start", "--pool", "my-pool", "--limit", "2", "--run-once")
+    assert worker.returncode == 0, worker
+    names = sorted(r.name for r in await client.read_flow_runs())
+    assert sorted(line.split(" | ")[0] for line in worker.stdout.splitlines()) == names
+    assert all(line.endswith(" | hello world") for line in worker.stdout.splitlines())
+    for line in worker.stderr.splitlines():
+        prefix, sep, rest = line.partition(" | ")
+        if sep and prefix in names:
+            # A run's stderr: what flows.py printed there, and the engine's own
+            # lines in the worker's format.
+            assert rest == "imported!" or LOG_LINE.match(rest), line
+        else:
+            assert LOG_LINE.match(line), line
+
+
+async def test_point14_the_drain_says_what_it_waits_for_and_what_it_cut_short(
+    api_url: str, run_cli: RunCli, client: PrefectClient, tmp_path: Path
+) -> None:
+    (tmp_path / "flows.py").write_text(
+        "import time\ndef slow():\n    print('working', flush=True)\n    time.sleep(120)\n"
+    )
+    await client.create_work_pool("my-pool", type="process")
+    created = await run_cli(
+        "deployment", "create", "slow", "--pool", "my-pool", "--entrypoint", "flows.py:slow"
+    )
+    assert created.returncode == 0, created
+    assert (await run_cli("deployment", "run", "slow/slow")).returncode == 0
+    (run,) = await client.read_flow_runs()
+    env = {**clean_env(), "PREFECT_API_URL": api_url, "PREFECT_WORKER_QUERY_SECONDS": "0.2"}
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trio_worker", "start", "-p", "my-pool", "--drain-timeout", "0.5"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    seen = b""
+    with trio.fail_after(60):
+        while f"{run.name} | working".encode() not in seen:
+            seen += await process.stdout.receive_some(4096)
+        process.send_signal(signal.SIGINT)
+        err = b"".join([chunk async for chunk in process.stderr]).decode()
+        assert await process.wait() == 0
+    assert f"Draining: waiting up to 0.5 s for 1 run(s) to finish: '{run.name}'" in err
+    assert "Drain timeout (0.5 s) reached: stopping 1 run(s) still going" in err
+    assert f"Flow run '{run.name}' cut short: Worker" in err
+    done = await client.read_flow_run(run.id)
+    assert done.state is not None and done.state.type is StateType.CRASHED

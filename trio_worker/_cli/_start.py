@@ -61,7 +61,7 @@ def _read_base_job_template(path: str | None) -> dict[str, Any] | None:
 async def _install_worker_type(type_name: str) -> None:
     """Install the package that provides worker type ``type_name`` with pip."""
     package = f"trio-worker-{type_name}"
-    click.echo(f"Installing {package} ...", err=True)
+    logger.info("Installing %s ...", package)
     result = await trio.run_process(
         [sys.executable, "-m", "pip", "install", package],
         check=False,
@@ -126,7 +126,7 @@ async def _pool_type(settings: Settings, api_url: str, pool: str, *, create: boo
             f"(to serve a new pool of that name, create it: `trio-worker work-pool create {pool}`)"
         )
     if create:
-        click.echo(f"Work pool {pool!r} does not exist yet: the worker creates it.")
+        logger.info("Work pool %r does not exist yet: the worker creates it.", pool)
     return None
 
 
@@ -194,9 +194,9 @@ async def _serve(options: StartOptions, settings: Settings) -> None:
                 await worker.start(
                     run_once=options.run_once,
                     with_healthcheck=options.with_healthcheck,
-                    printer=click.echo,
+                    printer=logger.info,
                 )
-        click.echo(f"Worker {worker.name!r} stopped!")
+        logger.info("Worker %r stopped!", worker.name)
         nursery.cancel_scope.cancel()
 
 
@@ -212,9 +212,11 @@ async def _start_embedded_api(nursery: trio.Nursery, port: int) -> str:
     url = f"http://127.0.0.1:{port}/api"
     if port and await _existing_api(url):
         database = f" (database {db_path})" if serving_url(db_path) == url else ""
-        click.echo(
-            f"PREFECT_API_URL is not set; using the API already running at {url}{database}; "
-            "set PREFECT_API_URL to use another API"
+        logger.info(
+            "PREFECT_API_URL is not set; using the API already running at %s%s; "
+            "set PREFECT_API_URL to use another API",
+            url,
+            database,
         )
         return url
     from trio_worker._server import serve_api
@@ -230,9 +232,11 @@ async def _start_embedded_api(nursery: trio.Nursery, port: int) -> str:
         ) from None
     claim.publish(api_url)
     nursery.start_soon(_hold_claim, claim)
-    click.echo(
-        f"PREFECT_API_URL is not set; serving the embedded API at {api_url} "
-        f"(database {db_path}); set PREFECT_API_URL to use another API"
+    logger.info(
+        "PREFECT_API_URL is not set; serving the embedded API at %s (database %s); "
+        "set PREFECT_API_URL to use another API",
+        api_url,
+        db_path,
     )
     return api_url
 
