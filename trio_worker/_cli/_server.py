@@ -13,6 +13,7 @@ import platformdirs
 import trio
 
 from trio_worker._cli import main
+from trio_worker._cli._common import get_settings
 from trio_worker._cli._database_claim import claim_database
 from trio_worker._exceptions import ConfigurationError
 from trio_worker._server import DEFAULT_HOST, DEFAULT_PORT, serve_api
@@ -81,7 +82,11 @@ async def _serve_claimed(
 @server.command()
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
 @click.option(
-    "--port", default=DEFAULT_PORT, show_default=True, type=int, help="Port (0: any free one)."
+    "--port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    show_default=f"$TRIO_WORKER_API_PORT or {DEFAULT_PORT}",
+    help="Port (0: any free one).",
 )
 @click.option(
     "--db",
@@ -90,8 +95,14 @@ async def _serve_claimed(
     default=None,
     help=f"SQLite database file [default: ${DB_ENV_VAR} or the user data directory].",
 )
-def start(host: str, port: int, db: Path | None) -> None:
-    """Serve the embedded API until SIGINT/SIGTERM, printing the PREFECT_API_URL to export."""
+def start(host: str, port: int | None, db: Path | None) -> None:
+    """Serve the embedded API until SIGINT/SIGTERM, printing the PREFECT_API_URL to export.
+
+    The port defaults to the one `trio-worker start` looks at when
+    PREFECT_API_URL is not set, so that worker finds this API.
+    """
+    if port is None:
+        port = get_settings().embedded_api_port
     db_path = db if db is not None else default_db_path()
     error = trio.run(_serve, host, port, db_path)
     if error is not None:

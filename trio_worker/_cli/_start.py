@@ -108,7 +108,7 @@ async def _existing_api(url: str) -> bool:
     return response.status_code == 200
 
 
-async def _pool_type(settings: Settings, api_url: str, pool: str, *, create: bool) -> str | None:
+async def _pool_type(settings: Settings, api_url: str, pool: str) -> str | None:
     """Return the pool's type; None when it does not exist yet (the worker creates it).
 
     A pool that does not exist while one of a close name does is surely a
@@ -125,8 +125,6 @@ async def _pool_type(settings: Settings, api_url: str, pool: str, *, create: boo
             f"work pool {pool!r} not found.{hint} "
             f"(to serve a new pool of that name, create it: `trio-worker work-pool create {pool}`)"
         )
-    if create:
-        logger.info("Work pool %r does not exist yet: the worker creates it.", pool)
     return None
 
 
@@ -170,11 +168,11 @@ async def _serve(options: StartOptions, settings: Settings) -> None:
         if not api_url:
             api_url = await _start_embedded_api(nursery, settings.embedded_api_port)
             settings = attrs.evolve(settings, api_url=api_url)
-        pool_type = await _pool_type(
-            settings, api_url, options.pool, create=options.create_pool_if_not_found
-        )
+        pool_type = await _pool_type(settings, api_url, options.pool)
         type_name = options.type or pool_type or "process"
         worker_cls = await _resolve_worker_class(type_name, options.install_policy)
+        if pool_type is None and options.create_pool_if_not_found:
+            logger.info("Work pool %r does not exist yet: the worker creates it.", options.pool)
         worker = worker_cls(
             options.pool,
             work_queues=options.work_queues,
