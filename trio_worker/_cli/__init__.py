@@ -18,7 +18,11 @@ from typing import Any, Final, NoReturn
 
 import click
 
+from trio_worker._httpx_cli import skip_httpx_cli
 from trio_worker._version import __version__
+
+# Before any command imports httpx: the worker's start-up is a feature.
+skip_httpx_cli()
 
 __all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_USAGE", "main"]
 
