@@ -160,9 +160,11 @@ async def test_engine_completes_run_with_its_parameters_and_ships_logs(
     assert by_message["adding 1 and 40"].name == "user.flows"
     assert by_message["printed 41"].name == "trio_worker.flow_runs.print"
     assert any(log.name == "trio_worker.flow_runs" for log in logs)
-    # User log lines also reach stderr, for the worker's stream_output.
+    # User log lines also reach stderr, for the worker's stream_output, and
+    # every console line starts with the run's name (issue 18, point 14).
+    assert f"{run.name} | " in done.stderr.decode()
     assert "adding 1 and 40" in done.stderr.decode()
-    assert done.stdout.decode() == "printed 41\n"
+    assert done.stdout.decode() == f"{run.name} | printed 41\n"
 
 
 async def test_engine_records_failed_with_exception_type_and_message(

@@ -90,9 +90,9 @@ def test_the_worker_command_line_does_not_load_the_server_or_the_task_worker() -
     import sys
 
     code = (
-        "import sys, trio_worker._cli, trio_worker._process;"
+        "import sys, trio_worker._cli, trio_worker._cli._start, trio_worker._process;"
         "print(sorted(m for m in sys.modules if m.startswith(('trio_worker._server',"
-        " 'trio_worker._task_worker', 'hypercorn'))))"
+        " 'trio_worker._task_worker', 'hypercorn', 'rich'))))"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -2,4 +2,4 @@
 
 from trio_worker._cli import main
 
-main()
+main(prog_name="trio-worker")

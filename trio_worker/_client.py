@@ -433,6 +433,10 @@ class PrefectClient:
         """Read a deployment by ``flow_name`` and deployment ``name``."""
         return await self._get(f"deployments/name/{flow_name}/{name}", Deployment)
 
+    async def delete_deployment(self, deployment_id: uuid.UUID) -> None:
+        """Delete a deployment (its flow runs stay)."""
+        await self.request("DELETE", f"deployments/{deployment_id}")
+
     async def read_deployments(self, **filter_body: Any) -> list[Deployment]:
         """List deployments matching a Prefect filter body."""
         data = await self.request("POST", "deployments/filter", json_body=filter_body)

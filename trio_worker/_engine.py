@@ -282,18 +282,24 @@ async def _call(fn: Any, parameters: Mapping[str, Any]) -> Any:
 
 
 async def _execute(
-    client: PrefectClient, flow_run_id: uuid.UUID, heartbeat_seconds: float
+    client: PrefectClient,
+    flow_run_id: uuid.UUID,
+    heartbeat_seconds: float,
+    handler: APILogHandler | None = None,
 ) -> int | _Handover:
     """Take one flow run from PENDING to a final state; return the exit code.
 
     From RUNNING until the final state is recorded, heartbeats go out every
-    ``heartbeat_seconds`` (``_engine_heartbeats``).
+    ``heartbeat_seconds`` (``_engine_heartbeats``). With ``handler``, the
+    console lines of this process start with the run's name once it is read.
     """
     try:
         run = await client.read_flow_run(flow_run_id)
     except (APIError, ModelError) as exc:
         logger.error("Could not read flow run %s: %s", flow_run_id, exc)
         return 1
+    if handler is not None:
+        handler.console_prefix = f"{run.name} | "
     if run.deployment_id is None:
         return await _fail_to_load(client, run, "the flow run has no deployment to run")
     try:
@@ -384,7 +390,9 @@ async def _run(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(shipper.serve)  # its last flush runs when it is cancelled
             try:
-                outcome = await _execute(client, flow_run_id, settings.flow_heartbeat_seconds)
+                outcome = await _execute(
+                    client, flow_run_id, settings.flow_heartbeat_seconds, handler
+                )
             finally:
                 end_output()  # a last print without a newline is a line too
             nursery.cancel_scope.cancel()

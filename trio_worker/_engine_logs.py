@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final, TextIO, cast
 
 from trio_worker._log_shipping import LogBuffer, LogShipper
+from trio_worker._logging import TEXT_FORMAT
 from trio_worker._models import Log
 from trio_worker._settings import DEFAULT_LOG_BUFFER_LINES
 
@@ -56,6 +57,10 @@ class APILogHandler(logging.Handler):
     def __init__(self, flow_run_id: uuid.UUID, *, capacity: int = DEFAULT_LOG_BUFFER_LINES) -> None:
         super().__init__()
         self.flow_run_id = flow_run_id
+        #: ``"<run name> | "`` once the run is read: what starts each line this
+        #: process writes to the console, so a worker streaming several runs'
+        #: output shows which run printed what.
+        self.console_prefix = ""
         self.setFormatter(logging.Formatter("%(message)s"))  # + traceback when exc_info
         self.addFilter(_ships)
         self.buffer = LogBuffer(capacity)
@@ -75,6 +80,46 @@ class APILogHandler(logging.Handler):
             self.handleError(record)
 
 
+class _LinePrefix:
+    """Puts the run's console prefix at the start of every line written through it."""
+
+    def __init__(self, handler: APILogHandler) -> None:
+        self._handler = handler
+        self._at_line_start = True
+
+    def apply(self, text: str) -> str:
+        prefix = self._handler.console_prefix
+        if not prefix:
+            return text
+        pieces = []
+        for piece in text.splitlines(keepends=True):
+            if self._at_line_start:
+                pieces.append(prefix)
+            pieces.append(piece)
+            self._at_line_start = piece.endswith("\n")
+        return "".join(pieces)
+
+
+class _PrefixedStream:
+    """Stand-in for ``sys.stderr``: what user code writes there carries the run's name too."""
+
+    def __init__(self, stream: TextIO, handler: APILogHandler) -> None:
+        self._stream = stream
+        self._prefix = _LinePrefix(handler)
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._stream.write(self._prefix.apply(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 class _PrintTee:
     """Stand-in for ``sys.stdout`` that also sends each printed line to the API handler.
 
@@ -82,19 +127,20 @@ class _PrintTee:
     goes to the API handler only, so a console handler does not repeat it.
     """
 
-    def __init__(self, stream: TextIO, handler: logging.Handler) -> None:
+    def __init__(self, stream: TextIO, handler: APILogHandler) -> None:
         self._stream = stream
         self._handler = handler
         self._partial = ""
+        self._prefix = _LinePrefix(handler)
         self._lock = threading.Lock()  # print() may come from the user's worker thread
 
     def write(self, text: str) -> int:
-        written = self._stream.write(text)
         with self._lock:
+            self._stream.write(self._prefix.apply(text))
             *lines, self._partial = (self._partial + text).split("\n")
         for line in lines:
             self._emit(line)
-        return written
+        return len(text)
 
     def flush(self) -> None:
         self._stream.flush()
@@ -114,6 +160,18 @@ class _PrintTee:
         return getattr(self._stream, name)  # encoding, fileno, isatty, buffer, ...
 
 
+class _ConsoleFormatter(logging.Formatter):
+    """The worker's own line format (``_logging.TEXT_FORMAT``), after the run's prefix."""
+
+    def __init__(self, handler: APILogHandler) -> None:
+        super().__init__(TEXT_FORMAT)
+        self._handler = handler
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return the record as the worker formats its own, prefixed with the run's name."""
+        return self._handler.console_prefix + super().format(record)
+
+
 @contextlib.contextmanager
 def logging_to_api(handler: APILogHandler) -> Iterator[Callable[[], None]]:
     """Route this process's log records (INFO and up) and prints to ``handler`` and stderr.
@@ -127,11 +185,9 @@ def logging_to_api(handler: APILogHandler) -> Iterator[Callable[[], None]]:
     """
     root = logging.getLogger()
     console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(
-        logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s")
-    )
+    console.setFormatter(_ConsoleFormatter(handler))
     quiet = {name: logging.getLogger(name) for name in ("httpx", "httpcore")}
-    saved = (root.level, {name: lg.level for name, lg in quiet.items()}, sys.stdout)
+    saved = (root.level, {name: lg.level for name, lg in quiet.items()}, sys.stdout, sys.stderr)
     root.setLevel(logging.INFO)
     for lg in quiet.values():
         lg.setLevel(logging.WARNING)  # one INFO line per request would drown the user's
@@ -139,11 +195,13 @@ def logging_to_api(handler: APILogHandler) -> Iterator[Callable[[], None]]:
     root.addHandler(handler)
     tee = _PrintTee(sys.stdout, handler)
     sys.stdout = cast(TextIO, tee)
+    sys.stderr = cast(TextIO, _PrefixedStream(sys.stderr, handler))
     try:
         yield tee.close_line
     finally:
         tee.close_line()
         sys.stdout = saved[2]
+        sys.stderr = saved[3]
         root.removeHandler(handler)
         root.removeHandler(console)
         root.setLevel(saved[0])

@@ -184,6 +184,7 @@ class Deployment:
     paused: bool = False
     concurrency_limit: int | None = None
     enforce_parameter_schema: bool = True
+    parameter_openapi_schema: dict[str, Any] | None = None
     version: str | None = None
     description: str | None = None
     created: dt.datetime | None = None

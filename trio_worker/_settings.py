@@ -65,6 +65,18 @@ def parse_bool(text: str) -> bool:
     return _parse_bool(text)
 
 
+def _parse_api_url(text: str) -> str | None:
+    # The commonest slip is the server's address without the API's path: every
+    # call would then be a bare 404. Prefect's API and the embedded one are
+    # both served under /api, so an address with no path is surely that slip.
+    url = _parse_optional_str(text)
+    if url is not None and "://" in url:
+        rest = url.split("://", 1)[1]
+        if "/" not in rest.rstrip("/"):
+            raise ValueError(f"has no path; the API is under /api: {url.rstrip('/')}/api")
+    return url
+
+
 def _parse_positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -406,7 +418,7 @@ class Settings:
 
 
 _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
-    "api_url": _parse_optional_str,
+    "api_url": _parse_api_url,
     "api_key": _parse_optional_str,
     "api_auth_string": _parse_optional_str,
     "api_request_timeout": _parse_positive_float,

@@ -142,6 +142,9 @@ async def _report_interrupted(worker: BaseWorker, flow_run: FlowRun) -> None:
             )
             return
         message = f"Worker {worker.name!r} shut down; the run was rescheduled."
+        _log(
+            worker, flow_run, logging.WARNING, "Flow run '%s' cut short: %s", flow_run.name, message
+        )
         await propose_final_state(
             worker,
             flow_run.id,
@@ -150,6 +153,7 @@ async def _report_interrupted(worker: BaseWorker, flow_run: FlowRun) -> None:
         )
         return
     message = f"Worker {worker.name!r} shut down before the run finished."
+    _log(worker, flow_run, logging.WARNING, "Flow run '%s' cut short: %s", flow_run.name, message)
     await propose_final_state(worker, flow_run.id, State.of(StateType.CRASHED, message))
 
 
@@ -196,8 +200,9 @@ async def _submit(worker: BaseWorker, tracked: InFlightRun) -> None:
         worker,
         flow_run,
         logging.INFO,
-        "Worker %r submitting flow run '%s'",
+        "Worker %r submitting flow run '%s' (%s)",
         worker.name,
+        flow_run.name,
         flow_run.id,
     )
 
@@ -237,6 +242,10 @@ async def _submit(worker: BaseWorker, tracked: InFlightRun) -> None:
     tracked.cancel_scope.deadline = math.inf
     if tracked.cancel_reason is not None:
         return
+    engine = getattr(configuration, "command", None) == worker.default_command()
+    if result.status_code != 0 and engine and await _engine_reported_final(worker, flow_run):
+        # A flow that raised: the engine recorded FAILED and exited 1. Not a crash.
+        return
     if result.status_code != 0:
         message = describe_exit(result.status_code)
         if tracked.memory_limit_mb is not None:
@@ -246,8 +255,25 @@ async def _submit(worker: BaseWorker, tracked: InFlightRun) -> None:
             )
         await _crash(worker, flow_run, message)
         return
-    engine = getattr(configuration, "command", None) == worker.default_command()
     await _complete_if_unreported(worker, flow_run, engine=engine)
+
+
+async def _engine_reported_final(worker: BaseWorker, flow_run: FlowRun) -> bool:
+    """Whether the engine already put the run in a final state (then it is not a crash)."""
+    try:
+        current = await until_answered(
+            functools.partial(worker.client.read_flow_run, flow_run.id),
+            what=f"read flow run '{flow_run.id}'",
+            patience=FINAL_REPORT_PATIENCE_SECONDS,
+        )
+    except APIError:
+        return False
+    state = current.state
+    if state is None or not state.is_final:
+        return False
+    _count_outcome(worker, state.type)
+    _log(worker, flow_run, logging.INFO, "Flow run '%s' ended %s", flow_run.name, state.type.value)
+    return True
 
 
 async def _reopened_finished_run(worker: BaseWorker, flow_run: FlowRun, pending: State) -> bool:

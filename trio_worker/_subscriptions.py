@@ -198,7 +198,16 @@ async def open_subscription(
         why = tls_failure or f"{type(exc).__name__}: {exc}"
         raise SubscriptionClosedError(f"{url}: {why}") from exc
     except CONNECTION_ERRORS as exc:
-        raise SubscriptionClosedError(f"{url}: {type(exc).__name__}: {exc}") from exc
+        raise SubscriptionClosedError(f"{url}: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """Name what went wrong; trio-websocket's HandshakeError has no text, its cause does."""
+    text = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    if not text and cause is not None:
+        return f"{type(exc).__name__}: {_reason(cause)}"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def backoff_seconds(attempt: int, *, initial: float, maximum: float) -> float:

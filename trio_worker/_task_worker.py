@@ -244,7 +244,6 @@ class TaskWorker:
         if not settings.api_url:
             raise ConfigurationError("PREFECT_API_URL is not set; the task worker needs an API")
         self.started_at = now()
-        logger.info("task worker %s serving %s", self.client_id, ", ".join(self.tasks))
         # A connection per run that may be reporting at once, and one per lane.
         connections = min((self.limit or MOST_CONNECTIONS) + self.lanes, MOST_CONNECTIONS)
         async with PrefectClient(
@@ -253,6 +252,10 @@ class TaskWorker:
             backoff_seconds=self.client_backoff_seconds,
             max_connections=max(connections, DEFAULT_MAX_CONNECTIONS),
         ) as client:
+            # Fail at start-up, as `trio-worker start` does, rather than retry
+            # a websocket forever against an API that is not there.
+            await client.hello()
+            logger.info("task worker %s serving %s", self.client_id, ", ".join(self.tasks))
             self._client = client
             self._reporter = TaskRunReporter(client)
             try:
@@ -293,7 +296,7 @@ class TaskWorker:
                                     serve_subscription,
                                     settings.api_url,
                                     SUBSCRIPTION_PATH,
-                                    functools.partial(self._on_socket, runs),
+                                    functools.partial(self._on_socket, runs, lane),
                                     token=websocket_token(settings),
                                     ssl_context=ssl_context,
                                     on_connected=functools.partial(self._set_connected, lane),
@@ -317,10 +320,12 @@ class TaskWorker:
         else:
             self._connected_lanes.discard(lane)
 
-    async def _on_socket(self, runs: trio.Nursery, ws: JsonWebSocket) -> None:
+    async def _on_socket(self, runs: trio.Nursery, lane: int, ws: JsonWebSocket) -> None:
         keys = sorted(self.tasks)
         await ws.send_json({"type": "subscribe", "keys": keys, "client_id": self.client_id})
-        logger.info("subscribed to %s as %s", ", ".join(keys), self.client_id)
+        # Every lane subscribes; one line says so (as lane 0 alone logs outages).
+        level = logging.INFO if lane == 0 else logging.DEBUG
+        logger.log(level, "subscribed to %s as %s", ", ".join(keys), self.client_id)
         while True:
             try:
                 await runs.start(self._receive_and_run, ws)
@@ -433,6 +438,7 @@ class TaskWorker:
     async def _execute(self, task_run: TaskRun, progress: _Progress) -> None:
         key = task_run.task_key
         self.in_flight_task_runs.setdefault(key, {})[task_run.id] = now()
+        started = trio.current_time()
         final_state: State | None = None
         delete = False
         try:
@@ -458,6 +464,7 @@ class TaskWorker:
                     report.deadline = trio.current_time() + REPORT_TIMEOUT_SECONDS
                     await self._report(task_run, progress, final_state, delete=delete)
                 self.outcomes[key, final_state.type.value] += 1
+                _log_finished(task_run, final_state, trio.current_time() - started)
             self.in_flight_task_runs[key].pop(task_run.id, None)
             self._leases.forget(task_run.id)
             self.finished_task_runs[key] = self.finished_task_runs.get(key, 0) + 1
@@ -498,7 +505,6 @@ class TaskWorker:
         except StopTaskWorker:
             raise
         except Exception as exc:
-            logger.info("task run %s failed: %s: %s", task_run.id, type(exc).__name__, exc)
             error = _describe(exc)
             await trio.to_thread.run_sync(store.write, key, encode_record(key, error))
             message = f"Task run encountered an exception {type(exc).__name__}: {exc}"
@@ -551,6 +557,21 @@ class TaskWorker:
             logger.error("could not record %s for task run %s: %s", state.type, task_run.id, exc)
 
 
+def _log_finished(task_run: TaskRun, state: State, seconds: float) -> None:
+    """One line per run that ended here: which task, which run, how, how long."""
+    level = logging.INFO if state.type is StateType.COMPLETED else logging.WARNING
+    why = f": {state.message}" if state.message and state.type is not StateType.COMPLETED else ""
+    logger.log(
+        level,
+        "%s %r %s in %.2f s%s",
+        task_run.task_key,
+        task_run.name,
+        state.type.value,
+        seconds,
+        why,
+    )
+
+
 def _describe(exc: Exception) -> dict[str, Any]:
     """Turn an exception into the JSON error record ``.result()`` re-raises from."""
     args: list[Any] | None = list(exc.args)
@@ -575,11 +596,21 @@ async def serve(
 ) -> None:
     """Serve ``tasks`` until cancelled: ``trio.run(serve, add, mul)``.
 
-    The library installs no signal handlers: Ctrl-C cancels, and runs in flight
-    are recorded CRASHED. The ``trio-worker task-worker serve`` command adds a
-    drain on the first SIGINT/SIGTERM.
+    The library installs no signal handlers: Ctrl-C cancels, runs in flight
+    are recorded CRASHED, and a plain :class:`KeyboardInterrupt` leaves
+    ``trio.run`` (catch it for a quiet exit, as ``examples/task_worker/serve.py``
+    does). The ``trio-worker task-worker serve`` command adds a drain on the
+    first SIGINT/SIGTERM.
     """
     worker = TaskWorker(
         *tasks, limit=limit, settings=settings, status_server_port=status_server_port
     )
-    await worker.start(task_status=task_status)
+    try:
+        await worker.start(task_status=task_status)
+    except BaseExceptionGroup as group:
+        # Ctrl-C reaches us inside nurseries; a script catching KeyboardInterrupt
+        # around trio.run must see one, not a group of groups of it.
+        matched, rest = group.split(KeyboardInterrupt)
+        if matched is not None and rest is None:
+            raise KeyboardInterrupt from None
+        raise

@@ -504,8 +504,22 @@ class BaseWorker:
         reported and its infrastructure is gone.
         """
         self.stop_polling()
+        if self.in_flight:
+            names = ", ".join(repr(run.flow_run.name) for run in self.in_flight.values())
+            logger.info(
+                "Draining: waiting up to %g s for %d run(s) to finish: %s",
+                timeout_seconds,
+                len(self.in_flight),
+                names,
+            )
         with trio.move_on_after(timeout_seconds):
             await self.wait_for_runs()
+        if self.in_flight:
+            logger.warning(
+                "Drain timeout (%g s) reached: stopping %d run(s) still going",
+                timeout_seconds,
+                len(self.in_flight),
+            )
         self.runs_nursery.cancel_scope.cancel()
         await self.wait_for_runs()
         if self._loops_scope is not None:

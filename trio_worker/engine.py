@@ -5,6 +5,11 @@ in the environment; the logic lives in :mod:`trio_worker._engine` so that this
 file stays importable without side effects.
 """
 
+if __name__ == "__main__":  # a flow-run process: start up as light as possible
+    from trio_worker._httpx_cli import skip_httpx_cli
+
+    skip_httpx_cli()
+
 from trio_worker._engine import main as main
 
 __all__ = ["main"]

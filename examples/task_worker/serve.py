@@ -13,9 +13,17 @@ import sys
 import tasks
 import trio
 
-from trio_worker import serve
+from trio_worker import TrioWorkerError, serve
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # The worker's lines at INFO (one per finished run); other libraries' at WARNING.
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("trio_worker").setLevel(logging.INFO)
     limit = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-    trio.run(functools.partial(serve, tasks.add, tasks.slugify, limit=limit))
+    try:
+        trio.run(functools.partial(serve, tasks.add, tasks.slugify, limit=limit))
+    except KeyboardInterrupt:  # Ctrl-C: runs in flight were recorded CRASHED
+        print("Stopped.", file=sys.stderr)
+        sys.exit(130)
+    except TrioWorkerError as exc:  # no API URL, an API that does not answer, ...
+        sys.exit(f"Error: {exc}")

@@ -22,15 +22,19 @@ class CliResult:
     stdout: str
     stderr: str
 
-    def assert_one_line_error(self, *fragments: str) -> str:
-        """Check the command failed with one line on stderr holding every fragment."""
-        assert self.returncode != 0, self
+    def assert_one_line_error(self, *fragments: str, status: int = 1) -> str:
+        """Check the command failed (status 1) with one line on stderr holding every fragment."""
+        assert self.returncode == status, self
         lines = self.stderr.strip().splitlines()
         assert len(lines) == 1, self.stderr
         assert "Traceback" not in self.stderr
         for fragment in fragments:
             assert fragment in lines[0], lines[0]
         return lines[0]
+
+    def assert_usage_error(self, *fragments: str) -> str:
+        """Check the command refused its arguments: one line, status 2, a pointer to --help."""
+        return self.assert_one_line_error(*fragments, "--help", status=2)
 
 
 RunCli = Callable[..., Awaitable[CliResult]]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import pty
+import re
 import signal
 import subprocess
 import sys
@@ -42,7 +45,7 @@ async def test_demo_runs_every_outcome_as_intended(tmp_path: object) -> None:
     assert "10 of 10 runs ended as intended." in out
     for state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
         assert state in out
-    assert "Try next:" in out
+    assert "Try next, in a new directory" in out
 
 
 async def test_ctrl_c_drains_and_still_prints_the_summary() -> None:
@@ -76,3 +79,42 @@ async def test_ctrl_c_drains_and_still_prints_the_summary() -> None:
     assert code == 1
     assert "Interrupted: draining the worker" in out
     assert "runs ended as intended." in out
+
+
+async def _read_terminal(master: int) -> bytes:
+    stream = trio.lowlevel.FdStream(master)
+    seen = b""
+    while True:
+        try:
+            chunk = await stream.receive_some(65536)
+        except (OSError, trio.BrokenResourceError):
+            return seen  # EIO: the child closed the terminal
+        if not chunk:
+            return seen
+        seen += chunk
+
+
+async def test_on_a_terminal_log_lines_print_above_the_live_line() -> None:
+    # Point 9 of issue 18: the ERROR line of the run that crashes on purpose
+    # must not be written over (or glued onto) the live progress line.
+    master, slave = pty.openpty()
+    try:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "trio_worker", "demo", "--runs", "10", "--seconds", "0.2"],
+            env={**clean_env(), "COLUMNS": "100", "TERM": "xterm"},
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+        )
+    finally:
+        os.close(slave)
+    with trio.fail_after(120):
+        raw = await _read_terminal(master)
+        code = await process.wait()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw.decode(errors="replace"))
+    assert code == 0, text
+    assert "runs/s" in text and "10 of 10 runs ended as intended." in text
+    errors = [piece for piece in re.split(r"[\r\n]+", text) if "ERROR" in piece]
+    assert errors, text  # the crash on purpose is logged...
+    for piece in errors:  # ...on a line of its own
+        assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ERROR ", piece), piece

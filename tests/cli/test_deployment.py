@@ -13,7 +13,7 @@ import pytest
 from trio_worker._client import PrefectClient
 from trio_worker._models import StateType, now
 
-FLOW_SOURCE = "def hello(name='world', n=1):\n    print('hello', name, n)\n"
+FLOW_SOURCE = "def hello(name='world', n=1, quoted=None):\n    print('hello', name, n)\n"
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ async def test_create_records_flow_path_params_and_job_variables(
         run_cli,
         "--param", "name=people", "--param", "n=3", "--param", 'quoted="3"',
         "--job-variable", 'env={"A": "1"}', "--job-variable", "stream_output=false",
-        "--queue", "fast", "--concurrency-limit", "2",
+        "--work-queue", "fast", "--concurrency-limit", "2",
     )  # fmt: skip
     assert result.returncode == 0, result
     deployment_id = uuid.UUID(result.stdout.strip())
@@ -86,9 +86,9 @@ async def test_create_on_unknown_pool_is_one_line_error(
 @pytest.mark.usefixtures("flow_file")
 async def test_bad_param_is_one_line_error(pool: str, run_cli: Any, client: PrefectClient) -> None:
     result = await _create(run_cli, "--param", "novalue")
-    result.assert_one_line_error("--param 'novalue' is not KEY=VALUE")
+    result.assert_usage_error("--param 'novalue' is not KEY=VALUE")
     result = await _create(run_cli, "--job-variable", "=1")
-    result.assert_one_line_error("--job-variable '=1' is not KEY=VALUE")
+    result.assert_usage_error("--job-variable '=1' is not KEY=VALUE")
     assert await client.read_deployments() == []
 
 
@@ -97,11 +97,11 @@ async def test_bad_entrypoint_is_one_line_error(pool: str, run_cli: Any, flow_fi
     assert result.returncode == 0, result  # flows.py exists
     flow_file.unlink()
     missing = await _create(run_cli)
-    missing.assert_one_line_error("entrypoint file 'flows.py' not found")
+    missing.assert_usage_error("file 'flows.py' not found")
     malformed = await run_cli(
         "deployment", "create", "d", "--pool", "pool-a", "--entrypoint", "flows.py"
     )
-    malformed.assert_one_line_error("is not PATH:FUNCTION")
+    malformed.assert_usage_error("is not PATH:FUNCTION")
 
 
 @pytest.mark.usefixtures("flow_file")
@@ -193,7 +193,7 @@ async def test_run_with_bad_param_creates_nothing(
 ) -> None:
     assert (await _create(run_cli)).returncode == 0
     result = await run_cli("deployment", "run", "dep", "--param", "oops")
-    result.assert_one_line_error("--param 'oops' is not KEY=VALUE")
+    result.assert_usage_error("--param 'oops' is not KEY=VALUE")
     assert await client.read_flow_runs() == []
 
 

@@ -19,21 +19,21 @@ from trio_worker._models import StateType
 
 async def test_bad_base_job_template_is_one_line(run_cli: RunCli, tmp_path: Path) -> None:
     missing = await run_cli("start", "-p", "p", "--base-job-template", str(tmp_path / "nope.json"))
-    missing.assert_one_line_error("nope.json")
+    missing.assert_usage_error("nope.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     result = await run_cli("start", "-p", "p", "--base-job-template", str(bad))
-    result.assert_one_line_error("not valid JSON")
+    result.assert_usage_error("not valid JSON")
 
 
 async def test_bad_name_is_one_line(run_cli: RunCli) -> None:
     result = await run_cli("start", "-p", "p", "--name", "a/b")
-    result.assert_one_line_error("'a/b'")
+    result.assert_usage_error("'a/b'")
 
 
 async def test_missing_pool_without_a_terminal_is_one_line(run_cli: RunCli) -> None:
     result = await run_cli("start")
-    result.assert_one_line_error("--pool")
+    result.assert_usage_error("--pool")
 
 
 async def test_unknown_type_lists_installed_types(run_cli: RunCli) -> None:
@@ -93,7 +93,7 @@ async def test_custom_type_from_an_entry_point_runs_a_flow_run(
         assert result.returncode == 0, result.stderr.decode()
         done = await client.read_flow_run(run.id)
     assert done.state is not None and done.state.type is StateType.COMPLETED
-    out = result.stdout.decode()
+    out = result.stderr.decode()
     assert "started!" in out and "stopped!" in out
 
 
@@ -102,8 +102,8 @@ async def test_sigterm_stops_the_worker_cleanly(api_url: str) -> None:
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "trio_worker", "start", "-p", "sig-pool", "-n", "sig"],
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     async with PrefectClient(api_url) as client:
 
@@ -119,8 +119,8 @@ async def test_sigterm_stops_the_worker_cleanly(api_url: str) -> None:
     process.send_signal(signal.SIGTERM)
     with trio.fail_after(20):
         code = await process.wait()
-    assert process.stdout is not None
-    out = (await process.stdout.receive_some(65536)).decode()
+    assert process.stderr is not None
+    out = b"".join([chunk async for chunk in process.stderr]).decode()
     assert code == 0
     assert "Worker 'sig' started!" in out and "Worker 'sig' stopped!" in out
 
@@ -163,8 +163,8 @@ async def test_without_an_api_url_the_worker_serves_the_embedded_api(tmp_path: P
         capture_stderr=True,
         check=False,
     )
-    out = result.stdout.decode()
-    assert result.returncode == 0, result.stderr.decode()
+    out = result.stderr.decode()
+    assert result.returncode == 0, out
     assert "serving the embedded API at http://127.0.0.1:" in out
     assert "Worker" in out
     assert "stopped!" in out

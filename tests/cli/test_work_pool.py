@@ -116,10 +116,10 @@ async def test_duplicate_pool_is_one_line_error(run_cli: Any, client: PrefectCli
 async def test_bad_template_file_is_one_line_error(run_cli: Any, tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{not json")
     result = await run_cli("work-pool", "create", "p", "--base-job-template", "bad.json")
-    result.assert_one_line_error("bad.json is not JSON")
+    result.assert_usage_error("bad.json is not JSON")
     (tmp_path / "list.json").write_text("[]")
     result = await run_cli("work-pool", "create", "p", "--base-job-template", "list.json")
-    result.assert_one_line_error("must hold a JSON object")
+    result.assert_usage_error("must hold a JSON object")
 
 
 async def test_template_the_api_refuses_is_one_line_error(

@@ -58,7 +58,7 @@ async def _cli(*args: str, env: dict[str, str], cwd: Path) -> str:
             check=False,
         )
     assert done.returncode == 0, done.stderr.decode()
-    return done.stdout.decode()
+    return done.stdout.decode() + done.stderr.decode()
 
 
 async def test_start_type_inline_runs_a_flow_run_to_completed(api_url: str, tmp_path: Path) -> None:

@@ -5,16 +5,19 @@ Every command for people follows one shape: read :class:`Settings` once
 opens a client with :func:`open_client`, then print either a table for a
 person (:func:`echo_table`) or JSON for a script (:func:`echo_json`).
 
-Errors a person can act on (no API URL, an unknown pool, a bad ``--param``)
-become one line on stderr and exit status 1, never a traceback: the
+Errors a person can act on (no API URL, an unknown pool) become one line on
+stderr and exit status 1, never a traceback: the
 :class:`~trio_worker._exceptions.TrioWorkerError` tree is mapped to
-:class:`click.ClickException` in :func:`run_async`.
+:class:`click.ClickException` in :func:`run_async`. A malformed flag (a bad
+``--param``) is a usage error (:func:`usage_error`, exit status 2). The group
+in ``trio_worker._cli`` prints both as one line.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar, TypeVarTuple, Unpack
@@ -34,6 +37,7 @@ from trio_worker._settings import Settings
 
 __all__ = [
     "MISSING_API_URL_MESSAGE",
+    "confirm_or_abort",
     "echo_fields",
     "echo_json",
     "echo_table",
@@ -45,9 +49,12 @@ __all__ = [
     "parse_key_values",
     "parse_uuid",
     "run_async",
+    "usage_error",
+    "yes_option",
 ]
 
 T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
 Ts = TypeVarTuple("Ts")
 
 MISSING_API_URL_MESSAGE: Final = (
@@ -55,6 +62,23 @@ MISSING_API_URL_MESSAGE: Final = (
 )
 _SETTINGS_KEY: Final = "trio_worker.settings"
 _COLUMN_GAP: Final = "  "
+
+yes_option = click.option(
+    "-y", "--yes", is_flag=True, default=False, help="Do not ask for confirmation."
+)
+
+
+def confirm_or_abort(question: str, yes: bool) -> None:
+    """Ask ``question`` on a terminal unless ``--yes``; without a terminal, go ahead.
+
+    Raises:
+        click.Abort: the person answered no (printed as one line, status 1).
+    """
+    if yes or not sys.stdin.isatty():
+        return
+    if not click.confirm(question, default=False):
+        raise click.Abort
+
 
 json_option = click.option(
     "--json",
@@ -80,15 +104,25 @@ def _error_message(exc: TrioWorkerError) -> str:
     return message
 
 
-def _only_trio_worker_error(group: BaseExceptionGroup[Any]) -> TrioWorkerError | None:
-    """Return the error inside ``group`` when it holds nothing but trio-worker errors."""
-    matched, rest = group.split(TrioWorkerError)
+def _only(group: BaseExceptionGroup[Any], kind: type[E]) -> E | None:
+    """Return the first error inside ``group`` when it holds nothing but ``kind``."""
+    matched, rest = group.split(kind)
     if matched is None or rest is not None:
         return None
     leaf: BaseException = matched
     while isinstance(leaf, BaseExceptionGroup):
         leaf = leaf.exceptions[0]
-    return leaf if isinstance(leaf, TrioWorkerError) else None
+    return leaf if isinstance(leaf, kind) else None
+
+
+def usage_error(message: str) -> click.UsageError:
+    """Return a usage error (exit status 2) for the command being run."""
+    return click.UsageError(message, click.get_current_context(silent=True))
+
+
+def _only_keyboard_interrupt(group: BaseExceptionGroup[Any]) -> bool:
+    matched, rest = group.split(KeyboardInterrupt)
+    return matched is not None and rest is None
 
 
 def run_async(fn: Callable[[Unpack[Ts]], Awaitable[T]], *args: *Ts) -> T:
@@ -111,7 +145,14 @@ def run_async(fn: Callable[[Unpack[Ts]], Awaitable[T]], *args: *Ts) -> T:
     except TrioWorkerError as exc:
         raise click.ClickException(_error_message(exc)) from None
     except BaseExceptionGroup as group:
-        error = _only_trio_worker_error(group)
+        if _only_keyboard_interrupt(group):
+            # Ctrl-C inside a nursery: one plain KeyboardInterrupt, which the
+            # group in trio_worker._cli prints as one line (exit status 130).
+            raise KeyboardInterrupt from None
+        said = _only(group, click.ClickException)
+        if said is not None:  # a command's own one-line error, raised in a nursery
+            raise said from None
+        error = _only(group, TrioWorkerError)
         if error is None:
             raise
         raise click.ClickException(_error_message(error)) from None
@@ -238,14 +279,14 @@ def parse_key_values(pairs: Iterable[str], *, option: str) -> dict[str, Any]:
         option: the option's name, for the error message (e.g. ``--param``).
 
     Raises:
-        click.ClickException: when an item has no ``=`` or an empty key.
+        click.UsageError: when an item has no ``=`` or an empty key.
     """
     result: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise click.ClickException(f"{option} {pair!r} is not KEY=VALUE (e.g. {option} n=3)")
+            raise usage_error(f"{option} {pair!r} is not KEY=VALUE (e.g. {option} n=3)")
         result[key] = _parse_value(value)
     return result
 

@@ -6,10 +6,15 @@ schedules runs of which some are meant to fail, crash or be cancelled, and
 starts a worker with a limit, all in one nursery. A live line shows the runs
 by state; a summary table compares what each run was meant to do with what
 it did. Ctrl-C drains the worker and still prints the summary.
+
+On a terminal the live line is drawn with rich (imported here only: the
+worker's own start-up never loads it), and log lines print above it instead
+of over it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
@@ -17,8 +22,9 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import click
@@ -74,14 +80,31 @@ def _progress_line(runs: list[DemoRun], started: float) -> str:
     counts = Counter(run.state.value for run in runs)
     finished = sum(counts[c] for c in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"))
     elapsed = max(time.monotonic() - started, 1e-9)
-    parts = [f"{c.lower()} {counts[c]}" for c in COLUMNS]
+    # Only the states some run is in: the line must fit a narrow terminal.
+    parts = [f"{counts[c]} {c.lower()}" for c in COLUMNS if counts[c]]
     return f"{' | '.join(parts)} | {finished / elapsed:.1f} runs/s"
 
 
-async def _watch(client: PrefectClient, runs: list[DemoRun], interactive: bool) -> None:
+class _Progress:
+    """Where the progress line goes: a rich live line on a terminal, else changed lines."""
+
+    def __init__(self, live: Any | None) -> None:
+        self._live = live
+        self._last = ""
+
+    def show(self, line: str) -> None:
+        if self._live is not None:
+            from rich.text import Text
+
+            self._live.update(Text(line))
+        elif line != self._last:
+            click.echo(line)
+        self._last = line
+
+
+async def _watch(client: PrefectClient, runs: list[DemoRun], progress: _Progress) -> None:
     """Refresh states, cancel the runs meant to be cancelled, show progress until all end."""
     started = time.monotonic()
-    last_line = ""
     by_id = {run.flow_run.id: run for run in runs}
     while True:
         current = await client.read_flow_runs(
@@ -100,50 +123,46 @@ async def _watch(client: PrefectClient, runs: list[DemoRun], interactive: bool) 
                 await client.set_flow_run_state(
                     run.flow_run.id, State.of(StateType.CANCELLING, "cancelled by the demo")
                 )
-        line = _progress_line(runs, started)
-        if interactive:
-            click.echo("\r" + line + " ", nl=False)
-        elif line != last_line:
-            click.echo(line)
-        last_line = line
+        progress.show(_progress_line(runs, started))
         if all(run.state in EXPECTED.values() for run in runs):
-            if interactive:
-                click.echo()
             return
         await trio.sleep(REFRESH_SECONDS)
 
 
-def _summary(runs: list[DemoRun]) -> str:
-    rows = [("RUN", "MEANT TO", "ENDED", "")]
+def _verdict(run: DemoRun) -> str:
+    if run.as_intended:
+        return "ok"
+    return "not started" if run.state is StateType.SCHEDULED else "UNEXPECTED"
+
+
+def _print_summary(runs: list[DemoRun]) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for title in ("run", "meant to", "ended", ""):
+        table.add_column(title.upper())
     for run in runs:
-        rows.append(
-            (
-                run.flow_run.name,
-                run.outcome,
-                run.state.value,
-                "ok"
-                if run.as_intended
-                else "not started"
-                if run.state is StateType.SCHEDULED
-                else "UNEXPECTED",
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = [
-        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
-    ]
+        table.add_row(run.flow_run.name, run.outcome, run.state.value, _verdict(run))
+    console = Console(highlight=False)
+    console.print(table)
     good = sum(run.as_intended for run in runs)
-    lines.append(f"\n{good} of {len(runs)} runs ended as intended.")
-    return "\n".join(lines)
+    console.print(f"{good} of {len(runs)} runs ended as intended.")
 
 
+#: Each line works as typed, in this order, in a shell where trio-worker is on
+#: the PATH (tests/cli/test_demo.py runs them against a fresh API).
 NEXT_STEPS: Final = """
-Try next:
-  trio-worker server start                      # an API that outlives this demo
+Try next, in a new directory, with trio-worker on the PATH:
+  trio-worker server start &                       # an API that outlives this demo
   export PREFECT_API_URL=http://127.0.0.1:4200/api
+  printf 'def hello(name="world"):\\n    print(f"hello {name}")\\n' > flows.py
+  trio-worker work-pool create my-pool
   trio-worker deployment create hello --pool my-pool --entrypoint flows.py:hello
-  trio-worker deployment run flow/hello         # (see `trio-worker deployment ls`)
-  trio-worker start --pool my-pool --limit 5    # run them
+  trio-worker deployment run hello/hello --param name=trio
+  trio-worker start --pool my-pool --run-once      # runs it, then exits
+  trio-worker flow-run ls
   # Outgrowing one machine? Point PREFECT_API_URL at a Prefect server instead.
 """
 
@@ -151,7 +170,6 @@ Try next:
 async def _demo(runs_wanted: int, limit: int, db: Path | None, seconds: float) -> bool:
     from trio_worker._server import serve_api
 
-    interactive = sys.stdout.isatty()
     interrupted = False
     runs: list[DemoRun] = []
     workers: list[ProcessWorker] = []
@@ -203,8 +221,10 @@ async def _demo(runs_wanted: int, limit: int, db: Path | None, seconds: float) -
                     async with worker, trio.open_nursery() as inner:
                         workers.append(worker)
                         inner.start_soon(functools.partial(worker.start, printer=lambda _: None))
-                        await _watch(client, runs, interactive)
-                        await worker.drain(0)
+                        with _live_progress() as progress:
+                            await _watch(client, runs, progress)
+                        # Every run has ended; their processes exit on their own.
+                        await worker.drain(5.0)
                         inner.cancel_scope.cancel()
                 # Refresh the final states for the summary.
                 with trio.CancelScope(shield=True):
@@ -214,9 +234,27 @@ async def _demo(runs_wanted: int, limit: int, db: Path | None, seconds: float) -
                             run.state = fresh.state.type
             nursery.cancel_scope.cancel()
     click.echo()
-    click.echo(_summary(runs))
+    _print_summary(runs)
     click.echo(NEXT_STEPS)
     return not interrupted and all(run.as_intended for run in runs)
+
+
+@contextlib.contextmanager
+def _live_progress() -> Iterator[_Progress]:
+    """A live line on a terminal (log lines print above it), plain lines otherwise."""
+    if not sys.stdout.isatty():
+        yield _Progress(None)
+        return
+    from rich.console import Console
+    from rich.live import Live
+
+    with Live(console=Console(), refresh_per_second=8, redirect_stderr=True) as live:
+        # The log handler must write to the stderr that Live redirects.
+        configure_logging("text", level=logging.WARNING)
+        try:
+            yield _Progress(live)
+        finally:
+            configure_logging("text", level=logging.WARNING)
 
 
 async def _schedule(client: PrefectClient, count: int, seconds: float) -> list[DemoRun]:

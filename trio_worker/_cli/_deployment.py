@@ -17,6 +17,7 @@ import click
 
 from trio_worker._cli import main
 from trio_worker._cli._common import (
+    confirm_or_abort,
     echo_fields,
     echo_json,
     echo_table,
@@ -26,7 +27,10 @@ from trio_worker._cli._common import (
     parse_key_values,
     parse_uuid,
     run_async,
+    usage_error,
+    yes_option,
 )
+from trio_worker._cli._signature import FlowSignature, parameter_problem, read_signature
 from trio_worker._client import PrefectClient
 from trio_worker._exceptions import NotFoundError
 from trio_worker._models import Deployment, FlowRun, State, StateDetails, StateType, now
@@ -57,15 +61,13 @@ _job_variable_option = click.option(
 
 @main.group("deployment")
 def deployment() -> None:
-    """Create, list, inspect and run deployments."""
+    """Create, list, inspect, run and delete deployments."""
 
 
 def _split_entrypoint(entrypoint: str) -> tuple[str, str]:
     path, sep, func = entrypoint.rpartition(":")
     if not sep or not path or not func.isidentifier():
-        raise click.ClickException(
-            f"--entrypoint {entrypoint!r} is not PATH:FUNCTION (e.g. flows.py:hello)"
-        )
+        raise usage_error(f"--entrypoint {entrypoint!r} is not PATH:FUNCTION (e.g. flows.py:hello)")
     return path, func
 
 
@@ -143,7 +145,13 @@ async def _create_deployment(
 )
 @_param_option
 @_job_variable_option
-@click.option("--queue", "-q", default=None, help="Work queue of the pool (default: its default).")
+@click.option(
+    "-q",
+    "--work-queue",
+    "queue",
+    default=None,
+    help="Work queue of the pool (default: its default).",
+)
 @click.option(
     "--concurrency-limit",
     type=click.IntRange(min=1),
@@ -169,19 +177,30 @@ def create(
     path, func = _split_entrypoint(entrypoint)
     cwd = Path.cwd().resolve()
     if not (cwd / path).is_file():
-        raise click.ClickException(f"entrypoint file {path!r} not found in {cwd}")
+        raise usage_error(f"--entrypoint: file {path!r} not found in {cwd}")
+    try:
+        signature = read_signature(cwd / path, func)
+    except ValueError as exc:
+        raise usage_error(f"--entrypoint: {exc}") from None
+    parameters = parse_key_values(params, option="--param")
+    if signature is not None:
+        problem = parameter_problem(signature, parameters, complete=False)
+        if problem is not None:
+            raise usage_error(problem)
     body: dict[str, Any] = {
         "name": name,
         "work_pool_name": pool,
         "entrypoint": entrypoint,
         "path": str(cwd),
         "pull_steps": [{SET_WORKING_DIRECTORY_STEP: {"directory": str(cwd)}}],
-        "parameters": parse_key_values(params, option="--param"),
+        "parameters": parameters,
         "job_variables": parse_key_values(job_variables, option="--job-variable"),
-        # No parameter schema is generated (the code is not imported here), so
-        # the server must not validate parameters against one.
+        # The schema holds the parameter names only (read from the source,
+        # not imported): the CLI checks names, the server has no types to check.
         "enforce_parameter_schema": False,
     }
+    if signature is not None:
+        body["parameter_openapi_schema"] = signature.schema()
     if queue is not None:
         body["work_queue_name"] = queue
     if concurrency_limit is not None:
@@ -262,7 +281,14 @@ async def _run(
     start_in: float | None,
 ) -> list[FlowRun]:
     async with open_client(settings) as client:
-        found, _ = await resolve_deployment(client, name)
+        found, full = await resolve_deployment(client, name)
+        signature = FlowSignature.from_schema(found.parameter_openapi_schema)
+        if signature is not None:
+            problem = parameter_problem(
+                signature, {**found.parameters, **parameters}, complete=True
+            )
+            if problem is not None:
+                raise usage_error(f"{problem}, for {full}")
         runs = []
         for _ in range(count):
             state = None
@@ -333,3 +359,26 @@ def run(
             for r in runs
         ],
     )
+
+
+async def _delete(settings: Settings, name: str) -> str:
+    async with open_client(settings) as client:
+        found, full = await resolve_deployment(client, name)
+        try:
+            await client.delete_deployment(found.id)
+        except NotFoundError:
+            raise click.ClickException(f"deployment {name!r} not found") from None
+    return full
+
+
+@deployment.command("delete")
+@click.argument("name")
+@yes_option
+def delete(name: str, yes: bool) -> None:
+    """Delete the deployment NAME (FLOW/DEPLOYMENT, a bare name, or an id).
+
+    Its flow runs stay, and can still be inspected.
+    """
+    confirm_or_abort(f"Delete deployment {name!r}?", yes)
+    full = run_async(_delete, get_settings(), name)
+    click.echo(f"Deleted deployment {full!r}.")

@@ -14,6 +14,7 @@ import click
 
 from trio_worker._cli import main
 from trio_worker._cli._common import (
+    confirm_or_abort,
     echo_fields,
     echo_json,
     echo_table,
@@ -23,7 +24,9 @@ from trio_worker._cli._common import (
     open_client,
     parse_uuid,
     run_async,
+    yes_option,
 )
+from trio_worker._cli._results import describe_result
 from trio_worker._client import PrefectClient, state_type_filter
 from trio_worker._converter import structure
 from trio_worker._exceptions import NotFoundError
@@ -45,7 +48,7 @@ PAGE_SIZE: Final = 200
 
 @main.group("flow-run")
 def flow_run() -> None:
-    """List, inspect and cancel flow runs, and read their logs."""
+    """List, inspect, cancel and delete flow runs, and read their logs."""
 
 
 async def resolve_flow_run(client: PrefectClient, ref: str) -> FlowRun:
@@ -87,6 +90,7 @@ async def _list_runs(settings: Settings, states: tuple[str, ...], limit: int) ->
 
 @flow_run.command("ls")
 @click.option(
+    "-s",
     "--state",
     "states",
     multiple=True,
@@ -144,6 +148,7 @@ def inspect(flow_run_ref: str, as_json: bool) -> None:
             ("state", _state_label(run)),
             ("state type", state.type.value if state else run.state_type),
             ("message", state.message if state else None),
+            ("result", describe_result(state)),
             ("flow id", run.flow_id),
             ("deployment id", run.deployment_id),
             ("work pool", run.work_pool_name),
@@ -231,3 +236,26 @@ def logs(flow_run_ref: str, as_json: bool) -> None:
     for line in lines:
         level = logging.getLevelName(line.level)
         click.echo(f"{format_time(line.timestamp)} | {level:<8} | {line.name} - {line.message}")
+
+
+async def _delete(settings: Settings, ref: str) -> FlowRun:
+    async with open_client(settings) as client:
+        run = await resolve_flow_run(client, ref)
+        try:
+            await client.delete_flow_run(run.id)
+        except NotFoundError:
+            raise click.ClickException(f"flow run {ref!r} not found") from None
+        return run
+
+
+@flow_run.command("delete")
+@click.argument("flow_run_ref", metavar="ID")
+@yes_option
+def delete(flow_run_ref: str, yes: bool) -> None:
+    """Delete the flow run ID (an id or a run name) with its states and logs.
+
+    A run still going is not stopped: cancel it first (`flow-run cancel`).
+    """
+    confirm_or_abort(f"Delete flow run {flow_run_ref!r}?", yes)
+    run = run_async(_delete, get_settings(), flow_run_ref)
+    click.echo(f"Deleted flow run {run.name!r} ({run.id}).")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -19,6 +20,8 @@ import trio
 
 from trio_worker._cli import main
 from trio_worker._cli._common import get_settings
+from trio_worker._cli._database_claim import claim_database
+from trio_worker._exceptions import ConfigurationError
 from trio_worker._server import DEFAULT_HOST, DEFAULT_PORT, ApiSecurity, is_loopback_host, serve_api
 
 __all__ = ["default_db_path", "server"]
@@ -53,6 +56,24 @@ async def _serve(
     host: str, port: int, db_path: Path, security: ApiSecurity, max_body_bytes: int
 ) -> str | None:
     """Serve until a signal; return a one-line error if the server could not start."""
+    try:
+        claim = claim_database(db_path)
+    except ConfigurationError as exc:
+        return str(exc)
+    try:
+        return await _serve_claimed(host, port, db_path, security, max_body_bytes, claim.publish)
+    finally:
+        claim.release()
+
+
+async def _serve_claimed(
+    host: str,
+    port: int,
+    db_path: Path,
+    security: ApiSecurity,
+    max_body_bytes: int,
+    publish: Callable[[str], None],
+) -> str | None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, nursery.cancel_scope)
         try:
@@ -66,6 +87,7 @@ async def _serve(
         except Exception as exc:  # e.g. a database this version cannot use
             nursery.cancel_scope.cancel()
             return f"cannot start the embedded API with {db_path}: {exc}"
+        publish(url)
         click.echo(f"export PREFECT_API_URL={url}")
         click.echo(f"Embedded API listening; database {db_path}. Ctrl+C to stop.", err=True)
         if security.auth_string is not None:
@@ -80,7 +102,11 @@ async def _serve(
 @server.command()
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
 @click.option(
-    "--port", default=DEFAULT_PORT, show_default=True, type=int, help="Port (0: any free one)."
+    "--port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    show_default=f"$TRIO_WORKER_API_PORT or {DEFAULT_PORT}",
+    help="Port (0: any free one).",
 )
 @click.option(
     "--db",
@@ -95,13 +121,19 @@ async def _serve(
     help="Listen beyond loopback without PREFECT_SERVER_API_AUTH_STRING: anyone who "
     "reaches the port can run commands on your workers.",
 )
-def start(host: str, port: int, db: Path | None, insecure_no_auth: bool) -> None:
+def start(host: str, port: int | None, db: Path | None, insecure_no_auth: bool) -> None:
     """Serve the embedded API until SIGINT/SIGTERM, printing the PREFECT_API_URL to export.
+
+    The port defaults to the one `trio-worker start` looks at when
+    PREFECT_API_URL is not set, so that worker finds this API.
 
     With PREFECT_SERVER_API_AUTH_STRING set (user:password) every request must
     carry it (HTTP Basic); clients set PREFECT_API_AUTH_STRING to the same value.
     """
-    security = ApiSecurity.from_settings(get_settings())
+    settings = get_settings()
+    if port is None:
+        port = settings.embedded_api_port
+    security = ApiSecurity.from_settings(settings)
     if security.auth_string is None and not is_loopback_host(host):
         if not insecure_no_auth:
             raise click.ClickException(
@@ -115,7 +147,6 @@ def start(host: str, port: int, db: Path | None, insecure_no_auth: bool) -> None
             err=True,
         )
     db_path = db if db is not None else default_db_path()
-    settings = get_settings()
     error = trio.run(_serve, host, port, db_path, security, settings.api_max_body_bytes)
     if error is not None:
         raise click.ClickException(error)

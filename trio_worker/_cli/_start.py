@@ -19,8 +19,9 @@ import click
 import httpx
 import trio
 
-from trio_worker._cli import main
-from trio_worker._cli._common import get_settings, run_async
+from trio_worker._cli import did_you_mean, main
+from trio_worker._cli._common import get_settings, run_async, usage_error
+from trio_worker._cli._database_claim import DatabaseClaim, claim_database, serving_url
 from trio_worker._client import PrefectClient
 from trio_worker._exceptions import ConfigurationError, NotFoundError, WorkerTypeNotFoundError
 from trio_worker._logging import configure_logging
@@ -40,21 +41,17 @@ def _read_base_job_template(path: str | None) -> dict[str, Any] | None:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise click.ClickException(
-            f"--base-job-template: cannot read {path!r}: {exc.strerror}"
-        ) from None
+        raise usage_error(f"--base-job-template: cannot read {path!r}: {exc.strerror}") from None
     try:
         template = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise click.ClickException(
-            f"--base-job-template: {path!r} is not valid JSON: {exc}"
-        ) from None
+        raise usage_error(f"--base-job-template: {path!r} is not valid JSON: {exc}") from None
     if not (
         isinstance(template, dict)
         and isinstance(template.get("job_configuration"), dict)
         and isinstance(template.get("variables"), dict)
     ):
-        raise click.ClickException(
+        raise usage_error(
             f"--base-job-template: {path!r} must be a JSON object with "
             "'job_configuration' and 'variables'"
         )
@@ -69,7 +66,7 @@ async def _install_worker_type(type_name: str) -> None:
         WorkerTypeNotFoundError: pip could not install it.
     """
     package = worker_type_package(type_name)
-    click.echo(f"Installing {package} ...", err=True)
+    logger.info("Installing %s ...", package)
     result = await trio.run_process(
         [sys.executable, "-m", "pip", "install", package],
         check=False,
@@ -116,11 +113,23 @@ async def _existing_api(url: str) -> bool:
 
 
 async def _pool_type(settings: Settings, api_url: str, pool: str) -> str | None:
+    """Return the pool's type; None when it does not exist yet (the worker creates it).
+
+    A pool that does not exist while one of a close name does is surely a
+    typo: refused, rather than created and waited on forever.
+    """
     async with PrefectClient(api_url, settings=settings) as client:
         try:
             return (await client.read_work_pool(pool)).type
         except NotFoundError:
-            return None
+            names = [p.name for p in await client.read_work_pools()]
+    hint = did_you_mean(pool, names)
+    if hint:
+        raise usage_error(
+            f"work pool {pool!r} not found.{hint} "
+            f"(to serve a new pool of that name, create it: `trio-worker work-pool create {pool}`)"
+        )
+    return None
 
 
 @attrs.frozen
@@ -167,8 +176,11 @@ async def _serve(options: StartOptions, settings: Settings) -> None:
             # The API this process serves asks for the auth string it was given.
             auth = settings.api_auth_string or settings.server_api_auth_string
             settings = attrs.evolve(settings, api_url=api_url, api_auth_string=auth)
-        type_name = options.type or await _pool_type(settings, api_url, options.pool) or "process"
+        pool_type = await _pool_type(settings, api_url, options.pool)
+        type_name = options.type or pool_type or "process"
         worker_cls = await _resolve_worker_class(type_name, options.install_policy)
+        if pool_type is None and options.create_pool_if_not_found:
+            logger.info("Work pool %r does not exist yet: the worker creates it.", options.pool)
         worker = worker_cls(
             options.pool,
             work_queues=options.work_queues,
@@ -190,42 +202,67 @@ async def _serve(options: StartOptions, settings: Settings) -> None:
                 await worker.start(
                     run_once=options.run_once,
                     with_healthcheck=options.with_healthcheck,
-                    printer=click.echo,
+                    printer=logger.info,
                 )
-        click.echo(f"Worker {worker.name!r} stopped!")
+        logger.info("Worker %r stopped!", worker.name)
         nursery.cancel_scope.cancel()
 
 
 async def _start_embedded_api(nursery: trio.Nursery, settings: Settings) -> str:
-    """Use the API on the embedded API port if one answers there, else serve one here."""
+    """Use the API on the embedded API port if one answers there, else serve one here.
+
+    Either way the first line printed says which API and which database the
+    worker uses, and how to choose another: zero setup, but no surprise.
+    """
+    from trio_worker._cli._server import default_db_path
+
     port = settings.embedded_api_port
+    db_path = default_db_path()
     url = f"http://127.0.0.1:{port}/api"
     if port and await _existing_api(url):
-        click.echo(f"PREFECT_API_URL is not set; using the API already running at {url}")
+        database = f" (database {db_path})" if serving_url(db_path) == url else ""
+        logger.info(
+            "PREFECT_API_URL is not set; using the API already running at %s%s; "
+            "set PREFECT_API_URL to use another API",
+            url,
+            database,
+        )
         return url
-    from trio_worker._cli._server import default_db_path
     from trio_worker._server import ApiSecurity, serve_api
 
-    db_path = default_db_path()
-    security = ApiSecurity.from_settings(settings)
     serve = functools.partial(
         serve_api,
         port=port,
         db_path=db_path,
-        security=security,
+        security=ApiSecurity.from_settings(settings),
         max_body_bytes=settings.api_max_body_bytes,
     )
+    claim = claim_database(db_path)
     try:
         api_url: str = await nursery.start(serve)
     except OSError as exc:
+        claim.release()
         raise ConfigurationError(
             f"cannot serve the embedded API on port {port}: {exc.strerror}; "
             "set PREFECT_API_URL to the API to use, or TRIO_WORKER_API_PORT to a free port"
         ) from None
-    click.echo(
-        f"PREFECT_API_URL is not set; serving the embedded API at {api_url} (database {db_path})"
+    claim.publish(api_url)
+    nursery.start_soon(_hold_claim, claim)
+    logger.info(
+        "PREFECT_API_URL is not set; serving the embedded API at %s (database %s); "
+        "set PREFECT_API_URL to use another API",
+        api_url,
+        db_path,
     )
     return api_url
+
+
+async def _hold_claim(claim: DatabaseClaim) -> None:
+    """Keep the database claimed while the command's nursery (and its API) lives."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        claim.release()
 
 
 @main.command()
@@ -238,10 +275,17 @@ async def _start_embedded_api(nursery: trio.Nursery, settings: Settings) -> str:
 @click.option(
     "--prefetch-seconds",
     type=float,
-    help="Start runs scheduled up to this many seconds ahead [PREFECT_WORKER_PREFETCH_SECONDS].",
+    show_default="10, or PREFECT_WORKER_PREFETCH_SECONDS",
+    help="Start runs scheduled up to this many seconds ahead.",
 )
 @click.option("--run-once", is_flag=True, help="Poll once, wait for those runs, and exit.")
-@click.option("-l", "--limit", type=click.IntRange(min=1), help="Most flow runs at once.")
+@click.option(
+    "-l",
+    "--limit",
+    type=click.IntRange(min=1),
+    show_default="unlimited",
+    help="Most flow runs at once.",
+)
 @click.option(
     "--with-healthcheck",
     is_flag=True,
@@ -334,14 +378,22 @@ def start(
     max_starts_per_second: float | None,
     start_burst: int | None,
 ) -> None:
-    """Start a worker that runs the flow runs of a work pool."""
+    """Start a worker that runs the flow runs of a work pool.
+
+    Without PREFECT_API_URL the worker needs no setup: it uses the API already
+    answering at 127.0.0.1:4200 (TRIO_WORKER_API_PORT), or serves the embedded
+    API there itself, on the database file TRIO_WORKER_DB (default: api.db in
+    the user data directory). Its first line says which URL and database. Set
+    PREFECT_API_URL to use another API: a `trio-worker server start`, or a
+    Prefect server.
+    """
     if not pool:
         if sys.stdin.isatty():
             pool = click.prompt("Work pool to serve")
         else:
-            raise click.ClickException("--pool is required: name the work pool to serve (-p NAME)")
+            raise usage_error("--pool is required: name the work pool to serve (-p NAME)")
     if name is not None and ("/" in name or "%" in name or not name):
-        raise click.ClickException(
+        raise usage_error(
             f"--name {name!r} is not allowed: it must be non-empty and contain no '/' or '%'"
         )
     options = StartOptions(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-import logging
 import os
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import click
 import trio
 
-from trio_worker._cli import main
+from trio_worker._cli import did_you_mean, main
 from trio_worker._cli._common import (
     MISSING_API_URL_MESSAGE,
     echo_fields,
@@ -33,7 +32,9 @@ from trio_worker._cli._common import (
     parse_uuid,
     run_async,
 )
+from trio_worker._cli._results import describe_result
 from trio_worker._exceptions import NotFoundError
+from trio_worker._logging import configure_logging
 from trio_worker._models import StateType, TaskRun
 from trio_worker._settings import Settings
 from trio_worker._signals import watch_shutdown_signals
@@ -54,7 +55,9 @@ def load_task(spec: str) -> Task[..., Any]:
     """
     module_part, sep, attr = spec.rpartition(":")
     if not sep or not module_part or not attr:
-        raise click.BadParameter(f"{spec!r} is not module:task (e.g. tasks:add)")
+        raise click.BadParameter(
+            f"{spec!r} is not module:task (e.g. tasks:add)", param_hint="MODULE:TASK"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -68,7 +71,9 @@ def load_task(spec: str) -> Task[..., Any]:
         else:
             module = importlib.import_module(module_part)
     except ImportError as exc:
-        raise click.BadParameter(f"cannot import {module_part!r}: {exc}") from None
+        raise click.BadParameter(
+            f"cannot import {module_part!r} (from {spec!r}): {exc}", param_hint="MODULE:TASK"
+        ) from None
     target: Any = module
     for part in attr.split("."):
         target = getattr(target, part, None)
@@ -76,7 +81,11 @@ def load_task(spec: str) -> Task[..., Any]:
         return target
     if callable(target):
         return Task(target)
-    raise click.BadParameter(f"{spec!r}: {module_part} has no function or task {attr!r}")
+    names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+    raise click.BadParameter(
+        f"{spec!r}: {module_part} has no function or task {attr!r}.{did_you_mean(attr, names)}",
+        param_hint="MODULE:TASK",
+    )
 
 
 @main.group("task-worker")
@@ -124,10 +133,7 @@ def serve_command(
     if not settings.api_url:
         raise click.ClickException(MISSING_API_URL_MESSAGE)
     loaded = [load_task(spec) for spec in tasks]
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+    configure_logging("text")
     worker = TaskWorker(
         *loaded,
         limit=limit,
@@ -201,22 +207,32 @@ def ls_command(states: tuple[str, ...], task_key: str | None, limit: int, as_jso
 
 
 async def _read(settings: Settings, ref: str) -> TaskRun:
+    """Read the task run ``ref`` names: an id, or a name only one run has."""
     run_id = parse_uuid(ref)
-    if run_id is None:
-        raise click.ClickException(f"{ref!r} is not a task run id")
     async with open_client(settings) as client:
-        try:
-            return await client.read_task_run(run_id)
-        except NotFoundError:
-            raise click.ClickException(f"task run {ref} not found") from None
+        if run_id is not None:
+            try:
+                return await client.read_task_run(run_id)
+            except NotFoundError:
+                raise click.ClickException(f"task run {ref!r} not found") from None
+        found = await client.read_task_runs(task_runs={"name": {"any_": [ref]}}, limit=2)
+    found = [r for r in found if r.name == ref]
+    if not found:
+        raise click.ClickException(f"task run {ref!r} not found")
+    if len(found) > 1:
+        raise click.ClickException(f"several task runs are named {ref!r}; use an id")
+    return found[0]
 
 
 @task_run.command("inspect")
-@click.argument("task_run_id")
+@click.argument("task_run_ref", metavar="ID")
 @json_option
-def inspect_command(task_run_id: str, as_json: bool) -> None:
-    """Show one task run: state, message, parameters id, times."""
-    run = run_async(functools.partial(_read, get_settings(), task_run_id))
+def inspect_command(task_run_ref: str, as_json: bool) -> None:
+    """Show the task run ID (an id or a run name): state, message, result, times.
+
+    The result is read from the task store when this machine shares it.
+    """
+    run = run_async(functools.partial(_read, get_settings(), task_run_ref))
     if as_json:
         echo_json(run)
         return
@@ -230,7 +246,7 @@ def inspect_command(task_run_id: str, as_json: bool) -> None:
             ("state", _state_label(run)),
             ("message", state.message if state else None),
             ("parameters id", details.task_parameters_id if details else None),
-            ("result", state.data if state else None),
+            ("result", describe_result(state)),
             ("created", run.created),
             ("started", run.start_time),
             ("ended", run.end_time),

@@ -1,4 +1,4 @@
-"""``trio-worker work-pool``: list, create, inspect, pause and resume work pools."""
+"""``trio-worker work-pool``: list, create, inspect, pause, resume and delete work pools."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 
 import click
 
-from trio_worker._cli import main
+from trio_worker._cli import did_you_mean, main
 from trio_worker._cli._common import (
+    confirm_or_abort,
     echo_fields,
     echo_json,
     echo_table,
@@ -17,11 +18,13 @@ from trio_worker._cli._common import (
     json_option,
     open_client,
     run_async,
+    usage_error,
+    yes_option,
 )
 from trio_worker._client import PrefectClient
 from trio_worker._exceptions import ConflictError, NotFoundError, WorkerTypeNotFoundError
 from trio_worker._models import Worker, WorkPool, WorkQueue
-from trio_worker._registry import get_worker_class
+from trio_worker._registry import get_worker_class, installed_worker_types
 from trio_worker._settings import Settings
 
 __all__ = ["work_pool"]
@@ -47,11 +50,13 @@ def _read_template(path: Path) -> dict[str, Any]:
     try:
         template = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
+        raise usage_error(f"--base-job-template: cannot read {path}: {exc.strerror}") from None
     except ValueError as exc:
-        raise click.ClickException(f"{path} is not JSON: {exc}") from None
+        raise usage_error(f"--base-job-template: {path} is not JSON: {exc}") from None
     if not isinstance(template, dict):
-        raise click.ClickException(f"{path} must hold a JSON object, not {type(template).__name__}")
+        raise usage_error(
+            f"--base-job-template: {path} must hold a JSON object, not {type(template).__name__}"
+        )
     return template
 
 
@@ -65,7 +70,7 @@ def _status(pool: WorkPool) -> str:
 
 @main.group("work-pool")
 def work_pool() -> None:
-    """Create, inspect, pause and resume work pools."""
+    """Create, inspect, pause, resume and delete work pools."""
 
 
 async def _list_pools(settings: Settings) -> list[WorkPool]:
@@ -112,6 +117,7 @@ async def _create_pool(
 @work_pool.command("create")
 @click.argument("name")
 @click.option(
+    "-t",
     "--type",
     "pool_type",
     default=_DEFAULT_TYPE,
@@ -140,7 +146,19 @@ def create(
     paused: bool,
     as_json: bool,
 ) -> None:
-    """Create the work pool NAME."""
+    """Create the work pool NAME.
+
+    A type not installed here is accepted (its workers may run elsewhere),
+    unless it is close to one that is: then it is surely a typo.
+    """
+    installed = installed_worker_types()
+    if pool_type not in installed:
+        hint = did_you_mean(pool_type, installed)
+        if hint:
+            raise usage_error(
+                f"--type {pool_type!r} is not an installed worker type.{hint} "
+                f"(installed: {', '.join(installed)})"
+            )
     if base_job_template is not None:
         template = _read_template(base_job_template)
     else:
@@ -234,3 +252,24 @@ def resume(name: str) -> None:
     """Resume the paused work pool NAME."""
     run_async(_set_paused, get_settings(), name, False)
     click.echo(f"Resumed work pool {name!r}.")
+
+
+async def _delete_pool(settings: Settings, name: str) -> None:
+    async with open_client(settings) as client:
+        try:
+            await client.delete_work_pool(name)
+        except NotFoundError:
+            raise _not_found(name) from None
+
+
+@work_pool.command("delete")
+@click.argument("name")
+@yes_option
+def delete(name: str, yes: bool) -> None:
+    """Delete the work pool NAME and its queues.
+
+    Its workers stop getting runs from it; deployments that name it stay.
+    """
+    confirm_or_abort(f"Delete work pool {name!r}?", yes)
+    run_async(_delete_pool, get_settings(), name)
+    click.echo(f"Deleted work pool {name!r}.")
