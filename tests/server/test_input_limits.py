@@ -43,6 +43,7 @@ async def test_a_body_up_to_the_limit_is_accepted_one_byte_more_is_413(small_api
         assert at_limit.status_code == 201
         over = await client.post("/logs/", content=_padded(LIMIT + 1), headers=headers)
         assert over.status_code == 413
+        assert over.headers["connection"] == "close"
         assert over.json() == {"detail": f"Request body too large: the limit is {LIMIT} bytes."}
         assert (await client.get("/health")).json() is True
 
@@ -99,6 +100,7 @@ async def test_a_chunked_body_is_cut_off_at_the_limit(small_api: str) -> None:
             "/logs/", content=endless_batch(), headers={"content-type": "application/json"}
         )
         assert response.status_code == 413
+        assert response.headers["connection"] == "close"  # the rest stays unread
         assert produced < HUGE
         stored = await client.post("/logs/filter", json={})
         assert stored.json() == []

@@ -48,7 +48,7 @@ class JSONInputError(ValueError):
 
 def repair_text(text: str) -> str:
     """Replace every lone surrogate of ``text`` with U+FFFD, so it can be encoded."""
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def _finite_float(text: str) -> float:
