@@ -66,7 +66,13 @@ class BodyLimit:
 
         async def tracked_send(message: MutableMapping[str, Any]) -> None:
             nonlocal started
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                started = True
+                if received > self._max:
+                    # The rest of the body stays unread, so the server closes the
+                    # connection: say so, or a client would send its next request on it.
+                    headers = [*message.get("headers", ()), (b"connection", b"close")]
+                    message = {**message, "headers": headers}
             await send(message)
 
         try:

@@ -48,7 +48,7 @@ class JSONInputError(ValueError):
 
 def repair_text(text: str) -> str:
     """Replace every lone surrogate of ``text`` with U+FFFD, so it can be encoded."""
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def _finite_float(text: str) -> float:
@@ -79,8 +79,14 @@ def decode_json(raw: bytes | str) -> Any:
         value = json.loads(raw, parse_float=_finite_float, parse_constant=_refuse_constant)
     except RecursionError:
         raise _too_deep(()) from None
-    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
-    _check_tree(value, strings=_SURROGATE_ESCAPE.search(data) is not None)
+    if isinstance(raw, bytes):
+        data, strings = raw, _SURROGATE_ESCAPE.search(raw) is not None
+    else:  # text, e.g. a websocket frame: surrogates escaped or (never over the wire) raw
+        data = raw.encode("utf-8", "surrogatepass")
+        strings = _SURROGATE_ESCAPE.search(data) is not None or _SURROGATE.search(raw) is not None
+    # Fewer brackets than the limit (those in strings included) cannot nest too deep.
+    if strings or data.count(b"[") + data.count(b"{") >= MAX_JSON_DEPTH:
+        _check_tree(value, strings=strings)
     return value
 
 

@@ -156,7 +156,7 @@ def _check_template(template: dict[str, Any], body: Any) -> None:
     reason = schema_error(variables)
     if reason is not None:
         raise APIProblem(422, {"detail": reason})
-    problem = job_variables_problem(template, check_required=False)
+    problem = job_variables_problem(template, check_required=False, defaults_must_fit=True)
     if problem is not None:
         detail = f"Validation failed for work pool's job variable defaults: {problem}"
         raise APIProblem(422, {"detail": detail})

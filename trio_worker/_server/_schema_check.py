@@ -209,33 +209,40 @@ def schema_error(schema: Any) -> str | None:
     return None
 
 
-def _defaults(variables: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """The defaults of a variables schema that fit it, and whether some did not."""
+def _defaults(variables: dict[str, Any], *, drop_invalid: bool) -> tuple[dict[str, Any], bool]:
+    """The defaults of a variables schema (only those that fit it, when ``drop_invalid``).
+
+    Returns:
+        The defaults, and whether some were dropped.
+    """
     properties = variables.get("properties")
-    valid: dict[str, Any] = {}
+    kept: dict[str, Any] = {}
     dropped = False
+    check = _Rules(check_required=False, none_with_default=False)
     for name, prop in (properties if isinstance(properties, dict) else {}).items():
         if not isinstance(prop, dict) or "default" not in prop:
             continue
         default = prop["default"]
         if isinstance(default, dict) and "$ref" in default:
             continue  # a block reference: the embedded API has no blocks to resolve
-        check = _Rules(check_required=False, none_with_default=False)
-        if _problem({name: default}, variables, (), check, optional=False) is None:
-            valid[name] = default
-        else:
+        if drop_invalid and _problem({name: default}, variables, (), check, optional=False):
             dropped = True
-    return valid, dropped
+        else:
+            kept[name] = default
+    return kept, dropped
 
 
-def job_variables_problem(base_job_template: Any, *layers: Any, check_required: bool) -> str | None:
+def job_variables_problem(
+    base_job_template: Any, *layers: Any, check_required: bool, defaults_must_fit: bool = False
+) -> str | None:
     """Check job variables against a work pool's variables schema, as Prefect's server does.
 
-    The pool's defaults (those that fit the schema) are overlaid by each
-    layer in turn (deployment, then flow run), and the result is checked with
-    ``null`` allowed for optional variables. Required variables are only
-    checked when ``check_required`` (a flow run: nothing overlays it later)
-    and every default was usable.
+    The pool's defaults are overlaid by each layer in turn (deployment, then
+    flow run), and the result is checked with ``null`` allowed for optional
+    variables. Defaults that do not fit the schema are left out, unless
+    ``defaults_must_fit`` (a pool being saved: then they are the problem).
+    Required variables are only checked when ``check_required`` (a flow run:
+    nothing overlays it later) and no default was left out.
 
     Returns:
         Prefect's failure sentence, or ``None`` when they fit (or the pool
@@ -244,7 +251,7 @@ def job_variables_problem(base_job_template: Any, *layers: Any, check_required: 
     variables = base_job_template.get("variables") if isinstance(base_job_template, dict) else None
     if not isinstance(variables, dict) or not variables:
         return None
-    merged, dropped = _defaults(variables)
+    merged, dropped = _defaults(variables, drop_invalid=not defaults_must_fit)
     for layer in layers:
         if isinstance(layer, dict):
             merged.update(layer)
