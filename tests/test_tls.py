@@ -7,6 +7,7 @@ certificate must say so, naming the setting, never look like an API that is down
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,9 +19,10 @@ import trustme
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from tests.helpers import clean_env
+from tests.helpers import clean_env, wait_for
 from trio_worker._client import PrefectClient
 from trio_worker._exceptions import ConfigurationError, TLSError
+from trio_worker._process import ProcessWorker
 from trio_worker._server import create_app
 from trio_worker._settings import Settings
 from trio_worker._subscriptions import SubscriptionClosedError, open_subscription
@@ -188,3 +190,21 @@ async def test_https_to_a_plain_http_api_says_the_handshake_failed(api_url: str)
     async with PrefectClient(url, backoff_seconds=0.01) as client:
         with pytest.raises(TLSError, match=r"TLS handshake failed: .*served over https"):
             await client.hello()
+
+
+async def test_a_worker_streams_its_events_over_wss(tls_api: TlsApi, tmp_path: Path) -> None:
+    settings = Settings(
+        api_url=tls_api.url,
+        ssl_cert_file=tls_api.ca_file,
+        state_dir=str(tmp_path / "state"),
+        query_seconds=0.2,
+    )
+
+    async def sent() -> bool:
+        return worker.events.sent >= 1  # "worker started", over /events/in
+
+    worker = ProcessWorker("tls-pool", settings=settings, client_backoff_seconds=0.05)
+    async with worker, trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(worker.start, printer=lambda line: None))
+        await wait_for(sent, what="an event sent over wss://")
+        nursery.cancel_scope.cancel()
