@@ -25,7 +25,7 @@ from trio_worker._client import PrefectClient
 from trio_worker._exceptions import ConfigurationError, NotFoundError, WorkerTypeNotFoundError
 from trio_worker._logging import configure_logging
 from trio_worker._registry import get_worker_class, installed_worker_types
-from trio_worker._settings import Settings
+from trio_worker._settings import Settings, parse_module_list
 from trio_worker._signals import watch_shutdown_signals
 from trio_worker._worker import BaseWorker
 
@@ -277,6 +277,17 @@ async def _start_embedded_api(nursery: trio.Nursery, port: int) -> str:
     "(watch, cancel, report) or kill them.",
 )
 @click.option(
+    "--warm-start/--no-warm-start",
+    default=None,
+    help="Fork engine runs from a zygote that has already imported the engine and Prefect "
+    "(default: on) [TRIO_WORKER_WARM_START].",
+)
+@click.option(
+    "--preload",
+    metavar="MODULE,...",
+    help="Modules the warm-start zygote imports once for every run to share [TRIO_WORKER_PRELOAD].",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
@@ -299,6 +310,8 @@ def start(
     drain_timeout: float,
     on_shutdown: Literal["crash", "reschedule"],
     reconcile: Literal["adopt", "kill"],
+    warm_start: bool | None,
+    preload: str | None,
     log_format: Literal["text", "json"],
 ) -> None:
     """Start a worker that runs the flow runs of a work pool."""
@@ -329,4 +342,19 @@ def start(
         reconcile=reconcile,
     )
     configure_logging(log_format)
-    run_async(_serve, options, get_settings())
+    run_async(_serve, options, _with_warm_start_flags(get_settings(), warm_start, preload))
+
+
+def _with_warm_start_flags(
+    settings: Settings, warm_start: bool | None, preload: str | None
+) -> Settings:
+    """Overlay ``--warm-start/--no-warm-start`` and ``--preload`` on the settings."""
+    if warm_start is not None:
+        settings = attrs.evolve(settings, warm_start=warm_start)
+    if preload is not None:
+        try:
+            modules = parse_module_list(preload)
+        except ValueError as exc:
+            raise click.ClickException(f"--preload {preload!r} {exc}") from None
+        settings = attrs.evolve(settings, preload=modules)
+    return settings
