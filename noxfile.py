@@ -21,7 +21,7 @@ from packaging.specifiers import SpecifierSet
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "tests_cold", "lint", "typecheck"]
 
 PYTHON = "3.11"
 
@@ -39,6 +39,22 @@ def tests(session: nox.Session) -> None:
     """Run the test suite against the embedded API (pass pytest options after --)."""
     _install_dev(session)
     session.run("pytest", *(session.posargs or ("tests",)))
+
+
+@nox.session(python=PYTHON)
+def tests_cold(session: nox.Session) -> None:
+    """The worker's engine-run tests with warm start off, so the cold path stays covered.
+
+    The default suite forks engine runs from the warm-start zygote; the tests
+    whose runs go through the engine run again here with a fresh interpreter
+    per run (other commands always start cold).
+    """
+    _install_dev(session)
+    session.run(
+        "pytest",
+        *(session.posargs or ("tests/worker/test_process_worker.py",)),
+        env={"TRIO_WORKER_WARM_START": "0"},
+    )
 
 
 @nox.session(python=PYTHON)
@@ -256,6 +272,9 @@ def bench(session: nox.Session) -> None:
             session.error("--prefect needs Prefect, which could not be installed")
         args += ["--workers", "trio"]
     session.run("python", "benchmarks/bench_worker.py", *args)
+    # Warm start: schedule-to-user-code latency and PSS per run, warm vs cold vs Prefect.
+    warm_args = ["--runs", "5", "--concurrent", "5"] if "--quick" in args else ["--docs"]
+    session.run("python", "benchmarks/bench_warm_start.py", *warm_args)
     # Background task runs, next to Prefect's task worker on a real Prefect server.
     task_args = [] if "--workers" in args else ["--prefect"]
     session.run("python", "benchmarks/bench_task_worker.py", *task_args)

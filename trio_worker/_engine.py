@@ -427,12 +427,20 @@ def _exec_prefect_engine(flow_run_id: uuid.UUID, environ: Mapping[str, str]) -> 
     os.execve(argv[0], argv, env)
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    handover: Callable[[uuid.UUID], int] | None = None,
+) -> int:
     """Run the flow run named by argv[0] or ``PREFECT__FLOW_RUN_ID``; return the exit code.
 
     Args:
         argv: arguments after the program name (``sys.argv[1:]`` by default).
         environ: the environment (``os.environ`` by default).
+        handover: runs a Prefect flow's run in this process instead of
+            exec-ing ``python -m prefect.engine`` (the warm-start zygote's
+            children, which have Prefect imported already); returns the exit code.
 
     Returns:
         0 when the run reached a final state (COMPLETED or FAILED) or another
@@ -456,5 +464,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     with logging_to_api(handler) as end_output:
         outcome = trio.run(_run, settings.api_url, settings, flow_run_id, handler, end_output)
     if isinstance(outcome, _Handover):
+        if handover is not None:
+            return handover(outcome.flow_run_id)
         _exec_prefect_engine(outcome.flow_run_id, environ)
     return outcome

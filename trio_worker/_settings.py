@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_QUERY_SECONDS",
     "Settings",
     "parse_bool",
+    "parse_module_list",
 ]
 
 DEFAULT_QUERY_SECONDS: Final = 10.0
@@ -150,7 +151,12 @@ def _parse_optional_positive_int(text: str) -> int | None:
     return value
 
 
-def _parse_module_list(text: str) -> tuple[str, ...]:
+def parse_module_list(text: str) -> tuple[str, ...]:
+    """Read comma-separated module names (``a,b.c``).
+
+    Raises:
+        ValueError: a name is not a dotted Python identifier.
+    """
     names = tuple(name.strip() for name in text.split(",") if name.strip())
     for name in names:
         if not all(part.isidentifier() for part in name.split(".")):
@@ -444,6 +450,6 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "api_max_body_bytes": _parse_positive_int,
     "log_buffer_lines": _parse_log_buffer_lines,
     "warm_start": _parse_bool,
-    "preload": _parse_module_list,
+    "preload": parse_module_list,
     "warm_start_max_forks": _parse_positive_int,
 }

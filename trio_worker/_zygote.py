@@ -34,16 +34,19 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import importlib
 import json
 import os
 import resource
+import runpy
 import selectors
 import signal
 import socket
 import sys
 import threading
 import traceback
+import uuid
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -102,9 +105,25 @@ def _child(request: dict[str, Any], fds: list[int], closing: Sequence[int]) -> i
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 - lives as long as the process
     sys.stdout = open(1, "w", buffering=1 if os.isatty(1) else -1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    from trio_worker._engine import FLOW_RUN_ID_ENV
     from trio_worker._engine import main as engine_main
 
-    return engine_main([], os.environ)
+    def prefect_here(flow_run_id: uuid.UUID) -> int:
+        """Run Prefect's engine in this process, on the Prefect the zygote imported."""
+        os.environ[FLOW_RUN_ID_ENV] = str(flow_run_id)
+        # Prefect read its settings from the zygote's environment at import.
+        prefect_context = sys.modules.get("prefect.context")
+        refresh = getattr(prefect_context, "refresh_global_settings_context", None)
+        if "prefect.engine" not in sys.modules or refresh is None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execv(sys.executable, [sys.executable, "-m", "prefect.engine", str(flow_run_id)])
+        refresh()
+        sys.argv = [request["argv0"], str(flow_run_id)]
+        runpy.run_module("prefect.engine", run_name="__main__")
+        return 0
+
+    return engine_main([], os.environ, handover=prefect_here)
 
 
 def _fork(request: dict[str, Any], fds: list[int], closing: Sequence[int]) -> int:
@@ -185,6 +204,11 @@ def serve(sock: socket.socket, preload: Sequence[str]) -> None:
     """Import, say ready, and fork on request until the worker closes its end."""
     sock.set_inheritable(False)
     problems = _preload(preload)
+    # Move everything imported so far out of the collector's reach: a child's
+    # collections would otherwise write to (and so copy) every shared page
+    # that holds an object header.
+    gc.collect()
+    gc.freeze()
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
     os.set_blocking(read_end, False)

@@ -26,7 +26,7 @@ from trio_worker._client import PrefectClient
 from trio_worker._exceptions import ConfigurationError, NotFoundError, WorkerTypeNotFoundError
 from trio_worker._logging import configure_logging
 from trio_worker._registry import get_worker_class, installed_worker_types, worker_type_package
-from trio_worker._settings import Settings
+from trio_worker._settings import Settings, parse_module_list
 from trio_worker._signals import watch_shutdown_signals
 from trio_worker._worker import BaseWorker
 
@@ -352,6 +352,17 @@ async def _hold_claim(claim: DatabaseClaim) -> None:
     "[TRIO_WORKER_START_BURST; default: one second's worth].",
 )
 @click.option(
+    "--warm-start/--no-warm-start",
+    default=None,
+    help="Fork engine runs from a zygote that has already imported the engine and Prefect "
+    "(default: on) [TRIO_WORKER_WARM_START].",
+)
+@click.option(
+    "--preload",
+    metavar="MODULE,...",
+    help="Modules the warm-start zygote imports once for every run to share [TRIO_WORKER_PRELOAD].",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
@@ -374,6 +385,8 @@ def start(
     drain_timeout: float,
     on_shutdown: Literal["crash", "reschedule"],
     reconcile: Literal["adopt", "kill"],
+    warm_start: bool | None,
+    preload: str | None,
     log_format: Literal["text", "json"],
     max_starts_per_second: float | None,
     start_burst: int | None,
@@ -416,4 +429,19 @@ def start(
         start_burst=start_burst,
     )
     configure_logging(log_format)
-    run_async(_serve, options, get_settings())
+    run_async(_serve, options, _with_warm_start_flags(get_settings(), warm_start, preload))
+
+
+def _with_warm_start_flags(
+    settings: Settings, warm_start: bool | None, preload: str | None
+) -> Settings:
+    """Overlay ``--warm-start/--no-warm-start`` and ``--preload`` on the settings."""
+    if warm_start is not None:
+        settings = attrs.evolve(settings, warm_start=warm_start)
+    if preload is not None:
+        try:
+            modules = parse_module_list(preload)
+        except ValueError as exc:
+            raise click.ClickException(f"--preload {preload!r} {exc}") from None
+        settings = attrs.evolve(settings, preload=modules)
+    return settings
