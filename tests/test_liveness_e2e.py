@@ -103,6 +103,8 @@ async def test_worker_killed_with_its_runs_leaves_them_crashed(
         for run in (engine_run, command_run):
             now = await client.read_flow_run(run.id)
             assert now.state is not None and not now.state.is_final, now.state
+        listing = await _cli(small_api, "flow-run", "ls")
+        assert "HELD BY" in listing and listing.count("doomed") == 2, listing
         pids = [
             int(str((await client.read_flow_run(r.id)).infrastructure_pid).rsplit(":", 1)[1])
             for r in (engine_run, command_run)
@@ -120,6 +122,16 @@ async def test_worker_killed_with_its_runs_leaves_them_crashed(
         assert done.state is not None and done.state.type is StateType.CRASHED, done.state
         assert "heartbeat" in (done.state.message or "")
         assert "'doomed'" in (done.state.message or "")
+
+
+async def _cli(api_url: str, *args: str) -> str:
+    done = await trio.run_process(
+        [sys.executable, "-m", "trio_worker", *args],
+        env={**clean_env(), "PREFECT_API_URL": api_url},
+        capture_stdout=True,
+        capture_stderr=True,
+    )
+    return done.stdout.decode()
 
 
 async def _many(client: PrefectClient, run_id: uuid.UUID, count: int) -> bool:
@@ -179,6 +191,8 @@ async def test_task_worker_killed_with_three_runs_running(
             return len([r for r in runs if r.state_type is StateType.RUNNING]) == 3
 
         await wait_for(leased, what="three runs running")
+        listing = await _cli(small_api, "task-run", "ls")
+        assert listing.count(f"-{first.process.pid}") == 3, listing
         first.process.send_signal(signal.SIGKILL)
         await first.process.wait()
     # The two plain runs end CRASHED and their callers get the reason, not a timeout.

@@ -577,6 +577,39 @@ class PrefectClient:
         data = await self.request("POST", f"task_runs/{task_run_id}/set_state", json_body=body)
         return structure(data, OrchestrationResult)
 
+    async def read_holders(
+        self,
+        *,
+        flow_run_ids: Sequence[uuid.UUID] = (),
+        task_run_ids: Sequence[uuid.UUID] = (),
+    ) -> dict[uuid.UUID, tuple[str, dt.datetime | None]]:
+        """Who holds each run that is not final, and since when (the embedded API's own call).
+
+        A flow run is held by the worker whose heartbeat lists it, a task run by
+        the task worker holding its lease. Runs nobody holds are left out; a
+        Prefect server, which has no such call (404/405), gives an empty answer.
+        """
+        body = {
+            "flow_run_ids": [str(i) for i in flow_run_ids][:MAX_HELD_RUN_IDS],
+            "task_run_ids": [str(i) for i in task_run_ids][:MAX_HELD_RUN_IDS],
+        }
+        try:
+            data = await self.request("POST", "liveness/holders", json_body=body)
+        except APIError as exc:
+            if exc.status_code in (404, 405):
+                return {}
+            raise
+        holders: dict[uuid.UUID, tuple[str, dt.datetime | None]] = {}
+        try:
+            for kind in ("flow_runs", "task_runs"):
+                for run_id, held in (data.get(kind) or {}).items():
+                    since = held.get("held_since")
+                    when = dt.datetime.fromisoformat(since) if since else None
+                    holders[uuid.UUID(run_id)] = (str(held["held_by"]), when)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"unexpected holders answer: {exc}") from None
+        return holders
+
     async def renew_task_run_leases(
         self, client_id: str, task_run_ids: Sequence[uuid.UUID]
     ) -> tuple[float, list[uuid.UUID]] | None:

@@ -218,9 +218,6 @@ class FlowRun:
     end_time: dt.datetime | None = None
     created: dt.datetime | None = None
     updated: dt.datetime | None = None
-    #: The worker whose heartbeat lists it, and since when (the embedded API's own fields).
-    held_by: str | None = None
-    held_since: dt.datetime | None = None
 
 
 @attrs.frozen
@@ -293,9 +290,6 @@ class TaskRun:
     start_time: dt.datetime | None = None
     end_time: dt.datetime | None = None
     created: dt.datetime | None = None
-    #: The task worker holding its lease, and since when (the embedded API's own fields).
-    held_by: str | None = None
-    held_since: dt.datetime | None = None
 
 
 @attrs.frozen

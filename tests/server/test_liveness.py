@@ -64,6 +64,14 @@ async def state_of(client: httpx.AsyncClient, run_id: str, kind: str = "flow_run
     return response.json()
 
 
+async def holder_of(client: httpx.AsyncClient, run_id: str, kind: str = "flow_runs") -> Any:
+    """``{"held_by", "held_since"}`` of a run, or None when nobody holds it."""
+    body = {"flow_run_ids" if kind == "flow_runs" else "task_run_ids": [run_id]}
+    response = await client.post("/liveness/holders", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()[kind].get(run_id)
+
+
 async def heartbeat_event(client: httpx.AsyncClient, run_id: str) -> None:
     event = {
         "event": "prefect.flow-run.heartbeat",
@@ -113,7 +121,7 @@ async def test_running_run_without_heartbeats_is_crashed_and_frees_its_slot(
     assert crashed["state_type"] == "CRASHED"
     message = crashed["state"]["message"]
     assert "prefect.flow-run.heartbeat" in message and "'w-1'" in message
-    assert crashed["held_by"] is None
+    assert await holder_of(client, run["id"]) is None
     assert (await propose(client, waiting["id"], "PENDING")).json()["status"] == "ACCEPT"
 
 
@@ -122,11 +130,11 @@ async def test_worker_listing_a_run_keeps_it_alive(
 ) -> None:
     run = await running_run(client)
     await worker_heartbeat(client, "w-1", run["id"])
-    held = await state_of(client, run["id"])
+    held = await holder_of(client, run["id"])
     assert held["held_by"] == "w-1" and held["held_since"] is not None
     assert (await sweep_at(db_path, later(70))).total() == 0
     await worker_heartbeat(client, "w-1", run["id"])  # a later heartbeat, still listing it
-    assert (await state_of(client, run["id"]))["held_since"] == held["held_since"]
+    assert (await holder_of(client, run["id"]))["held_since"] == held["held_since"]
     assert (await sweep_at(db_path, later(70))).total() == 0
     assert (await state_of(client, run["id"]))["state_type"] == "RUNNING"
 
@@ -168,7 +176,8 @@ async def test_stale_claim_released_once_then_crashed(
     counts = await sweep_at(db_path, later(91))
     assert counts.claims_released == 1
     released = await state_of(client, run["id"])
-    assert released["state_type"] == "SCHEDULED" and released["held_by"] is None
+    assert released["state_type"] == "SCHEDULED"
+    assert await holder_of(client, run["id"]) is None
     assert "'w-dead'" in released["state"]["message"]
     offered = await client.post("/work_pools/pool-a/get_scheduled_flow_runs", json={})
     assert run["id"] in [r["flow_run"]["id"] for r in offered.json()]
@@ -233,7 +242,7 @@ async def _deliver_and_ack(client: httpx.AsyncClient, run: dict[str, Any]) -> No
         await client.post(f"/task_runs/{run['id']}/set_state", json={"state": {"type": "RUNNING"}})
     # The ack is recorded when the server is done with the connection.
     with trio.fail_after(10):
-        while (await state_of(client, run["id"], "task_runs"))["held_by"] is None:
+        while await holder_of(client, run["id"], "task_runs") is None:
             await trio.sleep(0.01)
 
 
@@ -242,7 +251,7 @@ async def test_lapsed_lease_crashes_a_task_without_retries(
 ) -> None:
     run = await submit(client)
     await _deliver_and_ack(client, run)
-    held = await state_of(client, run["id"], "task_runs")
+    held = await holder_of(client, run["id"], "task_runs")
     assert held["held_by"] == "vm-1"
     renewed = await client.post(
         "/task_runs/renew_leases", json={"client_id": "vm-1", "task_run_ids": [run["id"]]}
@@ -282,6 +291,15 @@ async def test_metrics_count_what_the_rules_did(client: httpx.AsyncClient) -> No
     response = await client.get("/metrics")
     assert response.status_code == 200
     assert 'trio_worker_server_liveness_runs_total{action="flow_runs_crashed"} 0' in response.text
+
+
+async def test_holders_validates_its_body(client: httpx.AsyncClient) -> None:
+    response = await client.post("/liveness/holders", json={"flow_run_ids": [1]})
+    assert response.status_code == 422
+    assert (await client.post("/liveness/holders", json={})).json() == {
+        "flow_runs": {},
+        "task_runs": {},
+    }
 
 
 async def test_renewal_validates_its_body(client: httpx.AsyncClient) -> None:

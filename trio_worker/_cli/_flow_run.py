@@ -6,6 +6,7 @@ a name that several runs share is an error that lists their ids.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid
 from typing import Any, Final
@@ -80,12 +81,17 @@ def _state_label(run: FlowRun) -> str:
     return run.state_type.value if run.state_type else "-"
 
 
-async def _list_runs(settings: Settings, states: tuple[str, ...], limit: int) -> list[FlowRun]:
+async def _list_runs(
+    settings: Settings, states: tuple[str, ...], limit: int
+) -> tuple[list[FlowRun], dict[uuid.UUID, tuple[str, dt.datetime | None]]]:
     body: dict[str, Any] = {"limit": limit, "sort": "EXPECTED_START_TIME_DESC"}
     if states:
         body["flow_runs"] = {"state": state_type_filter(*(StateType(s) for s in states))}
     async with open_client(settings) as client:
-        return await client.read_flow_runs(**body)
+        runs = await client.read_flow_runs(**body)
+        # Who holds each run (embedded API only; empty against Prefect).
+        holders = await client.read_holders(flow_run_ids=[r.id for r in runs])
+    return runs, holders
 
 
 @flow_run.command("ls")
@@ -108,21 +114,20 @@ async def _list_runs(settings: Settings, states: tuple[str, ...], limit: int) ->
 def ls(states: tuple[str, ...], limit: int, as_json: bool) -> None:
     """List flow runs, the latest expected start first."""
     states = tuple(s.upper() for s in states)
-    runs = run_async(_list_runs, get_settings(), states, limit)
+    runs, holders = run_async(_list_runs, get_settings(), states, limit)
     if as_json:
         echo_json(runs)
         return
     echo_table(
         ["id", "name", "state", "pool", "expected start", "held by", "held since"],
-        [_flow_run_row(r) for r in runs],
+        [_flow_run_row(r, holders.get(r.id, (None, None))) for r in runs],
         empty="No flow runs.",
     )
 
 
-def _flow_run_row(r: FlowRun) -> tuple[object, ...]:
+def _flow_run_row(r: FlowRun, held: tuple[str | None, dt.datetime | None]) -> tuple[object, ...]:
     # "held by": the worker whose heartbeat lists the run (embedded API only).
-    return (r.id, r.name, _state_label(r), r.work_pool_name, r.expected_start_time, r.held_by,
-            r.held_since)  # fmt: skip
+    return (r.id, r.name, _state_label(r), r.work_pool_name, r.expected_start_time, *held)
 
 
 async def _inspect(settings: Settings, ref: str) -> tuple[FlowRun, list[State]]:

@@ -175,7 +175,9 @@ async def _list(settings: Settings, states: tuple[str, ...], key: str | None, li
         filters: dict[str, Any] = {"limit": limit, "sort": "ID_DESC"}
         if body:
             filters["task_runs"] = body
-        return await client.read_task_runs(**filters)
+        runs = await client.read_task_runs(**filters)
+        # Who holds each run's lease (embedded API only; empty against Prefect).
+        return runs, await client.read_holders(task_run_ids=[r.id for r in runs])
 
 
 @task_run.command("ls")
@@ -192,14 +194,14 @@ async def _list(settings: Settings, states: tuple[str, ...], key: str | None, li
 @json_option
 def ls_command(states: tuple[str, ...], task_key: str | None, limit: int, as_json: bool) -> None:
     """List task runs, newest first."""
-    runs: list[TaskRun] = run_async(_list, get_settings(), states, task_key, limit)
+    runs, holders = run_async(_list, get_settings(), states, task_key, limit)
     if as_json:
         echo_json(runs)
         return
     echo_table(
         ["id", "name", "task key", "state", "created", "held by", "held since"],
         [
-            (r.id, r.name, r.task_key, _state_label(r), r.created, r.held_by, r.held_since)
+            (r.id, r.name, r.task_key, _state_label(r), r.created, *holders.get(r.id, (None, None)))
             for r in runs
         ],
         empty="No task runs found.",

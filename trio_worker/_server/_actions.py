@@ -29,6 +29,7 @@ __all__ = [
     "FlowRunCreate",
     "FlowRunUpdate",
     "GetScheduledFlowRuns",
+    "HoldersQuery",
     "LeaseRenewal",
     "LogCreate",
     "SetStateBody",
@@ -209,6 +210,14 @@ class WorkerHeartbeat:
     metadata: dict[str, Any] | Opt | None = attrs.field(default=UNSET)
     #: trio-worker's own field: the flow runs this worker holds (Prefect ignores it).
     flow_run_ids: list[uuid.UUID] | Opt | None = attrs.field(default=UNSET)
+
+
+@attrs.frozen(kw_only=True)
+class HoldersQuery:
+    """``POST /liveness/holders`` (trio-worker's own): who holds these runs."""
+
+    flow_run_ids: list[uuid.UUID] | Opt = attrs.field(default=UNSET)
+    task_run_ids: list[uuid.UUID] | Opt = attrs.field(default=UNSET)
 
 
 @attrs.frozen(kw_only=True)

@@ -29,6 +29,7 @@ __all__ = [
     "check_held_ids",
     "lease_task_run",
     "mark_held",
+    "read_holders",
     "record_flow_run_heartbeat",
     "renew_leases",
 ]
@@ -131,3 +132,36 @@ def renew_leases(
         )
         lost += [row["id"] for row in rows]
     return lost
+
+
+_HELD_STATES: Final = "('PENDING', 'RUNNING', 'CANCELLING')"
+
+
+def read_holders(
+    tx: Tx, flow_run_ids: Sequence[str], task_run_ids: Sequence[str]
+) -> dict[str, dict[str, dict[str, str | None]]]:
+    """``POST /liveness/holders``: who holds each of these runs that is not final, since when.
+
+    A flow run's holder is the worker whose heartbeat lists it; a task run's,
+    the task worker holding its lease. Runs nobody holds are left out.
+    """
+    answer: dict[str, dict[str, dict[str, str | None]]] = {"flow_runs": {}, "task_runs": {}}
+    queries = (
+        ("flow_runs", flow_run_ids, "holder", "holder_since"),
+        ("task_runs", task_run_ids, "lease_holder", "lease_since"),
+    )
+    for table, ids, holder, since in queries:
+        for chunk in _chunks(ids):
+            marks = ", ".join("?" for _ in chunk)
+            rows = tx.all(
+                f"SELECT id, {holder} AS held_by, {since} AS held_since FROM {table} "
+                f"WHERE id IN ({marks}) AND {holder} IS NOT NULL "
+                f"AND state_type IN {_HELD_STATES}",
+                chunk,
+            )
+            for row in rows:
+                answer[table][row["id"]] = {
+                    "held_by": row["held_by"],
+                    "held_since": row["held_since"],
+                }
+    return answer

@@ -274,22 +274,7 @@ def flow_run_json(row: sqlite3.Row, current: datetime | None = None) -> dict[str
         "work_pool_name": row["wp_name"],
         "state": loads(row["state"]) if row["state"] else None,
         "job_variables": body.get("job_variables", {}),
-        **_holder(row["state_type"], row["holder"], row["holder_since"]),
     }
-
-
-_HELD_STATES: Final = frozenset({"PENDING", "RUNNING", "CANCELLING"})
-
-
-def _holder(state_type: str | None, holder: str | None, since: str | None) -> dict[str, Any]:
-    """Who holds a run that is not final, and since when (trio-worker's own fields).
-
-    ``held_by`` is the worker whose heartbeat lists a flow run, or the task
-    worker holding a task run's lease; Prefect's clients ignore both keys.
-    """
-    if state_type not in _HELD_STATES or holder is None:
-        return {"held_by": None, "held_since": None}
-    return {"held_by": holder, "held_since": since}
 
 
 def task_run_json(row: sqlite3.Row, current: datetime | None = None) -> dict[str, Any]:
@@ -325,7 +310,6 @@ def task_run_json(row: sqlite3.Row, current: datetime | None = None) -> dict[str
         "estimated_run_time": run_time,
         "estimated_start_time_delta": delta,
         "state": loads(row["state"]) if row["state"] else None,
-        **_holder(row["state_type"], row["lease_holder"], row["lease_since"]),
     }
 
 

@@ -13,6 +13,7 @@ from trio_worker._server import _flow_runs, _logs, _task_runs
 from trio_worker._server._actions import (
     FlowRunCreate,
     FlowRunUpdate,
+    HoldersQuery,
     LeaseRenewal,
     LogCreate,
     SetStateBody,
@@ -27,6 +28,7 @@ from trio_worker._server._filters import invalid
 from trio_worker._server._holders import (
     FLOW_RUN_HEARTBEAT,
     check_held_ids,
+    read_holders,
     record_flow_run_heartbeat,
     renew_leases,
 )
@@ -190,6 +192,14 @@ def run_routes(api: ApiState) -> list[Route]:
     async def filter_variables(request: Request) -> Response:
         return ok(await api.run(_logs.filter_variables, await json_body(request)))
 
+    async def holders(request: Request) -> Response:
+        action = parse(HoldersQuery, await read_body(request))
+        flow_ids = [str(i) for i in value_or(action.flow_run_ids, [])]
+        task_ids = [str(i) for i in value_or(action.task_run_ids, [])]
+        check_held_ids(flow_ids, "flow_run_ids")
+        check_held_ids(task_ids, "task_run_ids")
+        return ok(await api.run(read_holders, flow_ids, task_ids))
+
     async def renew_task_run_leases(request: Request) -> Response:
         action = parse(LeaseRenewal, await read_body(request))
         check_held_ids(action.task_run_ids, "task_run_ids")
@@ -247,6 +257,7 @@ def run_routes(api: ApiState) -> list[Route]:
         Route("/variables/{id}", update_variable, methods=["PATCH"]),
         Route("/variables/{id}", delete_variable, methods=["DELETE"]),
         Route("/events", post_events, methods=["POST"]),
+        Route("/liveness/holders", holders, methods=["POST"]),
         Route("/events/filter", filter_events, methods=["POST"]),
     ]
 
