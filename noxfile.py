@@ -281,6 +281,15 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON, default=False)
+def fleet(session: nox.Session) -> None:
+    """Benchmark fleets of workers on a PostgreSQL-backed Prefect server (flags after -- go
+    to benchmarks/bench_fleet.py, e.g. --runs 300 --scenarios trio,prefect)."""
+    _install_prefect(session, PREFECT_CONTRACT_VERSION)
+    session.install("-e", ".")
+    session.run("python", "benchmarks/bench_fleet.py", *session.posargs)
+
+
+@nox.session(python=PYTHON, default=False)
 def docs(session: nox.Session) -> None:
     """Build the documentation site strictly: a broken link or missing snippet fails."""
     session.install("-e", ".[docs]")

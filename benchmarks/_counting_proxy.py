@@ -16,6 +16,8 @@ children inherit the worker's ``PREFECT_API_URL``).
 Controlled over stdin/stdout, one line each way:
 
 - ``pid N``: attribute connections of pid N to the worker (``pid 0``: none);
+- ``pids LABEL N [M ...]``: also attribute connections of these pids, as origin
+  ``LABEL`` (a fleet: several workers, e.g. ``trio`` and ``prefect``);
 - ``reset``: forget every count;
 - ``counts``: print one JSON line with the counts and the poll times.
 
@@ -66,7 +68,8 @@ class Stats:
     """What the proxy has seen since the last reset."""
 
     def __init__(self) -> None:
-        self.worker_pid = 0
+        #: Watched pids and the origin their connections count under.
+        self.origins: dict[int, str] = {}
         self.counts: Counter[tuple[str, str, str, int]] = Counter()
         self.polls: list[float] = []
         self.connections: Counter[str] = Counter()
@@ -128,13 +131,15 @@ def _pid_has_socket(pid: int, inode: str) -> bool:
 
 
 def attribute(client_port: int, proxy_port: int) -> str:
-    """``worker`` if the watched pid owns the client socket, else ``runs``."""
-    pid = STATS.worker_pid
-    if not pid:
+    """The origin of the watched pid that owns the client socket, else ``runs``."""
+    if not STATS.origins:
         return "runs"
     inode = _socket_inode(client_port, proxy_port)
-    if inode is not None and _pid_has_socket(pid, inode):
-        return "worker"
+    if inode is None:
+        return "runs"
+    for pid, origin in STATS.origins.items():
+        if _pid_has_socket(pid, inode):
+            return origin
     return "runs"
 
 
@@ -246,7 +251,7 @@ async def handle(client: trio.SocketStream, upstream_port: int, proxy_port: int)
         method, target, *_ = line.split(" ")
         path = normalise_path(target)
         pending.append((method, path))
-        if path.endswith(POLL_SUFFIX) and origin == "worker":
+        if path.endswith(POLL_SUFFIX) and origin != "runs":
             STATS.polls.append(time.monotonic())
         if "upgrade" in headers.get("connection", "").lower():
             return "raw", 0
@@ -311,8 +316,12 @@ async def control() -> None:
                 if not words:
                     continue
                 if words[0] == "pid":
-                    STATS.worker_pid = int(words[1])
+                    pid = int(words[1])
+                    STATS.origins = {pid: "worker"} if pid else {}
                     reply: Any = "ok"
+                elif words[0] == "pids":
+                    STATS.origins.update({int(w): words[1] for w in words[2:]})
+                    reply = "ok"
                 elif words[0] == "reset":
                     STATS.reset()
                     reply = "ok"

@@ -47,12 +47,13 @@ class PostgresUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class PostgresServer:
-    """A running throwaway server: loopback host, port and its folder."""
+    """A running throwaway server: loopback host, port, its folder and the postmaster's pid."""
 
     host: str
     port: int
     folder: Path
     bin_dir: Path
+    pid: int
 
     def sqlalchemy_url(self, database: str) -> str:
         """The URL Prefect's ``PREFECT_API_DATABASE_CONNECTION_URL`` takes."""
@@ -241,7 +242,9 @@ def postgres_server(
             )
         try:
             _wait_ready(bin_dir, port, server, log)
-            yield PostgresServer(host="127.0.0.1", port=port, folder=folder, bin_dir=bin_dir)
+            yield PostgresServer(
+                host="127.0.0.1", port=port, folder=folder, bin_dir=bin_dir, pid=server.pid
+            )
         finally:
             _stop(server)
     finally:

@@ -24,6 +24,7 @@ figures go to ``bench-results/task-worker-<date>.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import functools
 import importlib.util
@@ -41,6 +42,7 @@ from typing import Any
 
 import attrs
 import trio
+from _postgres import postgres_server
 from _procs import sample_tree
 from bench_worker import clean_env, log, prefect_installed, running_api
 
@@ -209,10 +211,16 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
             case = trio_case(args.limit, "embedded")
             results.append(await run_case(case, api, args.runs, args.submitters))
     if args.prefect:
-        # A fresh server for each: one case's backlog must not slow the next.
+        # A fresh server (and database) for each: one case's backlog must not slow the next.
         for case in (trio_case(args.limit, "prefect"), prefect_case(args.limit)):
-            with tempfile.TemporaryDirectory(prefix="bench-task-prefect-") as tmp:
-                async with running_api(True, Path(tmp)) as api:
+            with contextlib.ExitStack() as stack:
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-task-prefect-"))
+                database_url = None
+                if args.postgres:
+                    pg = stack.enter_context(postgres_server(install=True, durable=True))
+                    pg.create_database("prefect")
+                    database_url = pg.sqlalchemy_url("prefect")
+                async with running_api(True, Path(tmp), database_url=database_url) as api:
                     results.append(await run_case(case, api, args.runs, args.submitters))
     return results
 
@@ -252,6 +260,11 @@ def main() -> None:
     parser.add_argument("--submitters", type=int, default=4)
     parser.add_argument("--limit", type=int, default=50)
     parser.add_argument("--prefect", action="store_true", help="also measure against Prefect")
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="run the Prefect servers on PostgreSQL (_postgres.py) instead of SQLite",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     args = parser.parse_args()
     if args.prefect and not (prefect_installed() and importlib.util.find_spec("prefect")):

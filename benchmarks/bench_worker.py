@@ -164,8 +164,14 @@ class Proxy:
 
 
 @contextlib.asynccontextmanager
-async def running_api(prefect: bool, workdir: Path) -> AsyncIterator[dict[str, Any]]:
-    """Start the API server; yield ``{"url", "pid", "kind", "version"}``; stop it on exit."""
+async def running_api(
+    prefect: bool, workdir: Path, database_url: str | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """Start the API server; yield ``{"url", "pid", "kind", "version"}``; stop it on exit.
+
+    ``database_url`` points a Prefect server at another database than its SQLite
+    file (PostgreSQL for the fleet benchmark).
+    """
     port = free_port()
     logfile = open(workdir / "server.log", "wb")  # noqa: SIM115
     if prefect:
@@ -175,7 +181,8 @@ async def running_api(prefect: bool, workdir: Path) -> AsyncIterator[dict[str, A
             PREFECT_HOME=str(home),
             PREFECT_UI_ENABLED="false",
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
-            PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db",
+            PREFECT_API_DATABASE_CONNECTION_URL=database_url
+            or f"sqlite+aiosqlite:///{home}/prefect.db",
         )
         argv = [prefect_executable(), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
         kind = "prefect"
