@@ -262,8 +262,9 @@ class Settings:
         default=DEFAULT_EMBEDDED_API_PORT,
         metadata=_env(
             "TRIO_WORKER_API_PORT",
-            "Port of the embedded API that `trio-worker start` serves when PREFECT_API_URL "
-            "is unset (0 = any free port).",
+            "Port of the embedded API that `trio-worker start` uses (or serves) when "
+            "PREFECT_API_URL is unset, and the default of `server start --port` "
+            "(0 = any free port).",
         ),
     )
     server_api_auth_string: str | None = attrs.field(

@@ -8,11 +8,13 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import trio
 
 from tests.helpers import clean_env
-from trio_worker._cli._demo import plan_outcomes
+from tests.shell import free_port, run_block, shell_env
+from trio_worker._cli._demo import NEXT_STEPS, plan_outcomes
 
 
 def test_plan_has_every_outcome_and_always_one_completion() -> None:
@@ -118,3 +120,22 @@ async def test_on_a_terminal_log_lines_print_above_the_live_line() -> None:
     assert errors, text  # the crash on purpose is logged...
     for piece in errors:  # ...on a line of its own
         assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ERROR ", piece), piece
+
+
+async def test_try_next_works_as_typed_on_a_fresh_api(tmp_path: Path) -> None:
+    # Point 4 of issue 18: every line the demo suggests, in order, verbatim;
+    # only the API's port is the test's own (4200 may be taken).
+    port = free_port()
+    lines = [line.strip() for line in NEXT_STEPS.strip().splitlines()[1:]]
+    block = "\n".join(lines) + "\n"
+    result = await run_block(
+        block,
+        cwd=tmp_path,
+        env=shell_env(tmp_path, TRIO_WORKER_API_PORT=str(port)),
+        substitute={"127.0.0.1:4200": f"127.0.0.1:{port}"},
+    )
+    assert result.returncode == 0, result
+    assert "| hello trio" in result.stdout  # the run's output, under its name
+    # The last command's table: one run, completed.
+    (row,) = result.stdout.split("EXPECTED START")[-1].strip().splitlines()
+    assert "Completed" in row.split(), row

@@ -136,7 +136,7 @@ async def test_logs_prints_lines_oldest_first(
     lines = text.stdout.splitlines()
     assert len(lines) == 2
     assert "INFO" in lines[0]
-    assert lines[0].endswith("prefect.flow_runs - first line")
+    assert lines[0].endswith(" INFO prefect.flow_runs: first line")
     assert "ERROR" in lines[1]
     assert lines[1].endswith("second line")
 

@@ -240,7 +240,8 @@ def logs(flow_run_ref: str, as_json: bool) -> None:
         return
     for line in lines:
         level = logging.getLevelName(line.level)
-        click.echo(f"{format_time(line.timestamp)} | {level:<8} | {line.name} - {line.message}")
+        # The worker's own line format (trio_worker._logging.TEXT_FORMAT).
+        click.echo(f"{format_time(line.timestamp)} {level} {line.name}: {line.message}")
 
 
 async def _delete(settings: Settings, ref: str) -> FlowRun:
