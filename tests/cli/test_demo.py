@@ -137,5 +137,6 @@ async def test_try_next_works_as_typed_on_a_fresh_api(tmp_path: Path) -> None:
     assert result.returncode == 0, result
     assert "| hello trio" in result.stdout  # the run's output, under its name
     # The last command's table: one run, completed.
-    (row,) = result.stdout.split("EXPECTED START")[-1].strip().splitlines()
+    _header, *rows = result.stdout.split("EXPECTED START", 1)[-1].strip().splitlines()
+    (row,) = rows
     assert "Completed" in row.split(), row
