@@ -143,3 +143,21 @@ def test_liveness_settings_defaults_zero_and_errors() -> None:
         Settings.from_env({"TRIO_WORKER_SERVER_HEARTBEAT_TIMEOUT": "-1"})
     with pytest.raises(ConfigurationError, match="PREFECT_FLOWS_HEARTBEAT_FREQUENCY"):
         Settings.from_env({"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "0"})
+
+
+def test_warm_start_settings_are_read_and_validated() -> None:
+    settings = Settings.from_env(
+        {
+            "TRIO_WORKER_WARM_START": "false",
+            "TRIO_WORKER_PRELOAD": "numpy, my_pkg.models",
+            "TRIO_WORKER_WARM_START_MAX_FORKS": "50",
+        }
+    )
+    assert settings.warm_start is False
+    assert settings.preload == ("numpy", "my_pkg.models")
+    assert settings.warm_start_max_forks == 50
+    assert Settings().warm_start is True
+    with pytest.raises(ConfigurationError, match="TRIO_WORKER_PRELOAD='a-b'"):
+        Settings.from_env({"TRIO_WORKER_PRELOAD": "a-b"})
+    with pytest.raises(ConfigurationError, match="TRIO_WORKER_WARM_START_MAX_FORKS='0'"):
+        Settings.from_env({"TRIO_WORKER_WARM_START_MAX_FORKS": "0"})

@@ -47,6 +47,7 @@ import sys
 import threading
 import traceback
 import uuid
+import warnings
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -120,7 +121,11 @@ def _child(request: dict[str, Any], fds: list[int], closing: Sequence[int]) -> i
             os.execv(sys.executable, [sys.executable, "-m", "prefect.engine", str(flow_run_id)])
         refresh()
         sys.argv = [request["argv0"], str(flow_run_id)]
-        runpy.run_module("prefect.engine", run_name="__main__")
+        with warnings.catch_warnings():
+            # runpy warns that the module it runs as __main__ is already imported:
+            # that is the point here (its imports are what the zygote shares).
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module="runpy")
+            runpy.run_module("prefect.engine", run_name="__main__")
         return 0
 
     return engine_main([], os.environ, handover=prefect_here)

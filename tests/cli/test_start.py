@@ -31,6 +31,11 @@ async def test_bad_name_is_one_line(run_cli: RunCli) -> None:
     result.assert_usage_error("'a/b'")
 
 
+async def test_bad_preload_is_one_line(run_cli: RunCli) -> None:
+    result = await run_cli("start", "-p", "p", "--preload", "json,not a module")
+    result.assert_one_line_error("'not a module', which is not a module name")
+
+
 async def test_missing_pool_without_a_terminal_is_one_line(run_cli: RunCli) -> None:
     result = await run_cli("start")
     result.assert_usage_error("--pool")
