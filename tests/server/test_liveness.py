@@ -284,6 +284,17 @@ async def test_lapsed_lease_redelivers_a_task_with_retries(
     assert again["state"]["state_details"]["deferred"] is True
     # Delivered to the next subscriber; its lease lapsing again uses up the retry.
     await _deliver_and_ack(client, run)
+    # A late report of the first holder (run count 1) does not overwrite the second run
+    # (PENDING here: the test's sweep, hours ahead, scheduled the redelivery in the future).
+    late = {
+        "event": "prefect.task-run.Completed", "id": str(uuid.uuid4()),
+        "occurred": format_time(datetime.now(UTC)),
+        "resource": {"prefect.resource.id": f"prefect.task-run.{run['id']}",
+                     "prefect.run-count": "1", "prefect.orchestration": "client"},
+        "payload": {"validated_state": {"type": "COMPLETED", "name": "Completed"}},
+    }  # fmt: skip
+    assert (await client.post("/events", json=[late])).status_code == 204
+    assert (await state_of(client, run["id"], "task_runs"))["state_type"] == "PENDING"
     assert (await sweep_at(db_path, later(3 * 3600))).task_runs_crashed == 1
 
 

@@ -305,8 +305,8 @@ def _sweep_task_leases(tx: Tx, queue: TaskQueue, at: datetime, counts: LivenessC
             )  # fmt: skip
             counts.task_runs_crashed += 1
         tx.execute(
-            "UPDATE task_runs SET lease_lost_by = lease_holder, lease_lapses = lease_lapses + 1 "
-            "WHERE id = ?",
+            "UPDATE task_runs SET lease_lost_by = lease_holder, lease_lapses = lease_lapses + 1, "
+            "lapsed_run_count = run_count WHERE id = ?",
             (row["id"],),
         )
         write_task_run_state(tx, queue, row, state)

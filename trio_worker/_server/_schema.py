@@ -119,6 +119,7 @@ ALTER TABLE task_runs ADD COLUMN lease_since TEXT;
 ALTER TABLE task_runs ADD COLUMN lease_expires TEXT;
 ALTER TABLE task_runs ADD COLUMN lease_lost_by TEXT;
 ALTER TABLE task_runs ADD COLUMN lease_lapses INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE task_runs ADD COLUMN lapsed_run_count INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX ix_task_runs_lease ON task_runs (lease_expires) WHERE lease_holder IS NOT NULL;
 """
 """Liveness (``_liveness``): who holds a run, since when, and when it last said so.

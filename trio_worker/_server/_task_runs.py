@@ -208,12 +208,23 @@ def apply_client_state(tx: Tx, queue: TaskQueue, event: dict[str, Any]) -> None:
     stamp = parse_time(current.get("timestamp"))
     if stamp is not None and stamp > at:
         return  # an older event arriving late: the run has moved on (Prefect's recorder agrees)
+    if row["lease_lapses"] and _run_count(resource) <= row["lapsed_run_count"]:
+        # From a task worker whose lease lapsed (its run count is from before
+        # the lapse): the run was taken back, and its late report must not win.
+        return
     state = build_state(
         validated["type"], name=validated.get("name"), message=validated.get("message"),
         data=validated.get("data"), details=validated.get("state_details"),
         timestamp=at, run_field="task_run_id", run_id=row["id"],
     )  # fmt: skip
     _write_state(tx, queue, row, state, at)
+
+
+def _run_count(resource: dict[str, Any]) -> int:
+    try:
+        return int(resource.get("prefect.run-count", 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def filter_task_runs(tx: Tx, body: dict[str, Any]) -> list[dict[str, Any]]:
