@@ -1211,6 +1211,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=ROOT / "bench-results", help="directory of the JSON results"
     )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="with --prefect: the Prefect server on PostgreSQL (_postgres.py) instead of SQLite",
+    )
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "performance.md")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/performance.md")
     parser.add_argument(
@@ -1263,7 +1268,16 @@ async def run_bench(args: argparse.Namespace, command: str) -> dict[str, Any]:
     log(f"work directory {workdir}")
     bench = Bench(args, workdir)
     results: dict[str, dict[str, Any]] = {k: {} for k in kinds}
-    async with running_api(args.prefect, workdir) as api:
+    database_url = None
+    postgres = contextlib.ExitStack()
+    if args.postgres:
+        from _postgres import postgres_server
+
+        pg = postgres.enter_context(postgres_server(install=True, durable=True))
+        pg.create_database("prefect")
+        database_url = pg.sqlalchemy_url("prefect")
+        meta["database"] = f"PostgreSQL {pg.bin_dir.parent.name}"
+    async with running_api(args.prefect, workdir, database_url=database_url) as api:
         meta["api"] = {k: api[k] for k in ("kind", "version", "url")}
         bench.api = api
         bench.proxy = await Proxy.start(api["port"])
@@ -1313,6 +1327,7 @@ async def run_bench(args: argparse.Namespace, command: str) -> dict[str, Any]:
                         )
         finally:
             await bench.proxy.stop()
+    postgres.close()
     meta["machine"]["loadavg_end"] = os.getloadavg()
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
