@@ -90,6 +90,14 @@ async def test_point1_a_second_api_on_the_same_database_is_refused(tmp_path: Pat
         assert f"export PREFECT_API_URL={url}" in worker.stderr
         second = await _run("server", "start", "--port", "0", "--db", db, env=env)
         second.assert_one_line_error("already served by the API at")
+        # On the port it looks at, `start` uses that API, and says so first.
+        port = url.split(":")[2].split("/")[0]
+        reuse = await _run(
+            "start", "-p", "solo", "--run-once", env={**env, "TRIO_WORKER_API_PORT": port}
+        )
+        assert reuse.returncode == 0, reuse
+        first = reuse.stderr.splitlines()[0]
+        assert f"using the API already running at {url} (database {db})" in first
     finally:
         server.send_signal(signal.SIGINT)
         with trio.fail_after(30):
