@@ -115,8 +115,10 @@ async def _existing_api(url: str) -> bool:
 async def _pool_type(settings: Settings, api_url: str, pool: str) -> str | None:
     """Return the pool's type; None when it does not exist yet (the worker creates it).
 
-    A pool that does not exist while one of a close name does is surely a
-    typo: refused, rather than created and waited on forever.
+    A pool that does not exist while one of a close name does may be a typo,
+    or a new pool of a family (``etl-1``, ``etl-2``): a worker is a daemon that
+    a deployment tool starts, so it goes on as Prefect's does, but says so
+    first, with the close name, on a WARNING line of its own.
     """
     async with PrefectClient(api_url, settings=settings) as client:
         try:
@@ -125,9 +127,11 @@ async def _pool_type(settings: Settings, api_url: str, pool: str) -> str | None:
             names = [p.name for p in await client.read_work_pools()]
     hint = did_you_mean(pool, names)
     if hint:
-        raise usage_error(
-            f"work pool {pool!r} not found.{hint} "
-            f"(to serve a new pool of that name, create it: `trio-worker work-pool create {pool}`)"
+        logger.warning(
+            "Work pool %r not found.%s Serving a new pool of that name; stop the worker "
+            "(Ctrl-C) if it is a typo.",
+            pool,
+            hint,
         )
     return None
 
