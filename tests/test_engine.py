@@ -209,7 +209,8 @@ async def test_engine_finds_file_under_deployment_path_when_not_in_cwd(
 
 
 async def test_engine_waits_when_api_answers_wait_then_runs(api_url: str, project: Path) -> None:
-    scheduled = now() + dt.timedelta(seconds=2)
+    # Far enough ahead that the engine, even on a loaded machine, starts before it.
+    scheduled = now() + dt.timedelta(seconds=6)
     async with PrefectClient(api_url) as client:
         # The worker prefetches: a run may be PENDING before its scheduled time.
         run = await _pending_run(client, "flows.py:add", scheduled_time=scheduled)
