@@ -468,3 +468,11 @@ async def test_point14_the_drain_says_what_it_waits_for_and_what_it_cut_short(
     assert f"Flow run '{run.name}' cut short: Worker" in err
     done = await client.read_flow_run(run.id)
     assert done.state is not None and done.state.type is StateType.CRASHED
+
+
+async def test_point12_a_group_alone_shows_its_help_not_an_error() -> None:
+    for args in ((), ("deployment",)):
+        result = await _run(*args, env=clean_env())
+        assert result.returncode == 2, result  # click's status for a missing command
+        assert result.stderr.startswith("Usage: trio-worker"), result
+        assert "Commands:" in result.stderr and "Error" not in result.stderr

@@ -54,6 +54,13 @@ _PREFECT_HABITS: Final = {
 }
 
 
+#: Click (8.2+) raises this for a group called without a command; it is shown
+#: as help, not as a one-line error. Older clicks print the help themselves.
+_NO_ARGS_IS_HELP: Final[type[click.UsageError]] = getattr(
+    click.exceptions, "NoArgsIsHelpError", type("_NeverRaised", (click.UsageError,), {})
+)
+
+
 def did_you_mean(word: str, choices: Sequence[str]) -> str:
     """Return ``" Did you mean 'x'?"`` for the choice closest to ``word``, or ``""``."""
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
@@ -112,6 +119,9 @@ class _LazyGroup(click.Group):
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS_IS_HELP as exc:  # `trio-worker` or a group alone: its help
+            exc.show()
+            sys.exit(exc.exit_code)
         except click.UsageError as exc:
             _exit(_usage_line(exc), EXIT_USAGE)
         except click.ClickException as exc:
