@@ -118,6 +118,12 @@ async def test_integers_beyond_64_bits_are_422(
     assert error["type"] in ("less_than_equal", "greater_than_equal")
 
 
+@pytest.mark.parametrize("path", ["/flow_runs/filter", "/task_runs/filter", "/logs/filter"])
+async def test_a_sort_that_is_no_string_is_422(client: httpx.AsyncClient, path: str) -> None:
+    error = _only_error(await client.post(path, json={"sort": [None]}))
+    assert (error["type"], error["loc"]) == ("enum", ["body", "sort"])
+
+
 async def test_datetimes_at_the_ends_of_the_range_are_422(client: httpx.AsyncClient) -> None:
     for stamp in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:00:00-05:00"):
         line = {"name": "n", "level": 20, "message": "m", "timestamp": stamp}
