@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from trio_websocket import ConnectionClosed, open_websocket_url
 
 from tests.server.conftest import make_deployment, make_run
 
@@ -115,6 +116,12 @@ async def test_integers_beyond_64_bits_are_422(
     error = _only_error(await client.post(path, json=body))
     assert error["loc"] == loc
     assert error["type"] in ("less_than_equal", "greater_than_equal")
+
+
+@pytest.mark.parametrize("path", ["/flow_runs/filter", "/task_runs/filter", "/logs/filter"])
+async def test_a_sort_that_is_no_string_is_422(client: httpx.AsyncClient, path: str) -> None:
+    error = _only_error(await client.post(path, json={"sort": [None]}))
+    assert (error["type"], error["loc"]) == ("enum", ["body", "sort"])
 
 
 async def test_datetimes_at_the_ends_of_the_range_are_422(client: httpx.AsyncClient) -> None:
@@ -306,3 +313,28 @@ async def test_optional_parameters_accept_null_and_mismatches_use_prefects_words
         "detail": "Error creating flow run: Validation failed for field 'n'. "
         "Failure reason: 'x' is not valid under any of the given schemas"
     }
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"id": "\\ud800", "event": "e", "occurred": "2024-01-01T00:00:00Z",'
+        ' "resource": {"prefect.resource.id": "r"}}',
+        '{"id": "i", "event": "e", "occurred": "2024-01-01T00:00:00Z",'
+        ' "resource": {"prefect.resource.id": "r"}, "payload": {"x": NaN}}',
+        '{"id": "i", "event": "e", "occurred": "2024-01-01T00:00:00Z",'
+        ' "resource": {"prefect.resource.id": "r"}, "payload": {"x": '
+        + "[" * 500
+        + "]" * 500
+        + "}}",
+    ],
+)
+async def test_an_event_frame_the_server_cannot_store_closes_with_1007(
+    api_url: str, client: httpx.AsyncClient, frame: str
+) -> None:
+    async with open_websocket_url(api_url.replace("http://", "ws://") + "/events/in") as ws:
+        await ws.send_message(frame)
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.get_message()
+    assert closed.value.reason.code == 1007
+    assert (await client.post("/events/filter", json={})).json()["events"] == []

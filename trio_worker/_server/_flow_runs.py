@@ -313,7 +313,7 @@ def filter_flow_runs(tx: Tx, body: dict[str, Any]) -> list[dict[str, Any]]:
             sections.append((template.format(where), params))
     limit, offset = page(body, errors)
     sort = body.get("sort") or "ID_DESC"
-    if sort not in _SORTS:
+    if not isinstance(sort, str) or sort not in _SORTS:
         expected = ", ".join(f"'{s}'" for s in _SORTS)
         errors.add(["body", "sort"], "enum", f"Input should be {expected}", sort)
     if errors:

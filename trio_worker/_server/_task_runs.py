@@ -244,7 +244,7 @@ def filter_task_runs(tx: Tx, body: dict[str, Any]) -> list[dict[str, Any]]:
         params += run_params
     limit, offset = page(body, errors)
     sort = body.get("sort") or "ID_DESC"
-    if sort not in _SORTS:
+    if not isinstance(sort, str) or sort not in _SORTS:
         errors.add(["body", "sort"], "enum", f"Input should be one of {', '.join(_SORTS)}", sort)
     if errors:
         raise invalid(errors, body)
