@@ -48,11 +48,17 @@ class LeaseKeeper:
 
     @contextmanager
     def holding(self, run_id: uuid.UUID) -> Iterator[trio.CancelScope]:
-        """Keep ``run_id``'s lease while the block runs; the scope is cancelled if it is lost."""
+        """Keep ``run_id``'s lease while the block runs; the block is cancelled if it is lost.
+
+        The block runs inside the lease's cancel scope, so a lost lease stops it
+        where it is (the scope absorbs its own cancellation); :meth:`lost` then
+        tells the caller not to report an outcome.
+        """
         scope = trio.CancelScope()
         self._scopes[run_id] = scope
         try:
-            yield scope
+            with scope:
+                yield scope
         finally:
             self._scopes.pop(run_id, None)
 

@@ -459,7 +459,9 @@ class TaskWorker:
             )
             raise
         finally:
-            if final_state is not None:
+            if final_state is not None and not self._leases.lost(task_run.id):
+                # (A run whose lease the API took back is another worker's now, or
+                # CRASHED: whatever it ended as here is not reported.)
                 with trio.CancelScope(shield=True) as report:
                     report.deadline = trio.current_time() + REPORT_TIMEOUT_SECONDS
                     await self._report(task_run, progress, final_state, delete=delete)
