@@ -35,6 +35,7 @@ from trio_worker._process_group import (
     kill_process_group,
     parent_pid,
     process_env_value,
+    process_running,
     process_start_time,
     signal_process_group,
     terminate_process_group,
@@ -53,6 +54,8 @@ ENGINE_COMMAND: Final = (sys.executable, "-m", "trio_worker.engine")
 WARM_START_ENV: Final = "TRIO_WORKER_WARM_START"
 #: How long a killed warm run's exit may take to be reported by its zygote.
 EXIT_REPORT_SECONDS: Final = 5.0
+#: How often a warm run whose zygote died is checked for its end.
+ORPHAN_POLL_SECONDS: Final = 1.0
 
 
 def _log_cold(flow_run: FlowRun) -> None:
@@ -269,8 +272,21 @@ class ProcessWorker(BaseWorker):
             return None
         try:
             task_status.started(format_infrastructure_pid(child.pid))
+            started = process_start_time(child.pid)
             await self._record(flow_run, child.pid)
             await child.wait()
+            if child.returncode is None:
+                # Its zygote died first: the run lives on (its parent is now init
+                # or a subreaper), as a cold start's would. Wait for it to end;
+                # polled, since a process that is not our child cannot be awaited.
+                logger.warning(
+                    "The warm-start zygote of flow run '%s' (pid %d) died; watching the run"
+                    " until it ends",
+                    flow_run.id,
+                    child.pid,
+                )
+                while process_running(child.pid, started):  # noqa: ASYNC110
+                    await trio.sleep(ORPHAN_POLL_SECONDS)
         except trio.Cancelled:
             with trio.CancelScope(shield=True):
                 await terminate_process_group(child, grace_seconds=self.cancel_grace_seconds)

@@ -123,6 +123,16 @@ def parent_pid(pid: int) -> int | None:
     return None if fields is None else int(fields[1])
 
 
+def process_running(pid: int, started: int | None) -> bool:
+    """Whether ``pid`` (which started at ``started``, see :func:`process_start_time`) still runs.
+
+    A zombie counts as ended: a process whose parent died is reaped by init,
+    or, under a pid 1 that reaps nothing (some containers), never.
+    """
+    fields = _proc_stat_fields(pid)
+    return fields is not None and fields[0] not in ("Z", "X") and int(fields[19]) == started
+
+
 def process_start_time(pid: int) -> int | None:
     """When ``pid`` started, in clock ticks since boot; tells a reused pid from the original."""
     fields = _proc_stat_fields(pid)

@@ -20,10 +20,12 @@ forking), :meth:`spawn` returns ``None`` and the caller starts the run cold.
 from __future__ import annotations
 
 import array
+import contextlib
 import itertools
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +36,7 @@ from typing import Any, Final
 import attrs
 import trio
 
+from trio_worker._process_group import signal_process_group
 from trio_worker._zygote import MAX_MESSAGE_BYTES
 
 __all__ = ["WarmChild", "WarmStarter", "open_warm_starter"]
@@ -177,7 +180,12 @@ class WarmStarter:
 
     async def _serve_zygote(self, *, task_status: trio.TaskStatus[bool]) -> None:
         """Run one zygote: start it, wait for ready, read its messages, reap it."""
-        worker_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            worker_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError as exc:  # e.g. out of file descriptors: run cold, never fail
+            logger.warning("Could not start the warm-start zygote: %s", exc)
+            task_status.started(False)
+            return
         try:
             command = [sys.executable, "-m", "trio_worker._zygote", str(zygote_end.fileno())]
             if self.preload:
@@ -252,6 +260,17 @@ class WarmStarter:
                     zygote.forks += 1
                 answer.append(message)
                 event.set()
+            elif op == "started":
+                # Forked after its run stopped waiting (and started cold, or was
+                # cancelled): it must not run the flow a second time.
+                pid = int(message.get("pid", 0))
+                if pid > 0:
+                    logger.warning(
+                        "The warm-start zygote answered too late; killing the run it forked"
+                        " (pid %d)",
+                        pid,
+                    )
+                    signal_process_group(pid, signal.SIGKILL)
             elif op == "exited" and request_id in zygote.children:
                 zygote.children.pop(request_id)._exit(int(message["returncode"]))
 
@@ -264,12 +283,18 @@ class WarmStarter:
                 zygote.forks,
                 growth,
             )
-            zygote.retired = True
+            self._retire(zygote)
+
+    def _retire(self, zygote: _Zygote) -> None:
+        """Fork no more runs from ``zygote``; it ends once its children have."""
+        zygote.retired = True
+        if self._current is zygote:
             self._current = None
             self._ready = trio.Event()
             self._wanted.set()
-            if not zygote.children and not zygote.pending:
-                # Wake its reader so that it closes.
+        if zygote.alive and not zygote.children and not zygote.pending:
+            # Wake its reader so that it closes (the socket may be gone already).
+            with contextlib.suppress(OSError):
                 zygote.sock.shutdown(socket.SHUT_WR)
 
     async def spawn(
@@ -329,6 +354,8 @@ class WarmStarter:
                 zygote.pending.pop(request_id, None)
         if not answer:
             logger.warning("The warm-start zygote did not answer; starting the run cold")
+            if zygote.alive and not zygote.retired:
+                self._retire(zygote)  # too slow to trust with the next run
             return None
         if answer[0]["op"] != "started":
             error = answer[0].get("error")

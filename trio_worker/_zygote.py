@@ -149,6 +149,11 @@ def _fork(request: dict[str, Any], fds: list[int], closing: Sequence[int]) -> in
             traceback.print_exc()
         finally:
             try:
+                # As the interpreter's own exit does: join non-daemon threads and
+                # run threading's exit hooks (Prefect's log and event services
+                # drain their queues there), then the atexit functions.
+                with contextlib.suppress(Exception):
+                    threading._shutdown()  # type: ignore[attr-defined]
                 atexit._run_exitfuncs()
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -157,6 +162,14 @@ def _fork(request: dict[str, Any], fds: list[int], closing: Sequence[int]) -> in
     for fd in fds:
         os.close(fd)
     return pid
+
+
+def _native_threads() -> int:
+    """Threads of this process as the kernel counts them (C extensions' threads included)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1  # no /proc: only Python's own count can be checked
 
 
 def _reap(sock: socket.socket, children: dict[int, int]) -> None:
@@ -189,7 +202,7 @@ def _handle(sock: socket.socket, closing: Sequence[int], children: dict[int, int
             os.close(fd)
         _send(sock, {"op": "failed", "id": request_id, "error": "expected 3 fds"})
         return True
-    if threading.active_count() != 1:
+    if threading.active_count() != 1 or _native_threads() != 1:
         for fd in fds:
             os.close(fd)
         error = "the zygote has threads; forking it is unsafe"

@@ -51,6 +51,12 @@ def visit(out):
     warm_probe.COUNTER += 1
     os.chdir("/")
 
+def wait_for_release(out, release):
+    with open(out, "w") as f:
+        f.write(str(os.getpid()))
+    while not os.path.exists(release):
+        time.sleep(0.05)
+
 def sleep_forever(out):
     with open(out, "w") as f:
         f.write(str(os.getpid()))
@@ -167,6 +173,52 @@ async def test_a_dead_zygote_is_replaced(
         seen = await _run_visit(client, pool_name, flows_dir, "after", {})
     assert seen["ppid"] == second
     assert not process_alive(first)
+
+
+async def test_a_warm_run_outlives_its_zygote(
+    client: PrefectClient,
+    running_worker: WorkerFactory,
+    pool_name: str,
+    flows_dir: Path,
+    api_url: str,
+    state_dir: Path,
+) -> None:
+    # The zygote dies (OOM killer, a stray kill) while a run it forked runs:
+    # the run goes on to its end, as a cold start's would.
+    out, release = flows_dir / "outlives.pid", flows_dir / "release"
+    async with running_worker(settings=warm_settings(api_url, state_dir)) as worker:
+        deployment = await make_deployment(
+            client,
+            pool_name,
+            entrypoint="flows.py:wait_for_release",
+            path=str(flows_dir),
+            parameters={"out": str(out), "release": str(release)},
+            job_variables={"working_dir": str(flows_dir)},
+        )
+        run = await client.create_flow_run_from_deployment(deployment.id)
+
+        async def started() -> bool:
+            return out.exists() and bool(out.read_text())
+
+        await wait_for(started, what="the run's code started")
+        pid = int(out.read_text())
+        zygote = worker.warm_starter.zygote_pid if worker.warm_starter else None
+        assert zygote is not None and _parent(pid) == zygote
+        os.kill(zygote, signal.SIGKILL)
+
+        async def orphaned() -> bool:
+            return _parent(pid) != zygote
+
+        await wait_for(orphaned, what="the run re-parented")
+        assert process_alive(pid)
+        release.touch()
+        done = await wait_for_state(client, run.id, FINAL)
+
+        async def let_go() -> bool:
+            return not worker.in_flight
+
+        await wait_for(let_go, what="the worker done with the run")
+    assert done.state is not None and done.state.type is StateType.COMPLETED, done.state
 
 
 async def test_the_zygote_is_replaced_after_max_forks(
