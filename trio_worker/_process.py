@@ -178,7 +178,10 @@ class ProcessWorker(BaseWorker):
         limit_bytes = None if memory_limit_mb is None else effective_limit(memory_limit_mb)
         try:
             result = None
-            if self._warm_eligible(command, configuration):
+            # A memory ceiling starts cold: RLIMIT_AS counts the address space a
+            # fork inherits (the zygote's imports, Prefect's included), so the
+            # same limit would be tighter warm than cold.
+            if limit_bytes is None and self._warm_eligible(command, configuration):
                 result = await self._run_warm(
                     flow_run, configuration, env, cwd, limit_bytes, task_status
                 )

@@ -79,7 +79,12 @@ def warm_settings(api_url: str, state_dir: Path, **changes: object) -> object:
 
 
 async def _run_visit(
-    client: PrefectClient, pool_name: str, flows_dir: Path, name: str, env: dict[str, str]
+    client: PrefectClient,
+    pool_name: str,
+    flows_dir: Path,
+    name: str,
+    env: dict[str, str],
+    **job_variables: object,
 ) -> dict[str, object]:
     out = flows_dir / f"{name}.jsonl"
     deployment = await make_deployment(
@@ -89,7 +94,7 @@ async def _run_visit(
         entrypoint="flows.py:visit",
         path=str(flows_dir),
         parameters={"out": str(out)},
-        job_variables={"working_dir": str(flows_dir), "env": env},
+        job_variables={"working_dir": str(flows_dir), "env": env, **job_variables},
     )
     run = await client.create_flow_run_from_deployment(deployment.id)
     done = await wait_for_state(client, run.id, FINAL)
@@ -173,6 +178,23 @@ async def test_a_dead_zygote_is_replaced(
         seen = await _run_visit(client, pool_name, flows_dir, "after", {})
     assert seen["ppid"] == second
     assert not process_alive(first)
+
+
+async def test_a_run_with_a_memory_ceiling_starts_cold(
+    client: PrefectClient,
+    running_worker: WorkerFactory,
+    pool_name: str,
+    flows_dir: Path,
+    api_url: str,
+    state_dir: Path,
+) -> None:
+    # RLIMIT_AS counts the address space a fork inherits: the same limit would
+    # be tighter warm than cold, so a limited run gets a fresh interpreter.
+    async with running_worker(settings=warm_settings(api_url, state_dir)):
+        warm = await _run_visit(client, pool_name, flows_dir, "warm", {})
+        capped = await _run_visit(client, pool_name, flows_dir, "capped", {}, memory_limit_mb=4096)
+    assert warm["ppid"] != os.getpid()  # forked by the zygote
+    assert capped["ppid"] == os.getpid()  # started by the worker itself
 
 
 async def test_a_warm_run_outlives_its_zygote(
