@@ -309,11 +309,14 @@ def _subprotocols(headers: dict[str, str]) -> list[str]:
     return [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
 
 
-async def _answer(send: Send, status: int, body: dict[str, Any]) -> None:
+async def _answer(
+    send: Send, status: int, body: dict[str, Any], *, kind: str = "http.response"
+) -> None:
+    """Send ``body`` as a JSON response (``kind``: ``http.response`` or a websocket denial)."""
     payload = json.dumps(body).encode()
     await send(
         {
-            "type": "http.response.start",
+            "type": f"{kind}.start",
             "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
@@ -321,7 +324,7 @@ async def _answer(send: Send, status: int, body: dict[str, Any]) -> None:
             ],
         }
     )
-    await send({"type": "http.response.body", "body": payload})
+    await send({"type": f"{kind}.body", "body": payload})
 
 
 async def _refuse_websocket(
@@ -332,17 +335,6 @@ async def _refuse_websocket(
     if message.get("type") != "websocket.connect":
         return
     if "websocket.http.response" in (scope.get("extensions") or {}):
-        payload = json.dumps(body).encode()
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                ],
-            }
-        )
-        await send({"type": "websocket.http.response.body", "body": payload})
+        await _answer(send, status, body, kind="websocket.http.response")
     else:
         await send({"type": "websocket.close", "code": 1008})
