@@ -64,9 +64,9 @@ from bench_worker import (
     running_api,
 )
 
-from trio_worker._client import PrefectClient
-from trio_worker._exceptions import APIError
-from trio_worker._process_config import process_base_job_template
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._exceptions import APIError
+from trio_worker._process._config import process_base_job_template
 
 HERE: Final = Path(__file__).resolve().parent
 ROOT: Final = HERE.parent

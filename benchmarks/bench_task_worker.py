@@ -46,10 +46,10 @@ from _postgres import postgres_server
 from _procs import sample_tree
 from bench_worker import clean_env, log, prefect_installed, running_api
 
-from trio_worker._client import PrefectClient
-from trio_worker._models import TERMINAL_STATE_TYPES, StateType
-from trio_worker._patience import until_answered
-from trio_worker._tasks import Task, task
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import TERMINAL_STATE_TYPES, StateType
+from trio_worker._core._patience import until_answered
+from trio_worker._taskworker._tasks import Task, task
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -47,9 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _procs import descendants
 from bench_worker import clean_env, log, prefect_executable, running_api
 
-from trio_worker._client import PrefectClient
-from trio_worker._models import StateType
-from trio_worker._process_config import process_base_job_template
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import StateType
+from trio_worker._process._config import process_base_job_template
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 DOCS: Final = ROOT / "docs" / "performance.md"

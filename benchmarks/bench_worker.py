@@ -57,10 +57,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _procs import alive, descendants, peak_rss, read_stat, sample_tree
 
-from trio_worker._client import PrefectClient
-from trio_worker._exceptions import APIError
-from trio_worker._models import State, StateType
-from trio_worker._process_config import process_base_job_template
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._exceptions import APIError
+from trio_worker._core._models import State, StateType
+from trio_worker._process._config import process_base_job_template
 
 HERE: Final = Path(__file__).resolve().parent
 ROOT: Final = HERE.parent

@@ -11,10 +11,10 @@ from typing import Any, TypeVar
 
 import trio
 
-from trio_worker._client import PrefectClient
-from trio_worker._exceptions import NotFoundError
-from trio_worker._models import Deployment, FlowRun, StateType, TaskRun
-from trio_worker._process_config import process_base_job_template
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._exceptions import NotFoundError
+from trio_worker._core._models import Deployment, FlowRun, StateType, TaskRun
+from trio_worker._process._config import process_base_job_template
 
 T = TypeVar("T")
 

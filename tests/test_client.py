@@ -33,7 +33,7 @@ from trio_worker import (
     Settings,
     UnauthorizedError,
 )
-from trio_worker._models import SetStateStatus, State, StateType
+from trio_worker._core._models import SetStateStatus, State, StateType
 
 API_KEY = "pnu_s3cr3t-key-that-must-never-leak"
 POOL_ID = "1754ce2e-4e4c-4b4a-9a43-3c2b2f0d2a10"

@@ -18,8 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_worker import ModelError
-from trio_worker._converter import structure, unstructure
-from trio_worker._models import (
+from trio_worker._core._converter import structure, unstructure
+from trio_worker._core._models import (
     Deployment,
     Event,
     Flow,

@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from trio_worker._cli._start import start
-from trio_worker._health import create_health_app
-from trio_worker._process import ProcessWorker
-from trio_worker._submission import REPORT_TIMEOUT_SECONDS
+from trio_worker._process._worker import ProcessWorker
+from trio_worker._worker._health import create_health_app
+from trio_worker._worker._submission import REPORT_TIMEOUT_SECONDS
 
 DEPLOY = Path(__file__).parents[1] / "docs" / "deploy"
 #: The worker's own peak RSS measured by the benchmark (docs/performance.md), in MiB.

@@ -18,18 +18,18 @@ import pytest
 import trio
 
 from tests.helpers import wait_for
-from trio_worker._client import PrefectClient
-from trio_worker._converter import structure
-from trio_worker._engine import (
+from trio_worker._client._client import PrefectClient
+from trio_worker._client._log_shipping import MAX_MESSAGE_CHARS
+from trio_worker._core._converter import structure
+from trio_worker._core._models import FlowRun, State, StateType, now
+from trio_worker._engine._logs import APILogHandler, LogShipper
+from trio_worker._engine._run import (
     EntrypointError,
     _exec_prefect_engine,
     is_prefect_flow,
     load_entrypoint,
     prefect_engine_argv,
 )
-from trio_worker._engine_logs import APILogHandler, LogShipper
-from trio_worker._log_shipping import MAX_MESSAGE_CHARS
-from trio_worker._models import FlowRun, State, StateType, now
 
 ENGINE = [sys.executable, "-m", "trio_worker.engine"]
 

@@ -10,7 +10,7 @@ import typing
 import attrs
 
 import trio_worker
-import trio_worker._models
+import trio_worker._core._models
 import trio_worker.models
 
 INCLUDED_PRIVATE_MEMBERS = ["__version__"]
@@ -66,9 +66,9 @@ def test_renamed_exceptions_pickle() -> None:
 
 
 def test_models_module_reexports_every_model() -> None:
-    assert trio_worker.models.__all__ == trio_worker._models.__all__
-    for name in trio_worker._models.__all__:
-        assert getattr(trio_worker.models, name) is getattr(trio_worker._models, name)
+    assert trio_worker.models.__all__ == trio_worker._core._models.__all__
+    for name in trio_worker._core._models.__all__:
+        assert getattr(trio_worker.models, name) is getattr(trio_worker._core._models, name)
     public = sorted(
         name
         for name in vars(trio_worker.models)
@@ -80,7 +80,7 @@ def test_models_module_reexports_every_model() -> None:
 
 def test_models_are_importable_by_their_public_path() -> None:
     module = importlib.import_module("trio_worker.models")
-    assert module.FlowRun is trio_worker._models.FlowRun
+    assert module.FlowRun is trio_worker._core._models.FlowRun
     assert module.StateType.PENDING == "PENDING"
 
 
@@ -90,9 +90,9 @@ def test_the_worker_command_line_does_not_load_the_server_or_the_task_worker() -
     import sys
 
     code = (
-        "import sys, trio_worker._cli, trio_worker._cli._start, trio_worker._process;"
+        "import sys, trio_worker._cli, trio_worker._cli._start, trio_worker._process._worker;"
         "print(sorted(m for m in sys.modules if m.startswith(('trio_worker._server',"
-        " 'trio_worker._task_worker', 'hypercorn', 'rich'))))"
+        " 'trio_worker._taskworker._worker', 'hypercorn', 'rich'))))"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -13,9 +13,9 @@ from typing import Any
 import attrs
 import pytest
 
-from trio_worker._exceptions import ConfigurationError, JobVariableError, TemplateError
-from trio_worker._job_schema import job_metadata, json_schema
-from trio_worker._jobs import (
+from trio_worker._core._exceptions import ConfigurationError, JobVariableError, TemplateError
+from trio_worker._core._job_schema import job_metadata, json_schema
+from trio_worker._core._jobs import (
     BaseJobConfiguration,
     BaseVariables,
     default_base_job_template,
@@ -23,8 +23,8 @@ from trio_worker._jobs import (
     merge_job_variables,
     prepare_for_flow_run,
 )
-from trio_worker._models import Deployment, Flow, FlowRun, WorkPool
-from trio_worker._process_config import (
+from trio_worker._core._models import Deployment, Flow, FlowRun, WorkPool
+from trio_worker._process._config import (
     ProcessJobConfiguration,
     ProcessVariables,
     process_base_job_template,

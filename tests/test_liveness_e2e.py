@@ -20,11 +20,11 @@ import trio
 
 from tests.helpers import clean_env, make_deployment, python_command, wait_for, wait_for_state
 from tests.test_task_worker import child_worker, wait_state
-from trio_worker._client import PrefectClient
-from trio_worker._models import Event, State, StateType
-from trio_worker._process import ProcessWorker
-from trio_worker._settings import Settings
-from trio_worker._tasks import Task, TaskRunFailedError
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import Event, State, StateType
+from trio_worker._core._settings import Settings
+from trio_worker._process._worker import ProcessWorker
+from trio_worker._taskworker._tasks import Task, TaskRunFailedError
 from trio_worker.testing import LivenessRules, open_embedded_api
 
 SMALL = LivenessRules(heartbeat_timeout=3, pending_timeout=3, task_lease=3)

@@ -26,16 +26,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.test_engine import _engine, _pending_run
-from trio_worker._client import PrefectClient
-from trio_worker._converter import structure
-from trio_worker._log_shipping import (
+from trio_worker._client._client import PrefectClient
+from trio_worker._client._log_shipping import (
     DROPPED_LOGGER_NAME,
     LogBuffer,
     LogShipper,
     flush_logs,
     repair_text,
 )
-from trio_worker._models import Log
+from trio_worker._core._converter import structure
+from trio_worker._core._models import Log
 
 POISON = "the API refuses this line"
 

@@ -6,7 +6,7 @@ import attrs
 import pytest
 
 from trio_worker import ConfigurationError, Settings
-from trio_worker._settings import (
+from trio_worker._core._settings import (
     DEFAULT_HEARTBEAT_SECONDS,
     DEFAULT_PREFETCH_SECONDS,
     DEFAULT_QUERY_SECONDS,

@@ -12,9 +12,7 @@ import pytest
 import trio
 import trio_websocket
 
-from trio_worker._exceptions import UnauthorizedError
-from trio_worker._settings import Settings
-from trio_worker._subscriptions import (
+from trio_worker._client._subscriptions import (
     JsonWebSocket,
     backoff_seconds,
     open_subscription,
@@ -22,6 +20,8 @@ from trio_worker._subscriptions import (
     websocket_token,
     websocket_url,
 )
+from trio_worker._core._exceptions import UnauthorizedError
+from trio_worker._core._settings import Settings
 
 Handler = Callable[[trio_websocket.WebSocketRequest], Awaitable[None]]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from trio_worker._task_leases import LeaseKeeper
+from trio_worker._taskworker._leases import LeaseKeeper
 
 
 class _TakesBack:

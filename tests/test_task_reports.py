@@ -7,11 +7,11 @@ from pathlib import Path
 import trio
 
 from tests.helpers import assert_ran_once_to_completion
-from trio_worker._client import PrefectClient
-from trio_worker._models import State, StateType
-from trio_worker._task_reports import TaskRunReporter, task_run_record
-from trio_worker._task_store import LocalTaskStore
-from trio_worker._tasks import Task
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import State, StateType
+from trio_worker._taskworker._reports import TaskRunReporter, task_run_record
+from trio_worker._taskworker._store import LocalTaskStore
+from trio_worker._taskworker._tasks import Task
 
 
 async def noop() -> None:

@@ -22,13 +22,13 @@ import pytest
 import trio
 
 from tests.helpers import clean_env, wait_for
-from trio_worker._client import PrefectClient
-from trio_worker._models import StateType, TaskRun
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import StateType, TaskRun
+from trio_worker._core._settings import Settings
 from trio_worker._server import serve_api
-from trio_worker._settings import Settings
-from trio_worker._task_store import parameters_key
-from trio_worker._task_worker import TaskWorker
-from trio_worker._tasks import Task, TaskRunFailedError, task
+from trio_worker._taskworker._store import parameters_key
+from trio_worker._taskworker._tasks import Task, TaskRunFailedError, task
+from trio_worker._taskworker._worker import TaskWorker
 
 
 class BoomError(Exception):
@@ -55,7 +55,7 @@ def boom(message: str) -> None:
 HOLD_MODULE = """
 import pathlib
 import trio
-from trio_worker import _tasks
+from trio_worker._taskworker import _tasks
 
 @_tasks.task(key="tw-hold")
 async def hold(n: int, release: str | None = None) -> int:

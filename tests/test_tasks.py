@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import trio
 
-from trio_worker._client import PrefectClient
-from trio_worker._exceptions import ConfigurationError
-from trio_worker._models import StateType
-from trio_worker._task_store import (
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._exceptions import ConfigurationError
+from trio_worker._core._models import StateType
+from trio_worker._taskworker._store import (
     LocalTaskStore,
     check_json,
     decode_record,
@@ -22,7 +22,7 @@ from trio_worker._task_store import (
     encode_record,
     parameters_key,
 )
-from trio_worker._tasks import Task, TaskRunTimeoutError, task
+from trio_worker._taskworker._tasks import Task, TaskRunTimeoutError, task
 
 
 @task

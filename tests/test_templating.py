@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_worker._exceptions import TemplateError
-from trio_worker._templating import (
+from trio_worker._core._exceptions import TemplateError
+from trio_worker._core._templating import (
     NOTSET,
     Placeholder,
     PlaceholderKind,

@@ -20,14 +20,14 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from tests.helpers import clean_env, wait_for
-from trio_worker._client import PrefectClient
-from trio_worker._exceptions import ConfigurationError, TLSError
-from trio_worker._process import ProcessWorker
+from trio_worker._client._client import PrefectClient
+from trio_worker._client._subscriptions import SubscriptionClosedError, open_subscription
+from trio_worker._core._exceptions import ConfigurationError, TLSError
+from trio_worker._core._settings import Settings
+from trio_worker._process._worker import ProcessWorker
 from trio_worker._server import create_app
-from trio_worker._settings import Settings
-from trio_worker._subscriptions import SubscriptionClosedError, open_subscription
-from trio_worker._task_worker import TaskWorker
-from trio_worker._tasks import task
+from trio_worker._taskworker._tasks import task
+from trio_worker._taskworker._worker import TaskWorker
 
 #: The verdict OpenSSL gives for a server certificate of an unknown CA.
 UNKNOWN_CA = "unable to get local issuer certificate"

@@ -13,44 +13,44 @@ tracebacks always name them ``trio_worker.X``.
 import importlib as _importlib
 import typing as _typing
 
-from trio_worker._exceptions import APIError as APIError
-from trio_worker._exceptions import BadRequestError as BadRequestError
-from trio_worker._exceptions import ConfigurationError as ConfigurationError
-from trio_worker._exceptions import ConflictError as ConflictError
-from trio_worker._exceptions import InfrastructureError as InfrastructureError
-from trio_worker._exceptions import JobVariableError as JobVariableError
-from trio_worker._exceptions import ModelError as ModelError
-from trio_worker._exceptions import NotFoundError as NotFoundError
-from trio_worker._exceptions import ServerUnavailableError as ServerUnavailableError
-from trio_worker._exceptions import TemplateError as TemplateError
-from trio_worker._exceptions import TLSError as TLSError
-from trio_worker._exceptions import TrioWorkerError as TrioWorkerError
-from trio_worker._exceptions import UnauthorizedError as UnauthorizedError
-from trio_worker._exceptions import WorkerTypeNotFoundError as WorkerTypeNotFoundError
+from trio_worker._core._exceptions import APIError as APIError
+from trio_worker._core._exceptions import BadRequestError as BadRequestError
+from trio_worker._core._exceptions import ConfigurationError as ConfigurationError
+from trio_worker._core._exceptions import ConflictError as ConflictError
+from trio_worker._core._exceptions import InfrastructureError as InfrastructureError
+from trio_worker._core._exceptions import JobVariableError as JobVariableError
+from trio_worker._core._exceptions import ModelError as ModelError
+from trio_worker._core._exceptions import NotFoundError as NotFoundError
+from trio_worker._core._exceptions import ServerUnavailableError as ServerUnavailableError
+from trio_worker._core._exceptions import TemplateError as TemplateError
+from trio_worker._core._exceptions import TLSError as TLSError
+from trio_worker._core._exceptions import TrioWorkerError as TrioWorkerError
+from trio_worker._core._exceptions import UnauthorizedError as UnauthorizedError
+from trio_worker._core._exceptions import WorkerTypeNotFoundError as WorkerTypeNotFoundError
 from trio_worker._version import __version__ as __version__
 
 if _typing.TYPE_CHECKING:
-    from trio_worker._client import PrefectClient as PrefectClient
-    from trio_worker._jobs import BaseJobConfiguration as BaseJobConfiguration
-    from trio_worker._jobs import BaseVariables as BaseVariables
-    from trio_worker._jobs import job_metadata as job_metadata
-    from trio_worker._process import ProcessWorker as ProcessWorker
-    from trio_worker._process_config import ProcessJobConfiguration as ProcessJobConfiguration
-    from trio_worker._process_config import ProcessVariables as ProcessVariables
-    from trio_worker._settings import Settings as Settings
-    from trio_worker._task_store import LocalTaskStore as LocalTaskStore
-    from trio_worker._task_store import TaskStore as TaskStore
-    from trio_worker._task_worker import StopTaskWorker as StopTaskWorker
-    from trio_worker._task_worker import TaskWorker as TaskWorker
-    from trio_worker._task_worker import serve as serve
-    from trio_worker._tasks import Task as Task
-    from trio_worker._tasks import TaskRunFailedError as TaskRunFailedError
-    from trio_worker._tasks import TaskRunHandle as TaskRunHandle
-    from trio_worker._tasks import TaskRunTimeoutError as TaskRunTimeoutError
-    from trio_worker._tasks import task as task
-    from trio_worker._worker import BaseWorker as BaseWorker
-    from trio_worker._worker import BaseWorkerResult as BaseWorkerResult
-    from trio_worker._worker import WorkerStatistics as WorkerStatistics
+    from trio_worker._client._client import PrefectClient as PrefectClient
+    from trio_worker._core._jobs import BaseJobConfiguration as BaseJobConfiguration
+    from trio_worker._core._jobs import BaseVariables as BaseVariables
+    from trio_worker._core._jobs import job_metadata as job_metadata
+    from trio_worker._core._settings import Settings as Settings
+    from trio_worker._process._config import ProcessJobConfiguration as ProcessJobConfiguration
+    from trio_worker._process._config import ProcessVariables as ProcessVariables
+    from trio_worker._process._worker import ProcessWorker as ProcessWorker
+    from trio_worker._taskworker._store import LocalTaskStore as LocalTaskStore
+    from trio_worker._taskworker._store import TaskStore as TaskStore
+    from trio_worker._taskworker._tasks import Task as Task
+    from trio_worker._taskworker._tasks import TaskRunFailedError as TaskRunFailedError
+    from trio_worker._taskworker._tasks import TaskRunHandle as TaskRunHandle
+    from trio_worker._taskworker._tasks import TaskRunTimeoutError as TaskRunTimeoutError
+    from trio_worker._taskworker._tasks import task as task
+    from trio_worker._taskworker._worker import StopTaskWorker as StopTaskWorker
+    from trio_worker._taskworker._worker import TaskWorker as TaskWorker
+    from trio_worker._taskworker._worker import serve as serve
+    from trio_worker._worker._base import BaseWorker as BaseWorker
+    from trio_worker._worker._base import BaseWorkerResult as BaseWorkerResult
+    from trio_worker._worker._base import WorkerStatistics as WorkerStatistics
 
 __all__ = [
     "APIError",
@@ -93,31 +93,31 @@ __all__ = [
 
 #: Where each lazily loaded name lives.
 _LAZY: dict[str, str] = {
-    "PrefectClient": "trio_worker._client",
-    "BaseJobConfiguration": "trio_worker._jobs",
-    "BaseVariables": "trio_worker._jobs",
-    "job_metadata": "trio_worker._jobs",
-    "ProcessWorker": "trio_worker._process",
-    "ProcessJobConfiguration": "trio_worker._process_config",
-    "ProcessVariables": "trio_worker._process_config",
-    "Settings": "trio_worker._settings",
-    "LocalTaskStore": "trio_worker._task_store",
-    "TaskStore": "trio_worker._task_store",
-    "StopTaskWorker": "trio_worker._task_worker",
-    "TaskWorker": "trio_worker._task_worker",
-    "serve": "trio_worker._task_worker",
-    "Task": "trio_worker._tasks",
-    "TaskRunFailedError": "trio_worker._tasks",
-    "TaskRunHandle": "trio_worker._tasks",
-    "TaskRunTimeoutError": "trio_worker._tasks",
-    "task": "trio_worker._tasks",
-    "BaseWorker": "trio_worker._worker",
-    "BaseWorkerResult": "trio_worker._worker",
-    "WorkerStatistics": "trio_worker._worker",
+    "PrefectClient": "trio_worker._client._client",
+    "BaseJobConfiguration": "trio_worker._core._jobs",
+    "BaseVariables": "trio_worker._core._jobs",
+    "job_metadata": "trio_worker._core._jobs",
+    "ProcessWorker": "trio_worker._process._worker",
+    "ProcessJobConfiguration": "trio_worker._process._config",
+    "ProcessVariables": "trio_worker._process._config",
+    "Settings": "trio_worker._core._settings",
+    "LocalTaskStore": "trio_worker._taskworker._store",
+    "TaskStore": "trio_worker._taskworker._store",
+    "StopTaskWorker": "trio_worker._taskworker._worker",
+    "TaskWorker": "trio_worker._taskworker._worker",
+    "serve": "trio_worker._taskworker._worker",
+    "Task": "trio_worker._taskworker._tasks",
+    "TaskRunFailedError": "trio_worker._taskworker._tasks",
+    "TaskRunHandle": "trio_worker._taskworker._tasks",
+    "TaskRunTimeoutError": "trio_worker._taskworker._tasks",
+    "task": "trio_worker._taskworker._tasks",
+    "BaseWorker": "trio_worker._worker._base",
+    "BaseWorkerResult": "trio_worker._worker._base",
+    "WorkerStatistics": "trio_worker._worker._base",
 }
 
 # Show the public name in reprs and tracebacks: ``trio_worker.NotFoundError``,
-# not ``trio_worker._exceptions.NotFoundError`` (as httpx does). attrs classes
+# not ``trio_worker._core._exceptions.NotFoundError`` (as httpx does). attrs classes
 # that are structured from JSON keep their module: their string annotations
 # are resolved in it.
 _STRUCTURED = {

@@ -231,7 +231,7 @@ def cli_reference() -> str:
 
 def other_env_table() -> str:
     """The variables read outside ``Settings``, named by the constants the code reads."""
-    from trio_worker import _task_store
+    from trio_worker._taskworker import _store as _task_store
     from trio_worker._cli import _server
 
     storage = [_task_store.STORAGE_ENV, *_task_store.PREFECT_STORAGE_ENVS]
@@ -257,7 +257,7 @@ def metrics_table() -> str:
     """One row per metric of a worker's ``/metrics``, from a fresh registry."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    from trio_worker._metrics import WorkerMetrics
+    from trio_worker._worker._metrics import WorkerMetrics
 
     rows = []
     for metric in vars(WorkerMetrics()).values():

@@ -11,7 +11,7 @@ import attrs
 import pytest
 import trio
 
-from trio_worker._client import PrefectClient
+from trio_worker._client._client import PrefectClient
 
 
 @attrs.frozen

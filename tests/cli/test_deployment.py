@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from trio_worker._client import PrefectClient
-from trio_worker._models import StateType, now
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import StateType, now
 
 FLOW_SOURCE = "def hello(name='world', n=1, quoted=None):\n    print('hello', name, n)\n"
 

@@ -21,11 +21,11 @@ import trio
 from tests.cli.conftest import CliResult, RunCli
 from tests.helpers import clean_env, wait_for
 from tests.test_task_worker import EXAMPLE, Child, child_env, child_worker
-from trio_worker._client import PrefectClient
-from trio_worker._models import StateType
-from trio_worker._settings import Settings
-from trio_worker._task_worker import TaskWorker
-from trio_worker._tasks import Task
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import StateType
+from trio_worker._core._settings import Settings
+from trio_worker._taskworker._tasks import Task
+from trio_worker._taskworker._worker import TaskWorker
 
 # -- point 1: `start` without PREFECT_API_URL says which API and database ------------------
 
@@ -409,7 +409,7 @@ async def test_point12_a_task_that_cannot_be_imported_names_the_parameter(
 
 # -- point 14: one log format, the run's name on its output, a drain that says what it does --
 
-#: The worker's line format (trio_worker._logging.TEXT_FORMAT), e.g.
+#: The worker's line format (trio_worker._core._logging.TEXT_FORMAT), e.g.
 #: ``2026-12-04 17:34:28,725 INFO trio_worker.flow_runs: ...``.
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+: ")
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from trio_worker._client import PrefectClient
-from trio_worker._models import FlowRun, Log, SetStateStatus, State, StateType, now
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import FlowRun, Log, SetStateStatus, State, StateType, now
 
 
 @pytest.fixture

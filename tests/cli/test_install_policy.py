@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.cli.conftest import RunCli
-from trio_worker._exceptions import ConfigurationError
-from trio_worker._registry import worker_type_package
+from trio_worker._cli._registry import worker_type_package
+from trio_worker._core._exceptions import ConfigurationError
 
 FAKE_PIP = """
 import json, os, sys

@@ -23,10 +23,10 @@ import trio
 
 from tests.cli.conftest import RunCli
 from tests.helpers import clean_env, make_deployment, wait_for
-from trio_worker._client import PrefectClient
-from trio_worker._models import StateType
-from trio_worker._settings import Settings
-from trio_worker._tasks import Task
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import StateType
+from trio_worker._core._settings import Settings
+from trio_worker._taskworker._tasks import Task
 from trio_worker.testing import open_embedded_api
 
 SECRET = "runner:9f2c-secret"
@@ -147,7 +147,7 @@ async def test_a_worker_with_the_auth_string_runs_a_flow_run_end_to_end(
 
 
 HOLD = """
-from trio_worker import _tasks
+from trio_worker._taskworker import _tasks
 
 @_tasks.task(key="sec-double")
 def double(n: int) -> int:

@@ -13,8 +13,8 @@ import trio
 
 from tests.cli.conftest import RunCli
 from tests.helpers import clean_env, make_deployment
-from trio_worker._client import PrefectClient
-from trio_worker._models import StateType
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import StateType
 
 
 async def test_bad_base_job_template_is_one_line(run_cli: RunCli, tmp_path: Path) -> None:
@@ -55,7 +55,7 @@ def _write_plugin(root: Path) -> None:
         textwrap.dedent(
             """
             import trio
-            from trio_worker._process import ProcessWorker
+            from trio_worker._process._worker import ProcessWorker
 
             class EchoWorker(ProcessWorker):
                 type = "echo"

@@ -6,10 +6,10 @@ import pytest
 
 from tests.cli.conftest import RunCli
 from tests.helpers import make_deployment
-from trio_worker._client import PrefectClient
-from trio_worker._exceptions import ConfigurationError
-from trio_worker._models import StateType
-from trio_worker._settings import Settings
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._exceptions import ConfigurationError
+from trio_worker._core._models import StateType
+from trio_worker._core._settings import Settings
 
 
 async def test_run_once_with_a_start_rate_starts_only_the_burst(

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trio_worker._client import PrefectClient
-from trio_worker._process_config import process_base_job_template
+from trio_worker._client._client import PrefectClient
+from trio_worker._process._config import process_base_job_template
 
 TEMPLATE: dict[str, Any] = {
     "job_configuration": {"command": "{{ command }}"},

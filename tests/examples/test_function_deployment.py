@@ -14,8 +14,8 @@ from pathlib import Path
 import trio
 
 from tests.helpers import clean_env
-from trio_worker._client import PrefectClient
-from trio_worker._models import FlowRun, StateType
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import FlowRun, StateType
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "function_deployment"
 

@@ -24,9 +24,9 @@ import pytest
 import trio
 
 from tests.helpers import clean_env, make_deployment, process_alive, wait_for, wait_for_state
-from trio_worker._client import PrefectClient
-from trio_worker._models import State, StateType
-from trio_worker._settings import Settings
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import State, StateType
+from trio_worker._core._settings import Settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "inline_worker"
 FINAL = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)

@@ -26,7 +26,7 @@ import pytest
 import trio
 
 from tests.helpers import clean_env, wait_for
-from trio_worker._client import PrefectClient
+from trio_worker._client._client import PrefectClient
 
 #: Prefect's own CLI and Python API, only where the package is installed (nox -s prefect).
 PREFECT_INSTALLED = importlib.util.find_spec("prefect") is not None

@@ -20,8 +20,8 @@ import pytest
 from tests.helpers import clean_env, make_deployment, python_command, wait_for_state
 from tests.interop.conftest import WORKER_ENV, WorkerFactory
 from tests.proxy import Fault, FaultyProxy, faulty_proxy
-from trio_worker._client import PrefectClient
-from trio_worker._models import StateType
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import StateType
 
 pytestmark = pytest.mark.prefect
 

@@ -14,8 +14,8 @@ import pytest
 
 from tests.helpers import clean_env, make_deployment, wait_for, wait_for_state
 from tests.interop.conftest import WORKER_ENV, WorkerFactory
-from trio_worker._client import PrefectClient
-from trio_worker._models import State, StateType
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import State, StateType
 
 pytestmark = pytest.mark.prefect
 

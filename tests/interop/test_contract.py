@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from tests.helpers import make_deployment, wait_for
-from trio_worker._client import PrefectClient
-from trio_worker._exceptions import NotFoundError
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._exceptions import NotFoundError
 
 pytestmark = pytest.mark.prefect
 

@@ -18,10 +18,10 @@ import pytest
 import trio
 
 from tests.helpers import make_deployment, wait_for, wait_for_state
-from trio_worker._client import PrefectClient
-from trio_worker._engine_heartbeats import heartbeat_event
-from trio_worker._models import Event, State, StateType
-from trio_worker._zombie_automation import AUTOMATION_NAME, install_zombie_automation
+from trio_worker._client._client import PrefectClient
+from trio_worker._client._zombie_automation import AUTOMATION_NAME, install_zombie_automation
+from trio_worker._core._models import Event, State, StateType
+from trio_worker._engine._heartbeats import heartbeat_event
 
 pytestmark = pytest.mark.prefect
 

@@ -19,8 +19,8 @@ import trio
 
 from tests.helpers import wait_for, wait_for_state
 from tests.interop.conftest import Cli, WorkerFactory
-from trio_worker._client import PrefectClient
-from trio_worker._models import StateType
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import StateType
 
 pytestmark = pytest.mark.prefect
 

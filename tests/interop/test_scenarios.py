@@ -18,8 +18,8 @@ import trio
 
 from tests.helpers import make_deployment, process_alive, python_command, wait_for, wait_for_state
 from tests.interop.conftest import PREFECT_INSTALLED, Cli, WorkerFactory
-from trio_worker._client import PrefectClient
-from trio_worker._models import StateType
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import StateType
 
 pytestmark = pytest.mark.prefect
 

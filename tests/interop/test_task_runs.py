@@ -15,12 +15,12 @@ import pytest
 import trio
 
 from tests.helpers import assert_ran_once_to_completion
-from trio_worker._client import PrefectClient
-from trio_worker._models import StateType
-from trio_worker._settings import Settings
-from trio_worker._task_store import LocalTaskStore
-from trio_worker._task_worker import TaskWorker
-from trio_worker._tasks import Task
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import StateType
+from trio_worker._core._settings import Settings
+from trio_worker._taskworker._store import LocalTaskStore
+from trio_worker._taskworker._tasks import Task
+from trio_worker._taskworker._worker import TaskWorker
 
 pytestmark = pytest.mark.prefect
 

@@ -12,9 +12,9 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from trio_worker._exceptions import ConfigurationError
+from trio_worker._core._exceptions import ConfigurationError
+from trio_worker._core._settings import DEFAULT_API_MAX_BODY_BYTES, Settings
 from trio_worker._server import serve_api
-from trio_worker._settings import DEFAULT_API_MAX_BODY_BYTES, Settings
 
 LIMIT = 64 * 1024
 HUGE = 1024 * LIMIT  # 64 MiB: far more than socket buffers hold between two reads

@@ -20,11 +20,11 @@ import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from tests.helpers import wait_for
-from trio_worker._client import PrefectClient
-from trio_worker._exceptions import UnauthorizedError
+from trio_worker._client._client import PrefectClient
+from trio_worker._client._subscriptions import open_subscription
+from trio_worker._core._exceptions import UnauthorizedError
+from trio_worker._core._settings import Settings
 from trio_worker._server import ApiSecurity, is_loopback_host, serve_api
-from trio_worker._settings import Settings
-from trio_worker._subscriptions import open_subscription
 from trio_worker.testing import open_embedded_api
 
 SECRET = "admin:s3cret-pass"

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import trio
 
-from trio_worker._client import PrefectClient
-from trio_worker._process import ProcessWorker
-from trio_worker._settings import Settings
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._settings import Settings
+from trio_worker._process._worker import ProcessWorker
 
 
 @pytest.fixture

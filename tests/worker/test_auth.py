@@ -15,9 +15,9 @@ import pytest
 
 from tests.helpers import make_deployment, wait_for, wait_for_state
 from tests.worker.conftest import WorkerFactory, fast_settings
-from trio_worker._client import PrefectClient
-from trio_worker._models import State, StateType
-from trio_worker._settings import Settings
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import State, StateType
+from trio_worker._core._settings import Settings
 from trio_worker.testing import open_embedded_api
 
 SECRET = "worker:0b5e-secret"
@@ -53,7 +53,7 @@ async def test_cancellation_arrives_over_the_authenticated_event_stream(
 
 
 def test_credentials_never_reach_a_repr() -> None:
-    from trio_worker._process_config import ProcessJobConfiguration
+    from trio_worker._process._config import ProcessJobConfiguration
     from trio_worker._server import ApiSecurity
 
     env = {"PREFECT_API_AUTH_STRING": SECRET, "PREFECT_API_KEY": "key-123", "OTHER": "shown"}

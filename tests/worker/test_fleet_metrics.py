@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.helpers import make_deployment, wait_for, wait_for_state
 from tests.proxy import Fault, faulty_proxy
 from tests.worker.conftest import WorkerFactory, fast_settings
-from trio_worker._client import PrefectClient
-from trio_worker._models import State, StateDetails, StateType, now
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import State, StateDetails, StateType, now
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

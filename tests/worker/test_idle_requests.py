@@ -23,10 +23,10 @@ import trio.testing
 from tests.helpers import wait_for
 from tests.proxy import faulty_proxy
 from tests.worker.conftest import WorkerFactory, fast_settings
-from trio_worker import _services
-from trio_worker._cancellation import CHECK_ROUNDS_WHILE_STREAMING
-from trio_worker._process import ProcessWorker
-from trio_worker._services import service_loop
+from trio_worker._core import _services
+from trio_worker._core._services import service_loop
+from trio_worker._process._worker import ProcessWorker
+from trio_worker._worker._cancellation import CHECK_ROUNDS_WHILE_STREAMING
 
 POLLS = 40  # with query_seconds 0.05: 20 rounds of the check (every 2 intervals)
 

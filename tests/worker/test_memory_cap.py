@@ -9,11 +9,11 @@ import uuid
 import pytest
 import trio
 
-from trio_worker._exceptions import JobVariableError
-from trio_worker._memory_cap import MEBIBYTE, capped_command
-from trio_worker._models import FlowRun
-from trio_worker._submission import _apply_limits
-from trio_worker._worker import InFlightRun
+from trio_worker._core._exceptions import JobVariableError
+from trio_worker._core._models import FlowRun
+from trio_worker._process._memory_cap import MEBIBYTE, capped_command
+from trio_worker._worker._base import InFlightRun
+from trio_worker._worker._submission import _apply_limits
 
 DD_600M = ["dd", "if=/dev/zero", "of=/dev/null", "bs=600M", "count=1"]
 

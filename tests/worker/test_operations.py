@@ -23,10 +23,10 @@ from tests.helpers import (
     wait_for_state,
 )
 from tests.worker.conftest import WorkerFactory, fast_settings
-from trio_worker._client import PrefectClient
-from trio_worker._models import State, StateType
-from trio_worker._process_group import process_start_time
-from trio_worker._run_records import RunRecord, RunRecords
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import State, StateType
+from trio_worker._process._group import process_start_time
+from trio_worker._process._run_records import RunRecord, RunRecords
 
 FINAL = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
 SLEEP_FOREVER = python_command("import time; time.sleep(300)")
@@ -173,7 +173,7 @@ async def _no_runs(worker: object) -> bool:
 
 
 async def test_ready_is_503_until_the_pool_is_known(api_url: str, state_dir: Path) -> None:
-    from trio_worker._process import ProcessWorker
+    from trio_worker._process._worker import ProcessWorker
 
     worker = ProcessWorker(
         "never-created",

@@ -16,8 +16,8 @@ import attrs
 from tests.helpers import make_deployment, python_command, wait_for, wait_for_state
 from tests.proxy import Fault, faulty_proxy
 from tests.worker.conftest import WorkerFactory, fast_settings
-from trio_worker._client import PrefectClient
-from trio_worker._models import StateType
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import StateType
 
 FINAL = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
 

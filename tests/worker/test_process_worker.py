@@ -11,11 +11,11 @@ import trio
 
 from tests.helpers import make_deployment, process_alive, python_command, wait_for, wait_for_state
 from tests.worker.conftest import WorkerFactory, fast_settings
-from trio_worker._client import PrefectClient
-from trio_worker._jobs import default_base_job_template
-from trio_worker._models import State, StateType
-from trio_worker._process import ProcessWorker
-from trio_worker._process_config import ProcessJobConfiguration, ProcessVariables
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._jobs import default_base_job_template
+from trio_worker._core._models import State, StateType
+from trio_worker._process._config import ProcessJobConfiguration, ProcessVariables
+from trio_worker._process._worker import ProcessWorker
 
 FINAL = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
 

@@ -9,10 +9,10 @@ import trio
 
 from tests.helpers import make_deployment, python_command, wait_for, wait_for_state
 from tests.worker.conftest import fast_settings
-from trio_worker._client import PrefectClient
-from trio_worker._models import FlowRun, State, StateType
-from trio_worker._process import ProcessWorker
-from trio_worker._worker import BaseWorkerResult
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._models import FlowRun, State, StateType
+from trio_worker._process._worker import ProcessWorker
+from trio_worker._worker._base import BaseWorkerResult
 
 FINAL = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
 

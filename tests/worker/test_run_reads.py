@@ -9,9 +9,9 @@ import trio
 import trio.testing
 
 from tests.helpers import make_deployment
-from trio_worker._client import PrefectClient
-from trio_worker._exceptions import NotFoundError
-from trio_worker._run_reads import RunReader
+from trio_worker._client._client import PrefectClient
+from trio_worker._client._run_reads import RunReader
+from trio_worker._core._exceptions import NotFoundError
 
 
 async def test_overlapping_reads_share_requests(client: PrefectClient, pool_name: str) -> None:

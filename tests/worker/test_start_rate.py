@@ -10,10 +10,10 @@ import trio.testing
 
 from tests.helpers import make_deployment, wait_for, wait_for_state
 from tests.worker.conftest import WorkerFactory
-from trio_worker._client import PrefectClient
-from trio_worker._exceptions import ConfigurationError
-from trio_worker._models import StateType
-from trio_worker._start_rate import StartRate
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._exceptions import ConfigurationError
+from trio_worker._core._models import StateType
+from trio_worker._worker._start_rate import StartRate
 
 
 async def test_bucket_allows_the_burst_then_the_rate(

@@ -18,7 +18,7 @@ from typing import Any, Final, NoReturn
 
 import click
 
-from trio_worker._httpx_cli import skip_httpx_cli
+from trio_worker._core._httpx_cli import skip_httpx_cli
 from trio_worker._version import __version__
 
 # Before any command imports httpx: the worker's start-up is a feature.

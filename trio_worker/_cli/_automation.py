@@ -6,8 +6,7 @@ import click
 
 from trio_worker._cli import main
 from trio_worker._cli._common import echo_json, get_settings, open_client, run_async
-from trio_worker._settings import Settings
-from trio_worker._zombie_automation import (
+from trio_worker._client._zombie_automation import (
     AUTOMATION_NAME,
     MIN_WITHIN_SECONDS,
     ZombieAutomation,
@@ -15,6 +14,7 @@ from trio_worker._zombie_automation import (
     install_zombie_automation,
     zombie_automation,
 )
+from trio_worker._core._settings import Settings
 
 __all__ = ["automation"]
 

@@ -7,7 +7,7 @@ person (:func:`echo_table`) or JSON for a script (:func:`echo_json`).
 
 Errors a person can act on (no API URL, an unknown pool) become one line on
 stderr and exit status 1, never a traceback: the
-:class:`~trio_worker._exceptions.TrioWorkerError` tree is mapped to
+:class:`~trio_worker._core._exceptions.TrioWorkerError` tree is mapped to
 :class:`click.ClickException` in :func:`run_async`. A malformed flag (a bad
 ``--param``) is a usage error (:func:`usage_error`, exit status 2). The group
 in ``trio_worker._cli`` prints both as one line.
@@ -25,15 +25,15 @@ from typing import Any, Final, TypeVar, TypeVarTuple, Unpack
 import click
 import trio
 
-from trio_worker._client import PrefectClient
-from trio_worker._converter import unstructure
-from trio_worker._exceptions import (
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._converter import unstructure
+from trio_worker._core._exceptions import (
     ConfigurationError,
     ServerUnavailableError,
     TLSError,
     TrioWorkerError,
 )
-from trio_worker._settings import Settings
+from trio_worker._core._settings import Settings
 
 __all__ = [
     "MISSING_API_URL_MESSAGE",

@@ -17,7 +17,7 @@ from typing import Final
 
 import attrs
 
-from trio_worker._exceptions import ConfigurationError
+from trio_worker._core._exceptions import ConfigurationError
 
 __all__ = ["DatabaseClaim", "claim_database", "serving_url"]
 

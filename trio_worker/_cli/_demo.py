@@ -32,13 +32,13 @@ import trio
 
 from trio_worker._cli import main
 from trio_worker._cli._common import run_async
-from trio_worker._client import PrefectClient
-from trio_worker._logging import configure_logging
-from trio_worker._models import FlowRun, State, StateType
-from trio_worker._process import ProcessWorker
-from trio_worker._process_config import process_base_job_template
-from trio_worker._settings import Settings
-from trio_worker._signals import watch_shutdown_signals
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._logging import configure_logging
+from trio_worker._core._models import FlowRun, State, StateType
+from trio_worker._core._settings import Settings
+from trio_worker._core._signals import watch_shutdown_signals
+from trio_worker._process._config import process_base_job_template
+from trio_worker._process._worker import ProcessWorker
 
 __all__ = ["demo"]
 

@@ -31,10 +31,10 @@ from trio_worker._cli._common import (
     yes_option,
 )
 from trio_worker._cli._signature import FlowSignature, parameter_problem, read_signature
-from trio_worker._client import PrefectClient
-from trio_worker._exceptions import NotFoundError
-from trio_worker._models import Deployment, FlowRun, State, StateDetails, StateType, now
-from trio_worker._settings import Settings
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._exceptions import NotFoundError
+from trio_worker._core._models import Deployment, FlowRun, State, StateDetails, StateType, now
+from trio_worker._core._settings import Settings
 
 __all__ = ["deployment"]
 

@@ -28,10 +28,10 @@ from trio_worker._cli._common import (
     yes_option,
 )
 from trio_worker._cli._results import describe_result
-from trio_worker._client import PrefectClient, state_type_filter
-from trio_worker._converter import structure
-from trio_worker._exceptions import NotFoundError
-from trio_worker._models import (
+from trio_worker._client._client import PrefectClient, state_type_filter
+from trio_worker._core._converter import structure
+from trio_worker._core._exceptions import NotFoundError
+from trio_worker._core._models import (
     FlowRun,
     Log,
     OrchestrationResult,
@@ -39,7 +39,7 @@ from trio_worker._models import (
     State,
     StateType,
 )
-from trio_worker._settings import Settings
+from trio_worker._core._settings import Settings
 
 __all__ = ["flow_run"]
 
@@ -240,7 +240,7 @@ def logs(flow_run_ref: str, as_json: bool) -> None:
         return
     for line in lines:
         level = logging.getLevelName(line.level)
-        # The worker's own line format (trio_worker._logging.TEXT_FORMAT).
+        # The worker's own line format (trio_worker._core._logging.TEXT_FORMAT).
         click.echo(f"{format_time(line.timestamp)} {level} {line.name}: {line.message}")
 
 

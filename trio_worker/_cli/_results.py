@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from trio_worker._models import State, StateType
+from trio_worker._core._models import State, StateType
 
 __all__ = ["describe_result"]
 
@@ -28,7 +28,7 @@ def describe_result(state: State | None) -> str | None:
     data = state.data
     if not (isinstance(data, dict) and isinstance(data.get("storage_key"), str)):
         return _compact(data)
-    from trio_worker._task_store import decode_record, default_task_store
+    from trio_worker._taskworker._store import decode_record, default_task_store
 
     store = default_task_store()
     key = data["storage_key"]

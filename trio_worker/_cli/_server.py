@@ -21,7 +21,7 @@ import trio
 from trio_worker._cli import main
 from trio_worker._cli._common import get_settings
 from trio_worker._cli._database_claim import claim_database
-from trio_worker._exceptions import ConfigurationError
+from trio_worker._core._exceptions import ConfigurationError
 from trio_worker._server import DEFAULT_HOST, DEFAULT_PORT, ApiSecurity, is_loopback_host, serve_api
 
 __all__ = ["default_db_path", "server"]

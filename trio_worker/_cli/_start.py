@@ -22,13 +22,13 @@ import trio
 from trio_worker._cli import did_you_mean, main
 from trio_worker._cli._common import get_settings, run_async, usage_error
 from trio_worker._cli._database_claim import DatabaseClaim, claim_database, serving_url
-from trio_worker._client import PrefectClient
-from trio_worker._exceptions import ConfigurationError, NotFoundError, WorkerTypeNotFoundError
-from trio_worker._logging import configure_logging
-from trio_worker._registry import get_worker_class, installed_worker_types, worker_type_package
-from trio_worker._settings import Settings, parse_module_list
-from trio_worker._signals import watch_shutdown_signals
-from trio_worker._worker import BaseWorker
+from trio_worker._cli._registry import get_worker_class, installed_worker_types, worker_type_package
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._exceptions import ConfigurationError, NotFoundError, WorkerTypeNotFoundError
+from trio_worker._core._logging import configure_logging
+from trio_worker._core._settings import Settings, parse_module_list
+from trio_worker._core._signals import watch_shutdown_signals
+from trio_worker._worker._base import BaseWorker
 
 __all__ = ["start"]
 

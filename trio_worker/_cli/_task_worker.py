@@ -33,13 +33,13 @@ from trio_worker._cli._common import (
     run_async,
 )
 from trio_worker._cli._results import describe_result
-from trio_worker._exceptions import NotFoundError
-from trio_worker._logging import configure_logging
-from trio_worker._models import StateType, TaskRun
-from trio_worker._settings import Settings
-from trio_worker._signals import watch_shutdown_signals
-from trio_worker._task_worker import DEFAULT_DRAIN_TIMEOUT_SECONDS, DEFAULT_LIMIT, TaskWorker
-from trio_worker._tasks import Task
+from trio_worker._core._exceptions import NotFoundError
+from trio_worker._core._logging import configure_logging
+from trio_worker._core._models import StateType, TaskRun
+from trio_worker._core._settings import Settings
+from trio_worker._core._signals import watch_shutdown_signals
+from trio_worker._taskworker._tasks import Task
+from trio_worker._taskworker._worker import DEFAULT_DRAIN_TIMEOUT_SECONDS, DEFAULT_LIMIT, TaskWorker
 
 __all__ = ["load_task", "task_run", "task_worker"]
 

@@ -21,11 +21,11 @@ from trio_worker._cli._common import (
     usage_error,
     yes_option,
 )
-from trio_worker._client import PrefectClient
-from trio_worker._exceptions import ConflictError, NotFoundError, WorkerTypeNotFoundError
-from trio_worker._models import Worker, WorkPool, WorkQueue
-from trio_worker._registry import get_worker_class, installed_worker_types
-from trio_worker._settings import Settings
+from trio_worker._cli._registry import get_worker_class, installed_worker_types
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._exceptions import ConflictError, NotFoundError, WorkerTypeNotFoundError
+from trio_worker._core._models import Worker, WorkPool, WorkQueue
+from trio_worker._core._settings import Settings
 
 __all__ = ["work_pool"]
 

@@ -17,11 +17,11 @@ from hypercorn.config import Config
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
+from trio_worker._core._settings import DEFAULT_API_MAX_BODY_BYTES, Settings
 from trio_worker._server._app import create_app as create_app
 from trio_worker._server._guard import ApiSecurity as ApiSecurity
 from trio_worker._server._guard import is_loopback_host as is_loopback_host
 from trio_worker._server._liveness import LivenessRules as LivenessRules
-from trio_worker._settings import DEFAULT_API_MAX_BODY_BYTES, Settings
 
 __all__ = [
     "DEFAULT_HOST",
@@ -58,7 +58,7 @@ async def serve_api(
 
     ``liveness`` holds the thresholds of the rules that end or give back
     runs whose owner died; by default they are read from the environment
-    (``TRIO_WORKER_SERVER_*``, see :class:`~trio_worker._settings.Settings`).
+    (``TRIO_WORKER_SERVER_*``, see :class:`~trio_worker._core._settings.Settings`).
 
     Raises:
         OSError: the address cannot be bound (e.g. the port is in use).

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Final
 
 import attrs
 
-from trio_worker._models import StateType
+from trio_worker._core._models import StateType
 from trio_worker._server._common import dumps
 from trio_worker._server._validation import UNSET, UnsetType
 

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from trio_worker._core._settings import DEFAULT_API_MAX_BODY_BYTES
 from trio_worker._server._body_limit import BodyLimit
 from trio_worker._server._common import APIProblem, now
 from trio_worker._server._guard import ApiSecurity, Guard
@@ -26,7 +27,6 @@ from trio_worker._server._routes_core import core_routes
 from trio_worker._server._routes_runs import run_routes
 from trio_worker._server._storage import open_database
 from trio_worker._server._websockets import websocket_routes
-from trio_worker._settings import DEFAULT_API_MAX_BODY_BYTES
 
 __all__ = ["api_routes", "create_app"]
 

@@ -39,7 +39,7 @@ from typing import Any, Final
 
 import attrs
 
-from trio_worker._settings import Settings
+from trio_worker._core._settings import Settings
 
 __all__ = ["ApiSecurity", "Guard", "is_loopback_host"]
 

@@ -87,7 +87,7 @@ class LivenessRules:
 
     @classmethod
     def from_settings(cls, settings: Any) -> LivenessRules:
-        """Read the ``server_*`` fields of a :class:`~trio_worker._settings.Settings`."""
+        """Read the ``server_*`` fields of a :class:`~trio_worker._core._settings.Settings`."""
         return cls(
             heartbeat_timeout=settings.server_heartbeat_timeout,
             pending_timeout=settings.server_pending_timeout,

@@ -41,7 +41,7 @@ from trio_worker import (
 )
 
 # job_metadata is not re-exported by ``trio_worker`` (yet); it lives here.
-from trio_worker._jobs import job_metadata
+from trio_worker._core._jobs import job_metadata
 from trio_worker.models import FlowRun
 
 # --8<-- [end:imports]

@@ -1,0 +1,383 @@
+"""``ProcessWorker``: runs each flow run as a local subprocess.
+
+The child is started with ``trio.run_process`` in a new session (its own
+process group) inside the run's nursery. Cancelling the run's scope makes
+trio call :func:`~trio_worker._process._group.terminate_process_group`: SIGTERM
+to the group, the grace period, SIGKILL; once the leader has exited the group
+is swept with SIGKILL, so nothing the run spawned survives it. A memory
+ceiling is set by an exec wrapper before the command's first instruction
+(:mod:`trio_worker._process._memory_cap`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import functools
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from types import TracebackType
+from typing import Any, Final, Self
+
+import trio
+
+from trio_worker._core._exceptions import InfrastructureError
+from trio_worker._core._models import FlowRun, now
+from trio_worker._core._settings import parse_bool
+from trio_worker._process._config import ProcessJobConfiguration, ProcessVariables
+from trio_worker._process._group import (
+    kill_process_group,
+    parent_pid,
+    process_env_value,
+    process_running,
+    process_start_time,
+    signal_process_group,
+    terminate_process_group,
+)
+from trio_worker._process._memory_cap import capped_command, effective_limit
+from trio_worker._process._run_records import RunRecord, RunRecords
+from trio_worker._process._warm_start import WarmStarter, open_warm_starter
+from trio_worker._worker._base import HOSTNAME, BaseWorker, BaseWorkerResult
+
+__all__ = ["ProcessWorker", "format_infrastructure_pid", "parse_infrastructure_pid"]
+
+logger = logging.getLogger("trio_worker.process")
+
+ENGINE_COMMAND: Final = (sys.executable, "-m", "trio_worker.engine")
+#: In a job's env, ``0``/``false`` opts that run out of warm start.
+WARM_START_ENV: Final = "TRIO_WORKER_WARM_START"
+#: How long a killed warm run's exit may take to be reported by its zygote.
+EXIT_REPORT_SECONDS: Final = 5.0
+#: How often a warm run whose zygote died is checked for its end.
+ORPHAN_POLL_SECONDS: Final = 1.0
+
+
+def _log_cold(flow_run: FlowRun) -> None:
+    logger.info("Flow run '%s' starts cold: no warm-start zygote is available", flow_run.id)
+
+
+def format_infrastructure_pid(pid: int) -> str:
+    """Return ``"hostname:pid"``: no worker on another host will ever signal it."""
+    return f"{HOSTNAME}:{pid}"
+
+
+def parse_infrastructure_pid(value: str) -> tuple[str | None, int]:
+    """Split ``"host:pid"`` (ours, Prefect 3.0) or a bare ``"pid"`` (Prefect 3.9).
+
+    Returns:
+        ``(host, pid)``; ``host`` is None for a bare pid, whose host is unknown.
+
+    Raises:
+        ValueError: when the pid part is not a number.
+    """
+    host, _, pid = value.rpartition(":")
+    return (host or None), int(pid)
+
+
+class ProcessWorker(BaseWorker):
+    """Run flow runs as subprocesses of the worker, each in its own process group."""
+
+    type = "process"
+    job_configuration = ProcessJobConfiguration
+    job_configuration_variables = ProcessVariables
+
+    def __init__(self, work_pool_name: str, **kwargs: Any) -> None:
+        super().__init__(work_pool_name, **kwargs)
+        self.run_records = RunRecords(self.name, self.settings.state_dir)
+        #: Forks engine runs while the worker is open with warm start on.
+        self.warm_starter: WarmStarter | None = None
+        self._warm_stack = contextlib.AsyncExitStack()
+
+    async def reconcile_infrastructure(self) -> None:
+        """Adopt or kill the processes an earlier worker of this name left running."""
+        from trio_worker._process._reconcile import reconcile_process_runs
+
+        await reconcile_process_runs(self)
+
+    def default_command(self) -> str:
+        """Run trio-worker's engine with the worker's own interpreter."""
+        return shlex.join(ENGINE_COMMAND)
+
+    async def __aenter__(self) -> Self:
+        # The warm starter is opened around the base worker (and so around its
+        # runs nursery): it outlives every run, whose exits it reports.
+        async with contextlib.AsyncExitStack() as stack:
+            if self.settings.warm_start:
+                self.warm_starter = await stack.enter_async_context(
+                    open_warm_starter(
+                        self.settings.preload, max_forks=self.settings.warm_start_max_forks
+                    )
+                )
+            await super().__aenter__()
+            self._warm_stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: builtins.type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        try:
+            return await super().__aexit__(exc_type, exc, tb)
+        finally:
+            stack, self._warm_stack = self._warm_stack, contextlib.AsyncExitStack()
+            self.warm_starter = None
+            await stack.aclose()
+
+    def _warm_eligible(self, command: list[str], configuration: ProcessJobConfiguration) -> bool:
+        """Only the engine itself is forked, and only when the deployment does not opt out."""
+        if self.warm_starter is None or command != list(ENGINE_COMMAND):
+            return False
+        job_env = {k: v for k, v in configuration.env.items() if v is not None}
+        if WARM_START_ENV in job_env:
+            try:
+                if not parse_bool(job_env[WARM_START_ENV]):
+                    return False
+            except ValueError:
+                return False
+        # Variables read by the interpreter at start-up would not take effect in a fork.
+        return not any(k.startswith("PYTHON") and k != "PYTHONPATH" for k in job_env)
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: Any,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> BaseWorkerResult:
+        """Start the configured command, report its pid, and wait for it to exit.
+
+        Engine runs are forked from the warm-start zygote when one is
+        available (:mod:`trio_worker._process._warm_start`); anything else, or when no
+        zygote can be had, starts a fresh process.
+
+        Raises:
+            InfrastructureError: the working directory is missing or the command
+                cannot be executed.
+        """
+        assert isinstance(configuration, ProcessJobConfiguration)
+        command = shlex.split(configuration.command or self.default_command())
+        if not command:
+            raise InfrastructureError("the job's command is empty")
+        temporary_dir = None
+        if configuration.working_dir:
+            cwd = os.fspath(configuration.working_dir)
+            if not await trio.Path(cwd).is_dir():
+                raise InfrastructureError(f"working directory {cwd!r} does not exist")
+        else:
+            temporary_dir = cwd = tempfile.mkdtemp(prefix="trio-worker-", suffix="-run")
+        env = {**os.environ, **{k: v for k, v in configuration.env.items() if v is not None}}
+        tracked = self.in_flight.get(flow_run.id)
+        memory_limit_mb = tracked.memory_limit_mb if tracked is not None else None
+        limit_bytes = None if memory_limit_mb is None else effective_limit(memory_limit_mb)
+        try:
+            result = None
+            # A memory ceiling starts cold: RLIMIT_AS counts the address space a
+            # fork inherits (the zygote's imports, Prefect's included), so the
+            # same limit would be tighter warm than cold.
+            if limit_bytes is None and self._warm_eligible(command, configuration):
+                result = await self._run_warm(
+                    flow_run, configuration, env, cwd, limit_bytes, task_status
+                )
+            if result is None:
+                result = await self._run_cold(
+                    flow_run, configuration, command, env, cwd, limit_bytes, task_status
+                )
+            return result
+        finally:
+            if temporary_dir is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(shutil.rmtree, temporary_dir, True)
+
+    async def _run_cold(
+        self,
+        flow_run: FlowRun,
+        configuration: ProcessJobConfiguration,
+        command: list[str],
+        env: dict[str, str],
+        cwd: str,
+        limit_bytes: int | None,
+        task_status: trio.TaskStatus[str],
+    ) -> BaseWorkerResult:
+        """Start the command as a fresh child process of the worker."""
+        output = None if configuration.stream_output else subprocess.DEVNULL
+        argv = command if limit_bytes is None else capped_command(command, limit_bytes)
+        spawn = functools.partial(
+            trio.run_process,
+            argv,
+            check=False,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
+            deliver_cancel=functools.partial(
+                terminate_process_group, grace_seconds=self.cancel_grace_seconds
+            ),
+        )
+        spawn_error: OSError | None = None
+        process: trio.Process | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    process = await nursery.start(spawn)
+                except OSError as exc:
+                    spawn_error = exc
+                else:
+                    task_status.started(format_infrastructure_pid(process.pid))
+                    await self._record(flow_run, process.pid)
+        finally:
+            if process is not None:
+                # The leader is gone; anything left in its group is an orphan.
+                signal_process_group(process.pid, signal.SIGKILL)
+                with trio.CancelScope(shield=True):
+                    await self.run_records.remove(str(flow_run.id))
+        if spawn_error is not None or process is None:
+            reason = spawn_error.strerror if spawn_error else "no process"
+            raise InfrastructureError(f"could not start {command[0]!r}: {reason}")
+        assert process.returncode is not None
+        return BaseWorkerResult(
+            identifier=format_infrastructure_pid(process.pid), status_code=process.returncode
+        )
+
+    async def _run_warm(
+        self,
+        flow_run: FlowRun,
+        configuration: ProcessJobConfiguration,
+        env: dict[str, str],
+        cwd: str,
+        limit_bytes: int | None,
+        task_status: trio.TaskStatus[str],
+    ) -> BaseWorkerResult | None:
+        """Fork the engine run from the zygote; ``None`` when it must start cold instead."""
+        assert self.warm_starter is not None
+        with contextlib.ExitStack() as fds:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            fds.callback(os.close, devnull)
+            out = 1 if configuration.stream_output else devnull
+            err = 2 if configuration.stream_output else devnull
+            child = await self.warm_starter.spawn(
+                argv0=ENGINE_COMMAND[0],
+                env=env,
+                cwd=cwd,
+                fds=(devnull, out, err),
+                memory_limit_bytes=limit_bytes,
+            )
+        if child is None:
+            _log_cold(flow_run)
+            return None
+        try:
+            task_status.started(format_infrastructure_pid(child.pid))
+            started = process_start_time(child.pid)
+            await self._record(flow_run, child.pid)
+            await child.wait()
+            if child.returncode is None:
+                # Its zygote died first: the run lives on (its parent is now init
+                # or a subreaper), as a cold start's would. Wait for it to end;
+                # polled, since a process that is not our child cannot be awaited.
+                logger.warning(
+                    "The warm-start zygote of flow run '%s' (pid %d) died; watching the run"
+                    " until it ends",
+                    flow_run.id,
+                    child.pid,
+                )
+                while process_running(child.pid, started):  # noqa: ASYNC110
+                    await trio.sleep(ORPHAN_POLL_SECONDS)
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                await terminate_process_group(child, grace_seconds=self.cancel_grace_seconds)
+                with trio.move_on_after(self.cancel_grace_seconds + EXIT_REPORT_SECONDS):
+                    await child.wait()
+            raise
+        finally:
+            signal_process_group(child.pid, signal.SIGKILL)
+            with trio.CancelScope(shield=True):
+                await self.run_records.remove(str(flow_run.id))
+        if child.returncode is None:
+            logger.warning(
+                "The exit status of flow run '%s' (pid %d) is unknown: its zygote died first;"
+                " the run's own states tell how it ended",
+                flow_run.id,
+                child.pid,
+            )
+        return BaseWorkerResult(
+            identifier=format_infrastructure_pid(child.pid),
+            status_code=0 if child.returncode is None else child.returncode,
+        )
+
+    async def _record(self, flow_run: FlowRun, pid: int) -> None:
+        await self.run_records.add(
+            RunRecord(
+                flow_run_id=str(flow_run.id),
+                pid=pid,
+                start_ticks=process_start_time(pid),
+                started_at=now().isoformat(),
+            )
+        )
+
+    def infrastructure_is_abandoned(self, flow_run: FlowRun, infrastructure_pid: str) -> bool:
+        """Only a process on this host whose worker died is ours to stop.
+
+        A process on another host belongs to that host's worker (a bare pid,
+        as Prefect 3.9 writes, has an unknown host). A process whose parent
+        is still alive belongs to the live worker that started it. A pid that
+        now belongs to another program (reused) is never signalled: the
+        process must carry the run's ``PREFECT__FLOW_RUN_ID``.
+        """
+        try:
+            host, pid = parse_infrastructure_pid(infrastructure_pid)
+        except ValueError:
+            logger.warning(
+                "Flow run '%s' has an unreadable infrastructure_pid %r",
+                flow_run.id,
+                infrastructure_pid,
+            )
+            return False
+        if host != HOSTNAME:
+            self._warn_once(
+                f"foreign-{flow_run.id}",
+                "Flow run '%s' runs on %s; leaving its cancellation to that host's worker",
+                flow_run.id,
+                host or "an unknown host",
+            )
+            return False
+        if parent_pid(pid) is None:
+            # The leader is gone; a group with its id can only hold its leftovers
+            # (a new group of that id would need a leader with that pid).
+            return True
+        if process_env_value(pid, "PREFECT__FLOW_RUN_ID") != str(flow_run.id):
+            return False
+        return is_orphaned(pid)
+
+    async def kill_infrastructure(
+        self, infrastructure_pid: str, configuration: Any, grace_seconds: float
+    ) -> None:
+        """Stop the process group of a run an earlier worker on this host started.
+
+        Raises:
+            InfrastructureError: the pid belongs to another host or is not a number.
+        """
+        try:
+            host, pid = parse_infrastructure_pid(infrastructure_pid)
+        except ValueError:
+            raise InfrastructureError(
+                f"infrastructure_pid {infrastructure_pid!r} is not 'host:pid' or a pid"
+            ) from None
+        if host is not None and host != HOSTNAME:
+            raise InfrastructureError(
+                f"flow run infrastructure {infrastructure_pid!r} runs on another host"
+            )
+        await kill_process_group(pid, grace_seconds=grace_seconds)
+
+
+def is_orphaned(pid: int) -> bool:
+    """Whether ``pid`` exists and its worker died (it was re-parented to init)."""
+    parent = parent_pid(pid)
+    return parent is not None and parent == 1

@@ -1,0 +1,143 @@
+"""The task worker's status server: ``/status``, ``/health``, ``/metrics``.
+
+It runs in the worker's own nursery on the worker's own loop (hypercorn on
+trio), so what it reports is read from the live worker, not from a thread
+that might still answer while the loop is wedged. Metrics are produced at
+scrape time by a collector reading the worker, in a registry of our own: no
+process-global state, so several workers (or tests) in one process do not mix.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from trio_worker._taskworker._worker import TaskWorker
+
+__all__ = ["create_status_app", "serve_task_status", "worker_status"]
+
+logger = logging.getLogger("trio_worker.task_status")
+
+
+def worker_status(worker: TaskWorker) -> dict[str, Any]:
+    """Return the worker's counters as JSON (the body of ``/status``)."""
+    return {
+        "client_id": worker.client_id,
+        "started": worker.started,
+        "started_at": worker.started_at.isoformat() if worker.started_at else None,
+        "connected": worker.connected,
+        "limit": worker.limit,
+        "current_tasks": worker.current_tasks,
+        "available_tasks": worker.available_tasks,
+        "task_keys": worker.task_keys,
+        "in_flight_task_runs": {
+            key: [str(run_id) for run_id in runs]
+            for key, runs in worker.in_flight_task_runs.items()
+        },
+        "finished_task_runs": dict(worker.finished_task_runs),
+    }
+
+
+class _WorkerCollector:
+    """Prometheus collector that reads the worker when scraped."""
+
+    def __init__(self, worker: TaskWorker) -> None:
+        self._worker = worker
+
+    def collect(self) -> Iterator[Metric]:
+        worker = self._worker
+        in_flight = GaugeMetricFamily(
+            "trio_worker_task_runs_in_flight", "Task runs running now.", labels=["task_key"]
+        )
+        for key, runs in worker.in_flight_task_runs.items():
+            in_flight.add_metric([key], len(runs))
+        yield in_flight
+        finished = CounterMetricFamily(
+            "trio_worker_task_runs_finished",
+            "Task runs that ended here, by final state.",
+            labels=["task_key", "state"],
+        )
+        for (key, state), count in sorted(worker.outcomes.items()):
+            finished.add_metric([key, state], count)
+        yield finished
+        slots = GaugeMetricFamily("trio_worker_task_slots_available", "Free run slots.")
+        slots.add_metric(
+            [], float("inf") if worker.available_tasks is None else worker.available_tasks
+        )
+        yield slots
+        connected = GaugeMetricFamily(
+            "trio_worker_task_subscription_connected", "1 while subscribed to the API."
+        )
+        connected.add_metric([], 1.0 if worker.connected else 0.0)
+        yield connected
+
+
+def create_status_app(worker: TaskWorker) -> Starlette:
+    """Build the ASGI app that reports on ``worker``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_WorkerCollector(worker))
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(worker_status(worker))
+
+    async def health(request: Request) -> Response:
+        # Healthy = subscribed; a worker in an outage cannot receive runs.
+        healthy = worker.connected
+        return JSONResponse(
+            {"status": "ok" if healthy else "disconnected"}, status_code=200 if healthy else 503
+        )
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/status", status),
+            Route("/health", health),
+            Route("/metrics", metrics),
+        ]
+    )
+
+
+async def serve_task_status(
+    worker: TaskWorker,
+    *,
+    host: str,
+    port: int,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the status app until cancelled; ``nursery.start`` returns its base URL.
+
+    Args:
+        worker: the worker to report on.
+        host: interface to bind (loopback by default in Settings).
+        port: TCP port; 0 picks a free one.
+        task_status: started with ``http://host:port`` once listening.
+    """
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logger
+    config.graceful_timeout = 1.0
+
+    # Starlette is an ASGI app; hypercorn's stricter ASGIFramework type does not see it.
+    app: Any = create_status_app(worker)
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(functools.partial(serve, app, config))
+        url = binds[0] if binds else f"http://{host}:{port}"
+        logger.info("task worker status server on %s", url)
+        task_status.started(url)

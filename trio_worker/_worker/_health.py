@@ -1,0 +1,89 @@
+"""The worker's health server: ``/health`` as Prefect's, plus ``/ready``, ``/status``, ``/metrics``.
+
+It is a starlette app served by hypercorn on trio inside the worker's loops
+nursery: same process, same loop, no thread. So a ``/health`` answer is true
+of the loop that does the work; a blocked loop cannot answer "OK".
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from trio_worker._core._exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from trio_worker._worker._base import BaseWorker
+
+__all__ = ["create_health_app", "serve_health"]
+
+logger = logging.getLogger("trio_worker.health")
+
+
+def create_health_app(worker: BaseWorker) -> Starlette:
+    """Build the ASGI app that reports on ``worker``."""
+
+    async def health(request: Request) -> JSONResponse:
+        if worker.is_worker_still_polling():
+            return JSONResponse({"message": "OK"})
+        logger.error("Health check failed: the worker has not polled recently")
+        return JSONResponse({"message": "Worker may be unresponsive at this time"}, 503)
+
+    async def ready(request: Request) -> JSONResponse:
+        # Ready = able to take runs: the pool is known and the API answers.
+        if worker.work_pool is None:
+            reason = f"work pool {worker.work_pool_name!r} is not known yet"
+            return JSONResponse({"message": reason}, 503)
+        if worker.last_api_error is not None:
+            return JSONResponse({"message": f"last API call failed: {worker.last_api_error}"}, 503)
+        return JSONResponse({"message": "OK"})
+
+    async def status(request: Request) -> JSONResponse:
+        return JSONResponse(worker.get_status())
+
+    async def metrics(request: Request) -> Response:
+        return Response(worker.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/ready", ready),
+            Route("/status", status),
+            Route("/metrics", metrics),
+        ]
+    )
+
+
+async def serve_health(
+    worker: BaseWorker,
+    *,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the health app on the worker's webserver host and port until cancelled.
+
+    Raises:
+        ConfigurationError: the port is in use or cannot be bound.
+    """
+    config = Config()
+    host, port = worker.settings.webserver_host, worker.settings.webserver_port
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logger
+    try:
+        await serve(create_health_app(worker), config, task_status=task_status)  # type: ignore[arg-type]
+    except* OSError as group:
+        # hypercorn binds inside its own nursery, so the error arrives grouped.
+        reason = getattr(group.exceptions[0], "strerror", None) or str(group.exceptions[0])
+        raise ConfigurationError(
+            f"cannot serve health checks on {host}:{port}: {reason}; "
+            "set PREFECT_WORKER_WEBSERVER_PORT to a free port"
+        ) from None
