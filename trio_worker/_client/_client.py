@@ -15,6 +15,7 @@ import enum
 import json
 import math
 import ssl
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
@@ -163,6 +164,9 @@ class PrefectClient:
             requests in flight at once (a task worker at a high limit) wants
             about one each: requests queued for a connection cost the pool far
             more CPU than an idle connection does.
+        transport: the innermost transport, below retries and CSRF; tests pass
+            an ``httpx.MockTransport`` standing in for another host (a Prefect
+            server). Default: a pooled HTTP transport.
 
     Raises:
         ConfigurationError: the URL is not http(s), or the CA bundle of an
@@ -176,6 +180,7 @@ class PrefectClient:
         settings: Settings | None = None,
         backoff_seconds: float = 1.0,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if not api_url.startswith(("http://", "https://")):
             raise ConfigurationError(
@@ -191,6 +196,7 @@ class PrefectClient:
         )
         self._backoff_seconds = backoff_seconds
         self._max_connections = max_connections
+        self._transport = transport
         self._state = _ClientState.UNOPENED
         self._http: httpx.AsyncClient | None = None
 
@@ -222,7 +228,7 @@ class PrefectClient:
         limits = httpx.Limits(
             max_connections=self._max_connections, max_keepalive_connections=self._max_connections
         )
-        inner = httpx.AsyncHTTPTransport(verify=verify, limits=limits)
+        inner = self._transport or httpx.AsyncHTTPTransport(verify=verify, limits=limits)
         retrying = RetryTransport(
             inner, max_retries=settings.max_retries, backoff_seconds=self._backoff_seconds
         )
@@ -536,6 +542,36 @@ class PrefectClient:
             return await self._get(f"variables/name/{name}", Variable)
         except NotFoundError:
             return None
+
+    async def read_block_document_data(self, block_document_id: str) -> dict[str, Any] | None:
+        """Read a block document's ``data`` (secrets included) by id; None when missing.
+
+        For ``{"$ref": {"block_document_id": ...}}`` in a pool's job template.
+        """
+        path = f"block_documents/{urllib.parse.quote(block_document_id, safe='')}"
+        return await self._block_data(path)
+
+    async def read_block_document_data_by_name(
+        self, block_type_slug: str, name: str
+    ) -> dict[str, Any] | None:
+        """Read a block document's ``data`` (secrets included) by type slug and name.
+
+        For ``{{ prefect.blocks.<type-slug>.<name> }}`` in a pool's job template;
+        None when the API answers 404 (no such block, or an API without blocks,
+        such as the embedded one).
+        """
+        slug, quoted = (urllib.parse.quote(part, safe="") for part in (block_type_slug, name))
+        return await self._block_data(f"block_types/slug/{slug}/block_documents/name/{quoted}")
+
+    async def _block_data(self, path: str) -> dict[str, Any] | None:
+        try:
+            body = await self.request("GET", path, params={"include_secrets": "true"})
+        except NotFoundError:
+            return None
+        data = body.get("data") if isinstance(body, Mapping) else None
+        if not isinstance(data, Mapping):
+            raise ModelError(f"GET {path} answered without a block document's 'data' object")
+        return dict(data)
 
     async def create_variable(self, name: str, value: Any) -> Variable:
         """Create a variable."""

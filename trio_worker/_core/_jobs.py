@@ -16,12 +16,13 @@ only per run (env, labels, name, command).
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, overload
 
 import attrs
 
-from trio_worker._core._exceptions import JobVariableError, TemplateError
+from trio_worker._core._exceptions import ConfigurationError, JobVariableError, TemplateError
 from trio_worker._core._job_schema import (
     empty_as_none,
     field_info,
@@ -161,18 +162,23 @@ class BaseJobConfiguration:
 
     def prepare_for_flow_run(
         self,
-        *,
         flow_run: FlowRun,
         deployment: Deployment | None = None,
         flow: Flow | None = None,
-        worker_name: str | None = None,
         work_pool: WorkPool | None = None,
-        base_env: Mapping[str, str],
+        worker_name: str | None = None,
+        *,
+        base_env: Mapping[str, str] | None = None,
         default_command: str | None = None,
     ) -> Self:
         """Return a copy completed with what is known only for this flow run.
 
-        Subclasses may override this to fill in their own fields; call ``super()``.
+        The positional parameters are Prefect's, in Prefect's order.
+        Subclasses may override this to fill in their own fields: call
+        ``super()`` and return a new configuration (``attrs.evolve``), since
+        configurations are frozen. A Prefect-style override that takes only
+        ``(flow_run, deployment=None, flow=None)`` works too: the worker fills
+        in its own part first (see :func:`prepare_for_flow_run`).
         Args are those of :func:`prepare_for_flow_run`.
         """
         flow_id = flow.id if flow is not None else flow_run.flow_id
@@ -188,7 +194,7 @@ class BaseJobConfiguration:
         if deployment is not None:
             attribution["PREFECT__DEPLOYMENT_NAME"] = deployment.name
         layered: dict[str, str | None] = {
-            **base_env,
+            **(base_env or {}),
             "PREFECT__FLOW_RUN_ID": str(flow_run.id),
             **attribution,
             **self.env,
@@ -229,7 +235,7 @@ def prepare_for_flow_run(
     flow: Flow | None = None,
     worker_name: str | None = None,
     work_pool: WorkPool | None = None,
-    base_env: Mapping[str, str],
+    base_env: Mapping[str, str] | None = None,
     default_command: str | None = None,
 ) -> C:
     """Complete a configuration with what is known only for one flow run.
@@ -243,7 +249,12 @@ def prepare_for_flow_run(
     ``name`` falls back to the flow run's name and ``command`` to ``default_command``.
     Ids missing objects are taken from the flow run (``flow_id``, ``deployment_id``).
 
-    This calls ``config.prepare_for_flow_run`` so that subclasses' overrides apply.
+    This calls ``config.prepare_for_flow_run`` so that subclasses' overrides apply,
+    passing only the keywords the override accepts: a Prefect-style override
+    ``prepare_for_flow_run(self, flow_run, deployment=None, flow=None)`` gets
+    those three, after the base implementation has applied what only the worker
+    knows (``base_env``, ``default_command``, its name and pool); applying the base
+    part again from the override's ``super()`` call changes nothing.
 
     Args:
         config: the configuration rendered by :func:`from_template_and_values`.
@@ -257,16 +268,48 @@ def prepare_for_flow_run(
 
     Returns:
         A new configuration; ``config`` is not modified.
+
+    Raises:
+        ConfigurationError: the override returned ``None`` or something else than
+            a job configuration, or assigned to a field of the frozen configuration
+            (Prefect's mutate-in-place style); the message names the class.
     """
-    return config.prepare_for_flow_run(
-        flow_run=flow_run,
-        deployment=deployment,
-        flow=flow,
-        worker_name=worker_name,
-        work_pool=work_pool,
-        base_env=base_env,
-        default_command=default_command,
-    )
+    keywords: dict[str, Any] = {
+        "flow_run": flow_run,
+        "deployment": deployment,
+        "flow": flow,
+        "worker_name": worker_name,
+        "work_pool": work_pool,
+        "base_env": base_env,
+        "default_command": default_command,
+    }
+    accepted = _accepted_keywords(config.prepare_for_flow_run)
+    if accepted is not None and not accepted >= keywords.keys():
+        config = BaseJobConfiguration.prepare_for_flow_run(config, **keywords)
+        keywords = {key: value for key, value in keywords.items() if key in accepted}
+    where = f"{type(config).__name__}.prepare_for_flow_run"
+    try:
+        prepared: object = config.prepare_for_flow_run(**keywords)
+    except attrs.exceptions.FrozenInstanceError:
+        raise ConfigurationError(
+            f"{where} assigned to a field, but job configurations are frozen: return"
+            " attrs.evolve(super().prepare_for_flow_run(...), field=value) instead"
+        ) from None
+    if not isinstance(prepared, BaseJobConfiguration):
+        raise ConfigurationError(
+            f"{where} returned {prepared!r}, not a job configuration: configurations are"
+            " frozen, so an override must return the completed copy (attrs.evolve(...))"
+        )
+    return prepared  # type: ignore[return-value]  # an override returns its own class
+
+
+def _accepted_keywords(method: Callable[..., Any]) -> set[str] | None:
+    """The keyword names ``method`` accepts, or ``None`` when it takes ``**kwargs``."""
+    parameters = inspect.signature(method).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name for p in parameters if p.kind in kinds}
 
 
 def default_base_job_template(

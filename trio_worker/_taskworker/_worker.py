@@ -33,8 +33,9 @@ import socket
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Callable
-from typing import Any, Final, final
+from collections.abc import Callable, Generator
+from types import TracebackType
+from typing import Any, Final, Self, final
 
 import attrs
 import trio
@@ -107,6 +108,27 @@ class _Progress:
 
     record: dict[str, Any]
     state: State
+
+
+@final
+class Stopping:
+    """What :meth:`TaskWorker.stop` returns: awaiting it waits until the worker has stopped.
+
+    The stop itself was requested when ``stop()`` was called, so a plain
+    ``worker.stop()`` (not awaited) still stops the worker.
+    """
+
+    def __init__(self, finished: trio.Event | None) -> None:
+        self._finished = finished
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> None:
+        if self._finished is None:
+            await trio.lowlevel.checkpoint()
+        else:
+            await self._finished.wait()
 
 
 @final
@@ -185,6 +207,9 @@ class TaskWorker:
         self._subscription_scope: trio.CancelScope | None = None
         self._stopping = False
         self._leases = LeaseKeeper(self.client_id)
+        # Set when start() has returned, for `await worker.stop()`.
+        self._finished = trio.Event()
+        self._entered = False
 
     def __repr__(self) -> str:
         return f"TaskWorker({', '.join(self.tasks)}, limit={self.limit})"
@@ -213,11 +238,38 @@ class TaskWorker:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def stop(self) -> None:
+    async def __aenter__(self) -> Self:
+        """Scope the worker's life, as Prefect's ``async with TaskWorker(...)``.
+
+        Inside, run :meth:`start` (directly or in a nursery); leaving the block
+        stops the worker and waits for a running :meth:`start` to drain and return.
+        """
+        if self._entered:
+            raise RuntimeError(f"{self!r} was already entered; create a new TaskWorker")
+        self._entered = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def stop(self) -> Stopping:
         """Stop taking runs and drain: runs in flight get ``drain_timeout_seconds``.
 
         Safe to call repeatedly, from any Trio task, before or during ``start``.
+        The stop is requested at once; the result may also be awaited, as
+        Prefect's ``await worker.stop()``, to wait until :meth:`start` has
+        drained and returned (at once when it is not running). Do not await it
+        from inside a task run: the drain waits for that run.
         """
+        self._request_stop()
+        return Stopping(self._finished if self.started else None)
+
+    def _request_stop(self) -> None:
         if not self._stopping:
             logger.info(
                 "task worker %s stopping; %d run(s) in flight get up to %.0f s",
@@ -244,6 +296,13 @@ class TaskWorker:
         if not settings.api_url:
             raise ConfigurationError("PREFECT_API_URL is not set; the task worker needs an API")
         self.started_at = now()
+        try:
+            await self._serve(settings, task_status)
+        finally:
+            self._finished.set()
+
+    async def _serve(self, settings: Settings, task_status: trio.TaskStatus[None]) -> None:
+        assert settings.api_url is not None
         # A connection per run that may be reporting at once, and one per lane.
         connections = min((self.limit or MOST_CONNECTIONS) + self.lanes, MOST_CONNECTIONS)
         async with PrefectClient(
@@ -445,7 +504,7 @@ class TaskWorker:
             final_state, delete = await self._run(task_run, progress)
         except StopTaskWorker as exc:
             final_state = _state(StateType.FAILED, f"StopTaskWorker: {exc}")
-            self.stop()
+            self._request_stop()
         except BaseException:
             if self._leases.lost(task_run.id):
                 raise  # taken back by the API: another worker has it, or it is CRASHED

@@ -35,7 +35,7 @@ from trio_worker._client._client import PrefectClient
 from trio_worker._client._log_shipping import APILogHandler, ship_logs
 from trio_worker._client._run_reads import RunReader
 from trio_worker._core._exceptions import ConfigurationError, ConflictError, NotFoundError
-from trio_worker._core._jobs import BaseJobConfiguration, BaseVariables, default_base_job_template
+from trio_worker._core._jobs import BaseJobConfiguration, default_base_job_template
 from trio_worker._core._models import Deployment, Flow, FlowRun, WorkPool, now
 from trio_worker._core._services import service_loop
 from trio_worker._core._settings import Settings
@@ -134,7 +134,7 @@ class BaseWorker:
 
     Args:
         work_pool_name: the pool to serve.
-        work_queues: the queues to serve; all of the pool's when empty.
+        work_queues: the queues to serve; all of the pool's when empty or None.
         name: the worker's name (no '/' or '%'); generated when None.
         prefetch_seconds: start runs scheduled up to this far in the future.
         create_pool_if_not_found: create the pool when it does not exist.
@@ -162,14 +162,17 @@ class BaseWorker:
     type: ClassVar[str] = ""
     #: The job configuration class that the pool's template renders into.
     job_configuration: ClassVar[builtins.type[BaseJobConfiguration]] = BaseJobConfiguration
-    #: The variables class the default template's schema comes from.
-    job_configuration_variables: ClassVar[builtins.type[Any] | None] = BaseVariables
+    #: The variables class the default template's schema comes from; when
+    #: ``None`` (the default) the schema is derived from :attr:`job_configuration`
+    #: itself, as Prefect does, so a worker that sets only its configuration
+    #: class publishes its own fields.
+    job_configuration_variables: ClassVar[builtins.type[Any] | None] = None
 
     def __init__(
         self,
         work_pool_name: str,
         *,
-        work_queues: Sequence[str] = (),
+        work_queues: Sequence[str] | None = (),
         name: str | None = None,
         prefetch_seconds: float | None = None,
         create_pool_if_not_found: bool = True,
@@ -195,7 +198,7 @@ class BaseWorker:
                 "(e.g. run `trio-worker server start`) or pass api_url"
             )
         self.work_pool_name = work_pool_name
-        self.work_queues = tuple(work_queues)
+        self.work_queues = tuple(work_queues or ())
         self.name = _validate_name(
             name if name is not None else f"{type(self).__name__} {uuid.uuid4()}"
         )
@@ -246,6 +249,7 @@ class BaseWorker:
         self._backlog = False
         self._slots_freed = trio.Event()
         self._exit_stack: contextlib.AsyncExitStack | None = None
+        self._torn_down = False
         self._closing = trio.Event()
         self._warned: set[str] = set()
         self._stopping = False
@@ -291,10 +295,57 @@ class BaseWorker:
             )
             #: Reads of runs whose process exited, batched when they overlap.
             self.run_reader = RunReader(self._client)
+            # Unwound after the runs have ended and before the client closes,
+            # so teardown() may still call the API.
+            stack.push_async_exit(self._teardown_on_exit)
             outer = await stack.enter_async_context(trio.open_nursery())
             self._runs_nursery = await outer.start(self._own_runs)
             self._exit_stack = stack.pop_all()
+        # Outside the stack: an error raised inside its nursery would reach the
+        # caller wrapped in an exception group.
+        try:
+            await self.setup()
+        except BaseException as exc:
+            self._torn_down = True
+            self._closing.set()
+            try:
+                await self.teardown(type(exc), exc, exc.__traceback__)
+            finally:
+                await self._exit_stack.__aexit__(None, None, None)
+            raise
         return self
+
+    async def setup(self) -> None:
+        """Prepare what the backend needs, once the worker is open (a hook; does nothing).
+
+        Called by ``async with worker`` (and so by :meth:`start`) after the API
+        client and the runs nursery exist, before any run is taken. Open the
+        backend's own resources here (a container client, a cloud session).
+        As in Prefect, an override may call ``await super().setup()``. When it
+        raises, :meth:`teardown` is still called, with the exception, so a
+        setup that failed half-way can close what it had opened.
+        """
+
+    async def teardown(self, *exc_info: Any) -> None:
+        """Release what :meth:`setup` opened (a hook; does nothing).
+
+        Called once when the worker closes, after every run has ended and
+        before the API client closes; also when :meth:`setup` failed.
+
+        Args:
+            *exc_info: ``(type, value, traceback)`` of the exception closing the
+                worker, or three ``None``.
+        """
+
+    async def _teardown_on_exit(
+        self,
+        exc_type: builtins.type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._torn_down:
+            self._torn_down = True
+            await self.teardown(exc_type, exc, tb)
 
     async def _own_runs(self, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:
         """Hold the runs nursery in a task of its own until the worker closes.
@@ -345,6 +396,9 @@ class BaseWorker:
     ) -> None:
         """Serve the pool until cancelled or :meth:`drain`-ed.
 
+        A worker that is not open yet is opened here and closed on return, as
+        Prefect's ``start()`` does; inside ``async with worker`` it is used as is.
+
         Args:
             run_once: poll once, wait for the runs it started, and return.
             with_healthcheck: serve ``/health`` (and friends) on the settings'
@@ -356,6 +410,12 @@ class BaseWorker:
             ConfigurationError: a problem no retry can fix (e.g. no pool and
                 ``create_pool_if_not_found`` is false for a run-once worker).
         """
+        if self._exit_stack is None:
+            async with self:
+                await self.start(
+                    run_once=run_once, with_healthcheck=with_healthcheck, printer=printer
+                )
+            return
         self.started_at = now()
         run_logger = logging.getLogger(RUN_LOGGER_NAME)
         if run_logger.level == logging.NOTSET:
@@ -674,6 +734,23 @@ class BaseWorker:
             self._idle.set()
 
     # -- what subclasses provide ---------------------------------------------
+
+    def get_flow_run_logger(self, flow_run: FlowRun) -> logging.LoggerAdapter[logging.Logger]:
+        """Return a logger whose lines are shipped to ``flow_run``'s logs, as Prefect's.
+
+        Its records carry the run's id and this worker's name, so the worker's
+        log handler (attached while :meth:`start` runs) sends them to the API
+        with the worker's own lines about the run; they also reach the usual
+        Python handlers under ``trio_worker.flow_runs.worker``.
+        """
+        extra = {
+            "flow_run_id": flow_run.id,
+            "flow_run_name": flow_run.name,
+            "worker_name": self.name,
+            "work_pool_name": self.work_pool_name,
+            "work_pool_id": str(self.work_pool.id) if self.work_pool is not None else "unknown",
+        }
+        return logging.LoggerAdapter(logging.getLogger(f"{RUN_LOGGER_NAME}.worker"), extra)
 
     async def reconcile_infrastructure(self) -> None:
         """Deal with infrastructure an earlier worker of this name left behind.

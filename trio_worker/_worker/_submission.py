@@ -29,7 +29,7 @@ from trio_worker._core._exceptions import (
     NotFoundError,
 )
 from trio_worker._core._exit_reasons import describe_exit
-from trio_worker._core._jobs import merge_job_variables
+from trio_worker._core._jobs import merge_job_variables, prepare_for_flow_run
 from trio_worker._core._models import (
     Deployment,
     Flow,
@@ -422,10 +422,17 @@ async def _configure(worker: BaseWorker, flow_run: FlowRun) -> tuple[Any, dict[s
         variable = await client.read_variable_by_name(name)
         return None if variable is None else variable.value
 
+    # Block references are resolved through the API before the backend sees the
+    # configuration; a missing block is a TemplateError naming it.
     configuration = await worker.job_configuration.from_template_and_values(
-        worker.work_pool.base_job_template, values, get_variable=get_variable
+        worker.work_pool.base_job_template,
+        values,
+        get_variable=get_variable,
+        get_block=client.read_block_document_data_by_name,
+        get_block_document=client.read_block_document_data,
     )
-    prepared = configuration.prepare_for_flow_run(
+    prepared = prepare_for_flow_run(
+        configuration,
         flow_run=flow_run,
         deployment=deployment,
         flow=flow,
