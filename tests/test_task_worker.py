@@ -514,3 +514,37 @@ async def test_example_serve_and_submit_scripts(api_url: str, tmp_path: Path) ->
                 capture_stdout=True,
             )
     assert done.stdout.decode().splitlines() == ["add: 42", "slugify: hello-background-tasks"]
+
+
+# -- Prefect's lifecycle: async with, await stop() ------------------------------
+
+
+async def test_async_with_stops_the_worker_and_waits_for_start_to_return(
+    api_url: str, client: PrefectClient
+) -> None:
+    settings = Settings(api_url=api_url)
+    async with trio.open_nursery() as nursery:
+        async with TaskWorker(add, settings=settings, client_backoff_seconds=0.05) as worker:
+            await nursery.start(worker.start)
+            handle = await add.enqueue(client, (2, 3))
+            assert await handle.result_async(30, client=client) == 5
+        # Leaving the block stopped the worker and waited for its drain.
+        assert not nursery.child_tasks
+    with pytest.raises(RuntimeError, match="already entered"):
+        async with worker:
+            pass
+
+
+async def test_awaited_stop_returns_once_the_worker_has_drained(
+    api_url: str, client: PrefectClient
+) -> None:
+    worker = TaskWorker(add, settings=Settings(api_url=api_url), client_backoff_seconds=0.05)
+    await worker.stop()  # before start: nothing to wait for
+    second = TaskWorker(mul, settings=Settings(api_url=api_url), client_backoff_seconds=0.05)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second.start)
+        handle = await mul.enqueue(client, (4, 5))
+        assert await handle.result_async(30, client=client) == 20
+        with trio.fail_after(30):
+            await second.stop()
+        assert not nursery.child_tasks

@@ -40,7 +40,8 @@ class EchoConfiguration(BaseJobConfiguration):
     image: str = attrs.field(default="python:3.12", metadata=job_metadata(title="Image"))
     tag: str | None = None
 
-    def prepare_for_flow_run(
+    # Prefect's signature: narrower than ours, hence the ignore, as under pyright with Prefect's.
+    def prepare_for_flow_run(  # type: ignore[override]
         self, flow_run: FlowRun, deployment: Deployment | None = None, flow: Flow | None = None
     ) -> EchoConfiguration:
         prepared = super().prepare_for_flow_run(flow_run, deployment, flow)
@@ -144,7 +145,7 @@ async def test_an_override_that_returns_none_crashes_the_run_naming_the_class(
     api_url: str, client: PrefectClient, pool_name: str, tmp_path: Path
 ) -> None:
     class MutatingWorker(EchoWorker):
-        job_configuration = MutatingConfiguration
+        job_configuration = MutatingConfiguration  # type: ignore[assignment]
 
     worker = MutatingWorker(
         pool_name, settings=fast_settings(api_url, tmp_path / "state"), client_backoff_seconds=0.05
