@@ -5,20 +5,26 @@ title and description in ``metadata`` (:func:`job_metadata`). This module turns
 such a class into the variables schema a work pool stores (:func:`json_schema`),
 shaped exactly as Prefect's pydantic models produce it, and checks rendered
 template JSON against the field types (:func:`structure`) the way pydantic's lax
-mode does, so a template that works with Prefect's worker works here too. Only
-JSON types are supported: str, bool, int, float, None, ``pathlib.Path``, ``Any``,
-``dict[str, X]``, ``list[X]`` and unions of them.
+mode does, through the lax converter of ``_converter.py``, so a template that
+works with Prefect's worker works here too. Supported: str, bool, int, float,
+None, ``pathlib.Path``, ``Any``, ``Literal``, ``Enum``, ``dict[str, X]``,
+``list[X]``, nested attrs classes and unions of them. Enums and nested classes
+are described under ``definitions`` and referred to by ``$ref``, as Prefect's
+``BaseVariables.model_json_schema`` does.
 """
 
 from __future__ import annotations
 
+import enum
+import inspect
 import pathlib
 import types
 from collections.abc import Callable, Mapping
-from typing import Any, Final, TypeVar, Union, cast, get_args, get_origin
+from typing import Any, Final, Literal, TypeVar, Union, get_args, get_origin
 
 import attrs
 
+from trio_worker._core._converter import MISSING, LaxValueError, make_lax_converter
 from trio_worker._core._exceptions import JobVariableError
 
 __all__ = [
@@ -85,13 +91,67 @@ def field_info(field: attrs.Attribute[Any]) -> dict[str, Any]:
     return info
 
 
-def _schema_of(tp: Any, fmt: str | None) -> dict[str, Any]:
+_JSON_TYPES: Final = {str: "string", bool: "boolean", int: "integer", float: "number"}
+
+Definitions = dict[str, dict[str, Any]]
+
+
+def _literal_schema(values: tuple[Any, ...]) -> dict[str, Any]:
+    schema: dict[str, Any] = {"enum": list(values)} if len(values) > 1 else {"const": values[0]}
+    kinds = {_JSON_TYPES.get(type(value)) for value in values}
+    if len(kinds) == 1 and None not in kinds:
+        schema["type"] = kinds.pop()
+    return schema
+
+
+def _own_doc(cls: type[Any]) -> str | None:
+    doc = cls.__dict__.get("__doc__")
+    return inspect.cleandoc(doc) if isinstance(doc, str) and doc.strip() else None
+
+
+def _definition(tp: type[Any], defs: Definitions) -> dict[str, Any]:
+    """Describe an Enum or a nested attrs class under ``definitions``; return the ``$ref``."""
+    if tp.__name__ not in defs:
+        defs[tp.__name__] = {}  # claimed first: a class may refer to itself
+        if issubclass(tp, enum.Enum):
+            schema = _literal_schema(tuple(member.value for member in tp))
+            schema.pop("const", None)
+            schema["enum"] = [member.value for member in tp]
+        else:
+            schema = _object_schema(tp, defs)
+        schema["title"] = tp.__name__
+        if description := _own_doc(tp):
+            schema["description"] = description
+        defs[tp.__name__] = _sorted(schema)
+    return {"$ref": f"#/definitions/{tp.__name__}"}
+
+
+def _json_default(value: Any) -> Any:
+    """A field default as JSON: an enum as its value, an attrs instance as an object."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if attrs.has(type(value)):
+        return {k: _json_default(v) for k, v in attrs.asdict(value, recurse=False).items()}
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_json_default(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _json_default(item) for key, item in value.items()}
+    return value
+
+
+def _schema_of(tp: Any, fmt: str | None, defs: Definitions) -> dict[str, Any]:
     """Translate a field's type into JSON schema the way Prefect's pydantic models do."""
     origin, args = get_origin(tp), get_args(tp)
     if tp is Any:
         return {}
+    if origin is Literal:
+        return _literal_schema(args)
+    if isinstance(tp, type) and (issubclass(tp, enum.Enum) or attrs.has(tp)):
+        return _definition(tp, defs)
     if origin in (Union, types.UnionType):
-        parts = [_schema_of(arg, fmt) for arg in args if arg is not type(None)]
+        parts = [_schema_of(arg, fmt, defs) for arg in args if arg is not type(None)]
         if type(None) in args:
             parts.append({"type": "null"})
         return parts[0] if len(parts) == 1 else {"anyOf": parts}
@@ -101,17 +161,16 @@ def _schema_of(tp: Any, fmt: str | None) -> dict[str, Any]:
         string = {"type": "string"}
         form = "path" if tp is pathlib.Path else fmt
         return string if form is None else {"format": form, **string}
-    simple = {bool: "boolean", int: "integer", float: "number"}
-    if tp in simple:
-        return {"type": simple[tp]}
+    if tp in _JSON_TYPES:
+        return {"type": _JSON_TYPES[tp]}
     if origin is dict or tp is dict:
         if not args or args[1] is Any:
             return {"type": "object"}
-        return {"additionalProperties": _schema_of(args[1], fmt), "type": "object"}
+        return {"additionalProperties": _schema_of(args[1], fmt, defs), "type": "object"}
     if origin is list or tp is list:
         if not args or args[0] is Any:
             return {"type": "array"}
-        return {"items": _schema_of(args[0], fmt), "type": "array"}
+        return {"items": _schema_of(args[0], fmt, defs), "type": "array"}
     raise TypeError(f"job variables cannot have type {tp!r}; use JSON types (str, dict, ...)")
 
 
@@ -129,28 +188,42 @@ def json_schema(cls: type[Any]) -> dict[str, Any]:
     Properties follow the field order; inside each property keys are sorted, as
     in templates captured from a Prefect server. Optional types become
     ``anyOf [..., {"type": "null"}]``, dicts ``additionalProperties``, paths
-    ``format: path``; a plain ``default`` is recorded, a factory default is not.
+    ``format: path``, literals ``enum`` (or ``const``); enums and nested attrs
+    classes are described once under ``definitions`` and referred to by
+    ``$ref``. A plain ``default`` is recorded (as JSON), a factory default is not.
 
     Args:
         cls: an attrs class whose fields may carry :func:`job_metadata`.
 
     Returns:
         ``{"properties": {...}, "type": "object"}`` (plus ``required`` when
-        some field has no default).
+        some field has no default, and ``definitions`` when enums or nested
+        classes are used).
+
+    Raises:
+        TypeError: a field's type is not one of those listed in the module docstring.
     """
+    defs: Definitions = {}
+    schema = _object_schema(cls, defs)
+    if defs:
+        schema["definitions"] = {name: defs[name] for name in sorted(defs)}
+    return schema
+
+
+def _object_schema(cls: type[Any], defs: Definitions) -> dict[str, Any]:
     hints = _type_hints(cls)
     properties: dict[str, Any] = {}
     required: list[str] = []
     for field in attrs.fields(cls):
         info = field_info(field)
-        prop = _schema_of(hints[field.name], info.get("format"))
+        prop = _schema_of(hints[field.name], info.get("format"), defs)
         prop["title"] = info.get("title") or field.name.replace("_", " ").title()
         if info.get("description"):
             prop["description"] = info["description"]
         if field.default is attrs.NOTHING:
             required.append(field.name)
         elif not isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
-            prop["default"] = field.default
+            prop["default"] = _json_default(field.default)
         properties[field.name] = _sorted(prop)
     schema: dict[str, Any] = {"properties": properties}
     if required:
@@ -164,12 +237,6 @@ def _type_hints(cls: type[Any]) -> dict[str, Any]:
     return {field.name: field.type for field in attrs.fields(attrs.resolve_types(cls))}
 
 
-_BOOL_WORDS: Final = {
-    **dict.fromkeys(("true", "t", "yes", "y", "on", "1"), True),
-    **dict.fromkeys(("false", "f", "no", "n", "off", "0"), False),
-}
-
-
 def _describe(tp: Any) -> str:
     """Name a type the way the variables schema does, for error messages."""
     origin, args = get_origin(tp), get_args(tp)
@@ -179,79 +246,24 @@ def _describe(tp: Any) -> str:
         return f"object of {_describe(args[1])}" if args else "object"
     if origin is list:
         return f"array of {_describe(args[0])}" if args else "array"
-    schema = _schema_of(tp, None)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(value) for value in args)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of " + ", ".join(repr(member.value) for member in tp)
+    if isinstance(tp, type) and attrs.has(tp):
+        return f"object ({tp.__name__})"
+    schema = _schema_of(tp, None, {})
     return str(schema.get("format", schema.get("type", "any JSON value")))
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against ``tp`` as pydantic's lax mode would, converting where it does.
-
-    Raises:
-        JobVariableError: naming ``where`` (the job variable's path) and the expected type.
-    """
-    origin, args = get_origin(tp), get_args(tp)
-    ok: Any = _MISMATCH
-    if tp is Any:
-        ok = value
-    elif origin in (Union, types.UnionType):
-        for arg in args:
-            try:
-                return _coerce(value, arg, where)
-            except JobVariableError:
-                continue
-    elif tp is type(None):
-        ok = value if value is None else _MISMATCH
-    elif tp is bool:
-        if isinstance(value, bool):
-            ok = value
-        elif isinstance(value, int | str) and str(value).strip().lower() in _BOOL_WORDS:
-            ok = _BOOL_WORDS[str(value).strip().lower()]
-    elif tp is str or tp is pathlib.Path:
-        ok = tp(value) if isinstance(value, str) else _MISMATCH
-    elif tp is int or tp is float:
-        ok = _number(value, tp)
-    elif origin is dict or tp is dict:
-        if isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
-            item_tp = args[1] if args else Any
-            ok = {key: _coerce(item, item_tp, f"{where}.{key}") for key, item in value.items()}
-    elif origin is list or tp is list:
-        if isinstance(value, list):
-            item_tp = args[0] if args else Any
-            ok = [_coerce(item, item_tp, f"{where}[{i}]") for i, item in enumerate(value)]
-    else:
-        raise TypeError(f"job configurations cannot have type {tp!r}; use JSON types")
-    if ok is _MISMATCH:
-        raise JobVariableError(
-            f"job variable {where!r} must be {_describe(tp)}, got {value!r}"
-            f" ({type(value).__name__})"
-        )
-    return ok
-
-
-_MISMATCH: Final = object()
-
-
-def _number(value: Any, tp: type[int] | type[float]) -> Any:
-    if isinstance(value, bool):
-        return _MISMATCH
-    if isinstance(value, str):
-        try:
-            value = float(value) if tp is float or "." in value else int(value)
-        except ValueError:
-            return _MISMATCH
-    if isinstance(value, int) or (isinstance(value, float) and tp is float):
-        return tp(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return _MISMATCH
-
-
 def structure(config_cls: type[T], data: Mapping[str, Any]) -> T:
-    """Validate rendered configuration JSON into an attrs class.
+    """Validate rendered configuration JSON into an attrs class, with the lax converter.
 
     Each field's :func:`job_metadata` ``before`` hook runs first, then the value is
-    checked against the field's type. Missing fields take the class defaults;
-    unknown keys are ignored (a template may carry keys another worker type uses).
+    checked against the field's type as pydantic's lax mode would (nested attrs
+    classes, enums and literals included). Missing fields take the class
+    defaults; unknown keys are ignored (a template may carry keys another worker
+    type uses).
 
     Args:
         config_cls: the attrs class to build.
@@ -263,22 +275,36 @@ def structure(config_cls: type[T], data: Mapping[str, Any]) -> T:
     Raises:
         JobVariableError: a value does not fit; names the job variable and the type.
     """
-    hints = _type_hints(config_cls)
-    kwargs: dict[str, Any] = {}
-    fields: tuple[attrs.Attribute[Any], ...] = attrs.fields(cast(Any, config_cls))
-    for field in fields:
-        if not field.init:
-            continue
-        if field.name not in data:
-            if field.default is attrs.NOTHING:
-                raise JobVariableError(
-                    f"job variable {field.name!r} is required ({_describe(hints[field.name])})"
-                    " but the job template gave it no value"
-                )
-            continue
-        value = data[field.name]
-        before = field_info(field).get("before")
-        if before is not None:
-            value = before(value)
-        kwargs[field.alias or field.name] = _coerce(value, hints[field.name], field.name)
-    return config_cls(**kwargs)
+    try:
+        return _LAX.structure(data, config_cls)
+    except LaxValueError as exc:
+        raise JobVariableError(_problem(exc)) from None
+
+
+def _where(path: tuple[str | int, ...]) -> str:
+    """``("labels", "a")`` as ``labels.a``, ``("args", 0)`` as ``args[0]``."""
+    text = ""
+    for step in path:
+        text += f"[{step}]" if isinstance(step, int) else (f".{step}" if text else step)
+    return text
+
+
+def _problem(exc: LaxValueError) -> str:
+    where = _where(exc.path) or "(the configuration)"
+    if exc.value is MISSING:
+        return (
+            f"job variable {where!r} is required ({_describe(exc.expected)})"
+            " but the job template gave it no value"
+        )
+    return (
+        f"job variable {where!r} must be {_describe(exc.expected)}, got {exc.value!r}"
+        f" ({type(exc.value).__name__})"
+    )
+
+
+def _before(field: attrs.Attribute[Any]) -> Callable[[Any], Any] | None:
+    hook: Callable[[Any], Any] | None = field_info(field).get("before")
+    return hook
+
+
+_LAX: Final = make_lax_converter(before=_before)
