@@ -13,6 +13,19 @@ Only the handful of types the action models use are supported: ``str``,
 ``Any``, ``X | None``, ``list[X]``, ``dict[str, X]`` and nested attrs classes.
 Fields left out of a request keep the :data:`UNSET` default, so an update can
 tell "not sent" from ``null``.
+
+Why this is not the cattrs converter of ``_core/_converter.py`` (which reads
+the API's JSON strictly, and job variables laxly): a request body is judged
+by other rules. Every problem is collected, not the first; each becomes a
+pydantic entry whose ``type`` and ``msg`` depend on the type *and* the value
+(``int_from_float``, ``less_than_equal`` at SQLite's integer bounds,
+``union_type``, ``extra_forbidden``); "not sent" must stay distinct from
+``null``; and a body is the client's mistake (a 422), never a model error.
+cattrs' detailed validation would still need one branch per type to word
+these, so the walk is kept here, beside the only code that needs it. The
+server imports only ``_core``, so nothing here may come from the worker side;
+job variables sent to the server are checked against the pool's JSON schema
+(``_schema_check.py``), not by either converter.
 """
 
 from __future__ import annotations
