@@ -419,7 +419,53 @@ def test_prepare_treats_naive_deployment_updated_as_utc() -> None:
 def test_prepare_dispatches_to_subclass_overrides() -> None:
     @attrs.frozen(kw_only=True)
     class Tagged(BaseJobConfiguration):
-        def prepare_for_flow_run(self, **kwargs: Any) -> Tagged:
-            return attrs.evolve(super().prepare_for_flow_run(**kwargs), name="tagged")
+        def prepare_for_flow_run(self, *args: Any, **kwargs: Any) -> Tagged:
+            return attrs.evolve(super().prepare_for_flow_run(*args, **kwargs), name="tagged")
 
     assert prepare_for_flow_run(Tagged(), flow_run=FLOW_RUN, base_env={}).name == "tagged"
+
+
+def test_a_prefect_style_override_gets_prefects_keywords_and_the_worker_part_first() -> None:
+    seen: list[tuple[Any, ...]] = []
+
+    @attrs.frozen(kw_only=True)
+    class PrefectStyle(BaseJobConfiguration):
+        def prepare_for_flow_run(  # type: ignore[override]
+            self, flow_run: FlowRun, deployment: Deployment | None = None, flow: Flow | None = None
+        ) -> PrefectStyle:
+            seen.append((flow_run, deployment, flow, dict(self.env)))
+            return attrs.evolve(super().prepare_for_flow_run(flow_run, deployment, flow), name="p")
+
+    prepared = prepare_for_flow_run(
+        PrefectStyle(), flow_run=FLOW_RUN, base_env={"PREFECT_API_URL": "u"}, worker_name="w"
+    )
+    ((flow_run, deployment, flow, env),) = seen
+    assert (flow_run, deployment, flow) == (FLOW_RUN, None, None)
+    assert env["PREFECT_API_URL"] == "u"  # the worker's part was applied before the override
+    assert prepared.env["PREFECT__WORKER_NAME"] == "w" and prepared.name == "p"
+
+
+@attrs.frozen(kw_only=True)
+class ReturnsNone(BaseJobConfiguration):
+    def prepare_for_flow_run(self, flow_run: FlowRun, *_: Any) -> None:  # type: ignore[override]
+        super().prepare_for_flow_run(flow_run)
+
+
+@attrs.frozen(kw_only=True)
+class AssignsToSelf(BaseJobConfiguration):
+    def prepare_for_flow_run(self, flow_run: FlowRun, *_: Any) -> None:  # type: ignore[override]
+        self.name = flow_run.name  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (ReturnsNone(), r"^ReturnsNone\.prepare_for_flow_run returned None, not a job config"),
+        (AssignsToSelf(), r"^AssignsToSelf\.prepare_for_flow_run assigned to a field, but job"),
+    ],
+)
+def test_an_override_in_prefects_mutating_style_fails_naming_the_class(
+    config: BaseJobConfiguration, message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        prepare_for_flow_run(config, flow_run=FLOW_RUN, base_env={})
