@@ -153,10 +153,8 @@ def _has_body(scope: Scope) -> bool:
 
 
 def _closing(message: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """``message`` (a response start) with ``Connection: close``, unless it has that header."""
-    headers = list(message.get("headers", ()))
-    if any(name.lower() == b"connection" for name, _ in headers):
-        return message
+    """``message`` (a response start) with ``Connection: close`` instead of any other value."""
+    headers = [(n, v) for n, v in message.get("headers", ()) if n.lower() != b"connection"]
     return {**message, "headers": [*headers, (b"connection", b"close")]}
 
 
