@@ -24,6 +24,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -364,7 +365,12 @@ def test_every_route_answers_hostile_input_without_5xx_and_the_data_survives(
     template = json.loads(
         (Path(__file__).parents[1] / "data" / "process-base-job-template.json").read_text()
     )
-    with _server(tmp_path) as (url, process, db), httpx.Client(base_url=url, timeout=60) as client:
+    # Idle connections never expire on the client's side: a new one means the server closed one.
+    limits = httpx.Limits(keepalive_expiry=None)
+    with (
+        _server(tmp_path) as (url, process, db),
+        httpx.Client(base_url=url, timeout=60, limits=limits) as client,
+    ):
         sentinel = _seed(client, template, "sentinel")
         target = _seed(client, template, "fuzz")
         victim = _seed(client, template, "victim")
@@ -381,6 +387,9 @@ def test_every_route_answers_hostile_input_without_5xx_and_the_data_survives(
             answer = client.request(method, path, json=body)
             assert answer.status_code < 400, (method, path, answer.text)  # the examples are valid
 
+        previous: list[tuple[Fuzz, httpx.Response, float]] = []
+        unannounced: list[tuple[Fuzz, httpx.Response]] = []
+
         @settings(
             max_examples=EXAMPLES,
             derandomize=os.environ.get("FUZZ_RANDOM") is None,
@@ -391,14 +400,31 @@ def test_every_route_answers_hostile_input_without_5xx_and_the_data_survives(
         @given(request=_requests(seeded))
         def answers_without_server_error(request: Fuzz) -> None:
             headers = {} if request.content_type is None else {"content-type": request.content_type}
+            connects: list[str] = []
+
+            def trace(name: str, info: dict[str, Any]) -> None:
+                if name == "connection.connect_tcp.complete":
+                    connects.append(name)
+
             response = client.request(
                 request.method, request.path, content=request.content, headers=headers,
-                params=request.params,
+                params=request.params, extensions={"trace": trace},
             )  # fmt: skip
             event(f"status {response.status_code}")
             assert response.status_code < 500, (request, response.status_code, response.text)
+            if connects and previous:
+                earlier, reply, answered = previous[-1]
+                idled_out = time.monotonic() - answered > 20  # the server's keep-alive is 30 s
+                if reply.headers.get("connection") != "close" and not idled_out:
+                    # A client reusing the connection may send its next request on a closed one.
+                    unannounced.append((earlier, reply))
+            previous[:] = [(request, response, time.monotonic())]
 
         answers_without_server_error()
+        assert not unannounced, [  # checked here: the next example is where it shows
+            ("closed without Connection: close after", fuzz, reply.status_code, reply.headers)
+            for fuzz, reply in unannounced[:5]
+        ]
 
         assert _ok(client.get("/health")) is True
         assert _snapshot(client, sentinel) == before

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from trio_worker._core._settings import DEFAULT_API_MAX_BODY_BYTES
-from trio_worker._server._body_limit import BodyLimit
+from trio_worker._server._body_limit import BodyLimit, ReadWholeBody
 from trio_worker._server._common import APIProblem, now
 from trio_worker._server._guard import ApiSecurity, Guard
 from trio_worker._server._http import ApiState
@@ -63,7 +63,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_API_MAX_BODY_BYTES,
     liveness: LivenessRules | None = None,
     clock: Callable[[], datetime] = now,
-) -> Guard:
+) -> ReadWholeBody:
     """Build the embedded API as an ASGI app storing its data in the SQLite file ``db_path``.
 
     ``security`` says what every request must show (credentials, a host and an
@@ -113,4 +113,5 @@ def create_app(
         },
         lifespan=lifespan,
     )
-    return Guard(BodyLimit(Dispatcher("/api", http_routes, fallback), max_body_bytes), security)
+    api_app = BodyLimit(Dispatcher("/api", http_routes, fallback), max_body_bytes)
+    return ReadWholeBody(Guard(api_app, security), max_body_bytes)
