@@ -30,7 +30,7 @@ from trio_worker._client._client import PrefectClient, state_body
 from trio_worker._core._converter import unstructure
 from trio_worker._core._exceptions import APIError
 from trio_worker._core._models import State, StateType, TaskRun, now, utc_iso
-from trio_worker._core._patience import until_answered
+from trio_worker._core._retry import until_answered
 
 __all__ = ["TaskRunReporter", "task_run_record"]
 
