@@ -9,7 +9,6 @@ loud, that anyone who reaches the port may do that.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from trio_worker._cli import main
 from trio_worker._cli._common import get_settings
 from trio_worker._cli._database_claim import claim_database
 from trio_worker._core._exceptions import ConfigurationError
+from trio_worker._core._signals import watch_shutdown_signals
 from trio_worker._server import DEFAULT_HOST, DEFAULT_PORT, ApiSecurity, is_loopback_host, serve_api
 
 __all__ = ["default_db_path", "server"]
@@ -41,15 +41,6 @@ def default_db_path() -> Path:
 @main.group()
 def server() -> None:
     """Run the embedded API (a SQLite-backed Prefect API subset)."""
-
-
-async def _watch_signals(scope: trio.CancelScope) -> None:
-    # SIGINT/SIGTERM end the server: cancelling its scope closes the
-    # listener, ends the lifespan (closing the database) and returns.
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _signum in signals:
-            scope.cancel()
-            return
 
 
 async def _serve(
@@ -75,7 +66,9 @@ async def _serve_claimed(
     publish: Callable[[str], None],
 ) -> str | None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, nursery.cancel_scope)
+        # SIGINT/SIGTERM end the server: cancelling its scope closes the
+        # listener, ends the lifespan (closing the database) and returns.
+        await nursery.start(watch_shutdown_signals, None, nursery.cancel_scope)
         try:
             url = await nursery.start(lambda task_status: serve_api(
                 host=host, port=port, db_path=db_path, security=security,
