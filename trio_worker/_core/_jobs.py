@@ -393,7 +393,7 @@ async def from_template_and_values(
         get_variable: reads a Prefect variable; ``None`` leaves those placeholders.
         get_block: reads block data by slug and name; ``None`` leaves those placeholders.
         get_block_document: reads block data by id, for ``$ref`` objects.
-        env: where ``{{ $NAME }}`` is read; ``os.environ`` when omitted.
+        env: where ``{{ $NAME }}`` is read; the worker's environment when omitted.
         config_cls: the configuration class to build.
 
     Returns:

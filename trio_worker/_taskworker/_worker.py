@@ -481,7 +481,11 @@ class TaskWorker:
             )
             logger.error("task run %s: %s", task_run.id, reason)
             return _state(StateType.FAILED, reason), self.delete_failed_submissions
-        store = task.store if task.store is not None else self.store or default_task_store()
+        store = (
+            task.store
+            if task.store is not None
+            else self.store or default_task_store(self.settings)
+        )
         try:
             parameters = await self._read_parameters(task, task_run, store)
             args, kwargs = task.call_arguments(parameters)
