@@ -30,7 +30,6 @@ from trio_worker._core._job_schema import (
     stringify_values,
     structure,
 )
-from trio_worker._core._models import utc_iso
 from trio_worker._core._templating import (
     GetBlock,
     GetBlockDocument,
@@ -39,6 +38,7 @@ from trio_worker._core._templating import (
     resolve_block_document_references,
     resolve_variables,
 )
+from trio_worker._core._time import format_datetime
 from trio_worker._version import __version__
 
 if TYPE_CHECKING:
@@ -211,7 +211,9 @@ class BaseJobConfiguration:
         if deployment is not None:
             labels["prefect.io/deployment-name"] = deployment.name
             if deployment.updated is not None:
-                labels["prefect.io/deployment-updated"] = utc_iso(deployment.updated)
+                labels["prefect.io/deployment-updated"] = format_datetime(
+                    deployment.updated, compact=True
+                )
         return attrs.evolve(
             self,
             env={key: value for key, value in layered.items() if value is not None},

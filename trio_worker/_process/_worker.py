@@ -30,6 +30,7 @@ import trio
 from trio_worker._core._exceptions import InfrastructureError
 from trio_worker._core._models import FlowRun, now
 from trio_worker._core._settings import parse_bool, process_environment
+from trio_worker._core._time import format_datetime
 from trio_worker._process._config import ProcessJobConfiguration, ProcessVariables
 from trio_worker._process._group import (
     kill_process_group,
@@ -321,7 +322,7 @@ class ProcessWorker(BaseWorker):
                 flow_run_id=str(flow_run.id),
                 pid=pid,
                 start_ticks=process_start_time(pid),
-                started_at=now().isoformat(),
+                started_at=format_datetime(now()),
             )
         )
 

@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from trio_worker._core._asgi import serve_asgi
+from trio_worker._core._time import format_datetime
 
 if TYPE_CHECKING:
     from trio_worker._taskworker._worker import TaskWorker
@@ -38,7 +39,7 @@ def worker_status(worker: TaskWorker) -> dict[str, Any]:
     return {
         "client_id": worker.client_id,
         "started": worker.started,
-        "started_at": worker.started_at.isoformat() if worker.started_at else None,
+        "started_at": format_datetime(worker.started_at),
         "connected": worker.connected,
         "limit": worker.limit,
         "current_tasks": worker.current_tasks,

@@ -28,9 +28,10 @@ import trio
 
 from trio_worker._client._client import PrefectClient
 from trio_worker._core._exceptions import ConfigurationError, TrioWorkerError
-from trio_worker._core._models import TERMINAL_STATE_TYPES, State, StateType, now, utc_iso
+from trio_worker._core._models import TERMINAL_STATE_TYPES, State, StateType, now
 from trio_worker._core._retry import Backoff
 from trio_worker._core._settings import Settings
+from trio_worker._core._time import format_datetime
 from trio_worker._taskworker._store import (
     TaskStore,
     check_json,
@@ -347,7 +348,7 @@ class Task(Generic[P, R]):
             data = encode_record(key, {"context": {}, "parameters": parameters})
             await trio.to_thread.run_sync(store.write, key, data)
         # Prefect's own submitters write ``...Z``; so do we.
-        scheduled = utc_iso(now())
+        scheduled = format_datetime(now())
         details: dict[str, Any] = {"scheduled_time": scheduled, "deferred": True}
         if parameters_id is not None:
             details["task_parameters_id"] = str(parameters_id)
