@@ -49,9 +49,11 @@ async def watch_shutdown_signals(
                 logger.warning("%s received: draining (send it again to stop at once)", name)
                 on_first()
             elif received == 2:
-                logger.warning(
-                    "%s received%s: stopping now", name, " again" if on_first is not None else ""
-                )
+                if on_first is not None:
+                    logger.warning("%s received again: stopping now", name)
+                else:
+                    # Nothing to drain: stopping is the expected answer, not news.
+                    logger.info("%s received: stopping", name)
                 cancel_scope.cancel()
             else:
                 # Keep the handler: a third Ctrl-C must not interrupt the
