@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import TypeGuard
 
 import trio_worker
 
@@ -37,7 +38,7 @@ ENV_NAMES = {"environ", "environb", "getenv", "getenvb"}
 WRITERS = {"update", "clear", "pop", "popitem", "setdefault", "__setitem__", "__delitem__"}
 
 
-def _is_os_env(node: ast.AST) -> bool:
+def _is_os_env(node: ast.AST) -> TypeGuard[ast.Attribute]:
     return (
         isinstance(node, ast.Attribute)
         and node.attr in ENV_NAMES
