@@ -14,7 +14,6 @@ import trio_websocket
 
 from trio_worker._client._subscriptions import (
     JsonWebSocket,
-    backoff_seconds,
     open_subscription,
     serve_subscription,
     websocket_token,
@@ -57,13 +56,6 @@ def test_token_is_the_auth_string_else_the_api_key() -> None:
     assert websocket_token(Settings(api_key="k")) == "k"
     assert websocket_token(Settings(api_key="k", api_auth_string="u:p")) == "u:p"
     assert websocket_token(Settings()) is None
-
-
-def test_backoff_grows_and_is_capped_with_jitter() -> None:
-    waits = [backoff_seconds(n, initial=0.5, maximum=4.0) for n in range(8)]
-    assert 0.25 <= waits[0] <= 0.5
-    assert 2.0 <= waits[7] <= 4.0
-    assert len({backoff_seconds(3, initial=0.5, maximum=4.0) for _ in range(20)}) > 1
 
 
 async def test_handshake_then_json_both_ways(nursery: trio.Nursery) -> None:

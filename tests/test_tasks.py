@@ -14,6 +14,7 @@ import trio
 from trio_worker._client._client import PrefectClient
 from trio_worker._core._exceptions import ConfigurationError
 from trio_worker._core._models import StateType
+from trio_worker._core._settings import Settings
 from trio_worker._taskworker._store import (
     LocalTaskStore,
     check_json,
@@ -119,12 +120,16 @@ def test_pickled_records_are_refused_with_a_reason() -> None:
 
 
 def test_default_storage_path_follows_prefect_then_our_override(tmp_path: Path) -> None:
-    assert default_storage_path({"PREFECT_HOME": "/h"}) == Path("/h/storage")
-    assert default_storage_path({}) == Path("~/.prefect/storage").expanduser()
+    def path(env: dict[str, str]) -> Path:
+        return default_storage_path(Settings.from_env(env))
+
+    assert path({"PREFECT_HOME": "/h"}) == Path("/h/storage")
+    assert path({}) == Path("~/.prefect/storage").expanduser()
     env = {"PREFECT_HOME": "/h", "PREFECT_RESULTS_LOCAL_STORAGE_PATH": "/r"}
-    assert default_storage_path(env) == Path("/r")
+    assert path(env) == Path("/r")
+    assert path({"PREFECT_HOME": "/h", "PREFECT_LOCAL_STORAGE_PATH": "/alias"}) == Path("/alias")
     env["TRIO_WORKER_TASK_STORAGE"] = "/shared"
-    assert default_storage_path(env) == Path("/shared")
+    assert path(env) == Path("/shared")
 
 
 async def test_delay_with_non_json_argument_fails_before_anything_is_stored(

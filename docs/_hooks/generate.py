@@ -5,8 +5,8 @@ code host too), so generated content is committed in them, between markers,
 and refreshed from the source of truth by this module:
 
 - ``<!-- generated: NAME -->`` ... ``<!-- end: NAME -->``: a table made from the
-  code (``reference/configuration.md``: ``settings``, ``start-options`` and
-  ``other-env``; ``operations.md``: ``metrics``; ``reference/cli.md``: ``cli``,
+  code (``reference/configuration.md``: ``settings`` and
+  ``start-options``; ``operations.md``: ``metrics``; ``reference/cli.md``: ``cli``,
   every command and option, read from the click commands);
 - ``<!-- from: PATH[:SECTION] -->`` before a fenced code block: the block holds
   that file of ``examples/`` (or the part between its ``--8<-- [start:SECTION]``
@@ -46,7 +46,6 @@ def _generators() -> dict[str, dict[str, Callable[[], str]]]:
         "reference/configuration.md": {
             "settings": settings_table,
             "start-options": start_options_table,
-            "other-env": other_env_table,
         },
         "reference/cli.md": {"cli": cli_reference},
         "operations.md": {"metrics": metrics_table},
@@ -142,9 +141,12 @@ def settings_table() -> str:
         factory = getattr(default, "factory", None)
         if callable(factory):  # an attrs.Factory: show the value it makes
             default = factory()
+        names = f"`{field.metadata['env']}`"
+        if "fallback_env" in field.metadata:
+            names += f" (else `{field.metadata['fallback_env']}`)"
         rows.append(
             [
-                f"`{field.metadata['env']}`",
+                names,
                 f"`{field.name}`",
                 _default(default),
                 _cell(field.metadata["help"]),
@@ -227,30 +229,6 @@ def cli_reference() -> str:
         if command is not None:
             lines += _command_section(command, ["trio-worker", name], root)
     return "\n".join(lines)
-
-
-def other_env_table() -> str:
-    """The variables read outside ``Settings``, named by the constants the code reads."""
-    from trio_worker._taskworker import _store as _task_store
-    from trio_worker._cli import _server
-
-    storage = [_task_store.STORAGE_ENV, *_task_store.PREFECT_STORAGE_ENVS]
-    rows = [
-        [
-            f"`{_server.DB_ENV_VAR}`",
-            "`server start`, and `start` when it serves the embedded API",
-            "SQLite file of the embedded API when `--db` is not given "
-            "(default: `api.db` in the user's data directory).",
-        ],
-        [
-            ", ".join(f"`{name}`" for name in storage),
-            "`task-worker serve`, `.delay()`, `.result()`",
-            "Directory of task parameters and results, first one set wins "
-            "(default: `$PREFECT_HOME/storage`, else `~/.prefect/storage`). "
-            "Submitters and task workers must share it.",
-        ],
-    ]
-    return _table(["Environment variable", "Read by", "Meaning"], rows)
 
 
 def metrics_table() -> str:

@@ -11,11 +11,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
-import pytest
 import trio
 
 from tests.server.conftest import make_deployment, make_run, propose
 from trio_worker._cli._server import default_db_path
+from trio_worker._core._settings import Settings
 
 START_TIMEOUT_SECONDS = 30.0
 
@@ -106,9 +106,8 @@ async def test_port_in_use_is_one_line_error(tmp_path: Path) -> None:
     assert len(lines) == 1 and "Address already in use" in lines[0], result.stderr
 
 
-def test_default_db_path_honours_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRIO_WORKER_DB", str(tmp_path / "x.db"))
-    assert default_db_path() == tmp_path / "x.db"
-    monkeypatch.delenv("TRIO_WORKER_DB")
-    assert default_db_path().name == "api.db"
-    assert "trio-worker" in str(default_db_path())
+def test_default_db_path_honours_env(tmp_path: Path) -> None:
+    settings = Settings.from_env({"TRIO_WORKER_DB": str(tmp_path / "x.db")})
+    assert default_db_path(settings) == tmp_path / "x.db"
+    assert default_db_path(Settings.from_env({})).name == "api.db"
+    assert "trio-worker" in str(default_db_path(Settings.from_env({})))

@@ -23,7 +23,7 @@ import trio.testing
 from tests.helpers import wait_for
 from tests.proxy import faulty_proxy
 from tests.worker.conftest import WorkerFactory, fast_settings
-from trio_worker._core import _services
+from trio_worker._core import _retry
 from trio_worker._core._services import service_loop
 from trio_worker._process._worker import ProcessWorker
 from trio_worker._worker._cancellation import CHECK_ROUNDS_WHILE_STREAMING
@@ -93,7 +93,7 @@ async def test_workers_started_together_do_not_poll_in_lockstep(
 ) -> None:
     # Eight poll loops started at the same instant (a fleet rolled out at once): the
     # jitter of each interval spreads them, so their tenth polls are far apart.
-    monkeypatch.setattr(_services, "random", random.Random(15))
+    monkeypatch.setattr(_retry, "random", random.Random(15))
     interval = 10.0
     polls: list[list[float]] = [[] for _ in range(8)]
 

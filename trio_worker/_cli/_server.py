@@ -8,8 +8,6 @@ loud, that anyone who reaches the port may do that.
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,34 +20,23 @@ from trio_worker._cli import main
 from trio_worker._cli._common import get_settings
 from trio_worker._cli._database_claim import claim_database
 from trio_worker._core._exceptions import ConfigurationError
+from trio_worker._core._settings import Settings
+from trio_worker._core._signals import watch_shutdown_signals
 from trio_worker._server import DEFAULT_HOST, DEFAULT_PORT, ApiSecurity, is_loopback_host, serve_api
 
 __all__ = ["default_db_path", "server"]
 
-DB_ENV_VAR = "TRIO_WORKER_DB"
-"""Environment variable naming the database file when ``--db`` is not given."""
 
-
-def default_db_path() -> Path:
-    """Return ``$TRIO_WORKER_DB``, else ``api.db`` in the user's data directory."""
-    override = os.environ.get(DB_ENV_VAR)
-    if override:
-        return Path(override)
+def default_db_path(settings: Settings) -> Path:
+    """Return ``settings.server_db_path`` (``$TRIO_WORKER_DB``), else the user's ``api.db``."""
+    if settings.server_db_path:
+        return Path(settings.server_db_path)
     return Path(platformdirs.user_data_dir("trio-worker")) / "api.db"
 
 
 @main.group()
 def server() -> None:
     """Run the embedded API (a SQLite-backed Prefect API subset)."""
-
-
-async def _watch_signals(scope: trio.CancelScope) -> None:
-    # SIGINT/SIGTERM end the server: cancelling its scope closes the
-    # listener, ends the lifespan (closing the database) and returns.
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _signum in signals:
-            scope.cancel()
-            return
 
 
 async def _serve(
@@ -75,7 +62,9 @@ async def _serve_claimed(
     publish: Callable[[str], None],
 ) -> str | None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, nursery.cancel_scope)
+        # SIGINT/SIGTERM end the server: cancelling its scope closes the
+        # listener, ends the lifespan (closing the database) and returns.
+        await nursery.start(watch_shutdown_signals, None, nursery.cancel_scope)
         try:
             url = await nursery.start(lambda task_status: serve_api(
                 host=host, port=port, db_path=db_path, security=security,
@@ -113,7 +102,7 @@ async def _serve_claimed(
     "db",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help=f"SQLite database file [default: ${DB_ENV_VAR} or the user data directory].",
+    help="SQLite database file [default: $TRIO_WORKER_DB or the user data directory].",
 )
 @click.option(
     "--insecure-no-auth",
@@ -146,7 +135,7 @@ def start(host: str, port: int | None, db: Path | None, insecure_no_auth: bool) 
             "anyone who can reach it can run commands on your workers.",
             err=True,
         )
-    db_path = db if db is not None else default_db_path()
+    db_path = db if db is not None else default_db_path(settings)
     error = trio.run(_serve, host, port, db_path, security, settings.api_max_body_bytes)
     if error is not None:
         raise click.ClickException(error)

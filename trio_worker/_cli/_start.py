@@ -221,7 +221,7 @@ async def _start_embedded_api(nursery: trio.Nursery, settings: Settings) -> str:
     from trio_worker._cli._server import default_db_path
 
     port = settings.embedded_api_port
-    db_path = default_db_path()
+    db_path = default_db_path(settings)
     url = f"http://127.0.0.1:{port}/api"
     if port and await _existing_api(url):
         database = f" (database {db_path})" if serving_url(db_path) == url else ""

@@ -56,6 +56,7 @@ from trio_worker._core._models import (
     WorkQueue,
 )
 from trio_worker._core._settings import Settings
+from trio_worker._core._time import parse_datetime
 from trio_worker._version import __version__
 
 MAX_HELD_RUN_IDS: Final = 10_000
@@ -640,7 +641,7 @@ class PrefectClient:
             for kind in ("flow_runs", "task_runs"):
                 for run_id, held in (data.get(kind) or {}).items():
                     since = held.get("held_since")
-                    when = dt.datetime.fromisoformat(since) if since else None
+                    when = parse_datetime(since) if since else None
                     holders[uuid.UUID(run_id)] = (str(held["held_by"]), when)
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"unexpected holders answer: {exc}") from None

@@ -8,8 +8,8 @@ that and nothing protocol-specific, so each caller sends its own ``subscribe``
 or ``filter`` frame.
 
 :func:`serve_subscription` keeps one alive: it calls a handler on every fresh
-connection and, when the connection drops, reconnects with exponential backoff
-and jitter (many workers losing one API do not come back in lock-step).
+connection and, when the connection drops, reconnects by the one backoff policy, exponential
+with jitter (many workers losing one API do not come back in lock-step).
 A refused token is not an outage: it raises :class:`UnauthorizedError` at once.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -28,6 +27,7 @@ import trio_websocket
 
 from trio_worker._client._tls import probe_tls
 from trio_worker._core._exceptions import UnauthorizedError
+from trio_worker._core._retry import Backoff
 from trio_worker._core._settings import Settings
 
 __all__ = [
@@ -210,17 +210,6 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def backoff_seconds(attempt: int, *, initial: float, maximum: float) -> float:
-    """Return the wait before the ``attempt``-th retry (0-based), with jitter.
-
-    The ceiling doubles per attempt up to ``maximum``; the wait is uniform in
-    its upper half, so a crowd of workers that lost the same API spreads out
-    instead of reconnecting in step, yet none retries much sooner than planned.
-    """
-    ceiling = min(maximum, initial * 2.0**attempt)
-    return random.uniform(ceiling / 2, ceiling)
-
-
 async def serve_subscription(
     api_url: str,
     path: str,
@@ -259,6 +248,10 @@ async def serve_subscription(
     Raises:
         UnauthorizedError: the API refused the token; retrying would not help.
     """
+    backoff = Backoff(
+        first_seconds=initial_backoff_seconds,
+        max_seconds=max(initial_backoff_seconds, max_backoff_seconds),
+    )
     attempt = 0
     outage_started: float | None = None
     started = False
@@ -291,7 +284,5 @@ async def serve_subscription(
                 logger.log(level, "lost %s (%s); reconnecting with backoff", path, exc)
             else:
                 logger.debug("still cannot reach %s: %s", path, exc)
-        await trio.sleep(
-            backoff_seconds(attempt, initial=initial_backoff_seconds, maximum=max_backoff_seconds)
-        )
+        await trio.sleep(backoff.delay(attempt))
         attempt += 1

@@ -4,7 +4,8 @@ The retry policy lives at httpx's seam (``AsyncBaseTransport``) so every
 request the client makes gets it, and the client's methods stay plain. What is
 retried follows Prefect's client: transport errors (timeouts, dropped
 connections), 408, 429 and 5xx; never any other 4xx, which would fail the same
-way again. Waits grow exponentially with jitter and honour ``Retry-After``.
+way again. Waits follow the one backoff policy (:class:`~trio_worker._core._retry.Backoff`,
+exponential with jitter) and honour ``Retry-After``.
 A failure to *connect* is retried only once a request has succeeded, so a
 wrong ``PREFECT_API_URL`` fails fast at start-up instead of after a minute.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import logging
-import random
 import time
 from typing import Final
 
@@ -22,6 +22,7 @@ import httpx
 import trio
 
 from trio_worker._client._tls import describe_tls_failure
+from trio_worker._core._retry import Backoff
 
 __all__ = ["RETRY_STATUS_CODES", "RetryTransport"]
 
@@ -30,7 +31,6 @@ logger = logging.getLogger("trio_worker.client")
 RETRY_STATUS_CODES: Final = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_SECONDS: Final = 60.0
 MAX_BACKOFF_SECONDS: Final = 30.0
-JITTER_FACTOR: Final = 0.2
 
 
 def _retry_after_seconds(response: httpx.Response) -> float | None:
@@ -72,18 +72,17 @@ class RetryTransport(httpx.AsyncBaseTransport):
     ) -> None:
         self._wrapped = wrapped
         self._max_retries = max_retries
-        self._backoff_seconds = backoff_seconds
+        self._backoff = Backoff(
+            first_seconds=backoff_seconds, max_seconds=max(backoff_seconds, MAX_BACKOFF_SECONDS)
+        )
         self._connected_once = False
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
         retry_after = _retry_after_seconds(response) if response is not None else None
         if retry_after is not None:
-            # Wait at least what the server asked, plus a little spread.
-            spread: float = random.uniform(1.0, 1.2)
-            return min(retry_after, MAX_RETRY_AFTER_SECONDS) * spread
-        base = min(self._backoff_seconds * 2.0**attempt, MAX_BACKOFF_SECONDS)
-        jitter: float = random.uniform(1 - JITTER_FACTOR, 1 + JITTER_FACTOR)
-        return base * jitter
+            # Wait at least what the server asked (spread upwards only).
+            return self._backoff.delay(attempt, at_least=min(retry_after, MAX_RETRY_AFTER_SECONDS))
+        return self._backoff.delay(attempt)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request``, retrying transient failures with backoff."""

@@ -39,6 +39,7 @@ import cattrs.cols
 import cattrs.gen
 
 from trio_worker._core._exceptions import ModelError
+from trio_worker._core._time import format_datetime, parse_datetime
 
 __all__ = [
     "BOOL_WORDS",
@@ -55,17 +56,10 @@ T = TypeVar("T")
 
 
 def _structure_datetime(value: Any, _: type) -> dt.datetime:
-    if isinstance(value, dt.datetime):
-        parsed = value
-    elif isinstance(value, str):
-        try:
-            parsed = dt.datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an ISO-8601 datetime") from None
-    else:
-        raise ValueError(f"{value!r} is not an ISO-8601 datetime")
-    # The API speaks UTC; a naive timestamp from an old client means UTC.
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    if value is None:  # a required time; optional ones never reach this hook
+        raise ValueError("None is not an ISO-8601 datetime")
+    parsed: dt.datetime = parse_datetime(value)
+    return parsed
 
 
 def _structure_uuid(value: Any, _: type) -> uuid.UUID:
@@ -85,9 +79,7 @@ def _structure_bool(value: Any, _: type) -> bool:
 
 
 def _unstructure_datetime(value: dt.datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return value.isoformat()
+    return format_datetime(value)
 
 
 def _short(value: Any) -> str:

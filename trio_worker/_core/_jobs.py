@@ -31,7 +31,6 @@ from trio_worker._core._job_schema import (
     stringify_values,
     structure,
 )
-from trio_worker._core._models import utc_iso
 from trio_worker._core._templating import (
     GetBlock,
     GetBlockDocument,
@@ -40,6 +39,7 @@ from trio_worker._core._templating import (
     resolve_block_document_references,
     resolve_variables,
 )
+from trio_worker._core._time import format_datetime
 from trio_worker._version import __version__
 
 if TYPE_CHECKING:
@@ -217,7 +217,9 @@ class BaseJobConfiguration:
         if deployment is not None:
             labels["prefect.io/deployment-name"] = deployment.name
             if deployment.updated is not None:
-                labels["prefect.io/deployment-updated"] = utc_iso(deployment.updated)
+                labels["prefect.io/deployment-updated"] = format_datetime(
+                    deployment.updated, compact=True
+                )
         return attrs.evolve(
             self,
             env={key: value for key, value in layered.items() if value is not None},
@@ -436,7 +438,7 @@ async def from_template_and_values(
         get_variable: reads a Prefect variable; ``None`` leaves those placeholders.
         get_block: reads block data by slug and name; ``None`` leaves those placeholders.
         get_block_document: reads block data by id, for ``$ref`` objects.
-        env: where ``{{ $NAME }}`` is read; ``os.environ`` when omitted.
+        env: where ``{{ $NAME }}`` is read; the worker's environment when omitted.
         config_cls: the configuration class to build.
 
     Returns:

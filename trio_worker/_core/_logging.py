@@ -13,6 +13,8 @@ import logging
 import sys
 from typing import Final, Literal
 
+from trio_worker._core._time import format_datetime
+
 __all__ = ["JsonFormatter", "configure_logging"]
 
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -24,7 +26,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """Return the record as a single line of JSON."""
         entry: dict[str, object] = {
-            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+            "time": format_datetime(dt.datetime.fromtimestamp(record.created, dt.UTC)),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

@@ -42,16 +42,6 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def utc_iso(moment: dt.datetime) -> str:
-    """Format a time as Prefect's own clients send it: UTC, ISO 8601, ``Z``.
-
-    A naive value can only mean UTC here: the API sends nothing else.
-    """
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
 class StateType(enum.StrEnum):
     """The type of a run's state; the name of a state may differ (e.g. Late is SCHEDULED)."""
 

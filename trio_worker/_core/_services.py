@@ -2,38 +2,33 @@
 
 A loop calls its workload, sleeps a jittered interval, and repeats. Transient
 API failures (``ServerUnavailableError``, and other API errors a later call may
-not hit) are logged and make the loop back off: after three failures in a row
+not hit) are logged and make the loop back off by the one policy
+(:class:`~trio_worker._core._retry.Backoff`): after three failures in a row
 the interval doubles, up to ``max_backoff_doublings`` times, and a success
-resets it. Unlike Prefect's ``critical_service_loop`` it never gives up on a
-transient error: a worker outliving an API outage is the point. Errors that no
-retry can fix (``UnauthorizedError``, ``ConfigurationError``) propagate and
-stop the worker with their message.
+resets it; every wait is jittered, so workers don't poll in lockstep. Unlike
+Prefect's ``critical_service_loop`` it never gives up on a transient error: a
+worker outliving an API outage is the point. Errors that no retry can fix
+(``UnauthorizedError``, ``ConfigurationError``) propagate and stop the worker
+with their message.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Final
 
 import trio
 
 from trio_worker._core._exceptions import APIError, ConfigurationError, UnauthorizedError
+from trio_worker._core._retry import DEFAULT_JITTER, Backoff, jittered
 
-__all__ = ["jittered", "service_loop"]
+__all__ = ["DEFAULT_JITTER", "jittered", "service_loop"]
 
 logger = logging.getLogger("trio_worker.services")
 
 FAILURES_BEFORE_BACKOFF: Final = 3
-DEFAULT_JITTER: Final = 0.3
 DEFAULT_MAX_BACKOFF_DOUBLINGS: Final = 4
-
-
-def jittered(interval: float, jitter: float = DEFAULT_JITTER) -> float:
-    """Spread ``interval`` by up to ``jitter`` either way, so workers don't poll in lockstep."""
-    spread: float = random.uniform(1 - jitter, 1 + jitter)
-    return interval * spread
 
 
 async def service_loop(
@@ -62,8 +57,13 @@ async def service_loop(
         UnauthorizedError: the API refused the credentials.
         ConfigurationError: the workload found a problem only a person can fix.
     """
+    backoff = Backoff(
+        first_seconds=interval,
+        max_seconds=interval * 2**max_backoff_doublings,
+        jitter=jitter,
+        failures_per_step=FAILURES_BEFORE_BACKOFF,
+    )
     consecutive_failures = 0
-    doublings = 0
     while True:
         try:
             await workload()
@@ -76,16 +76,14 @@ async def service_loop(
             if consecutive_failures == 1:
                 logger.warning("%s failed, will retry: %s", name, exc)
             if consecutive_failures % FAILURES_BEFORE_BACKOFF == 0:
-                doublings = min(doublings + 1, max_backoff_doublings)
                 logger.warning(
                     "%s failed %d times in a row; next try in about %.0f s",
                     name,
                     consecutive_failures,
-                    interval * 2**doublings,
+                    backoff.centre(consecutive_failures),
                 )
         else:
             if consecutive_failures:
                 logger.info("%s recovered after %d failures", name, consecutive_failures)
             consecutive_failures = 0
-            doublings = 0
-        await pause(jittered(interval * 2**doublings, jitter))
+        await pause(backoff.delay(consecutive_failures))

@@ -1,4 +1,9 @@
-"""Shutdown signals: the first SIGINT/SIGTERM drains, the second cancels everything.
+"""Shutdown signals, watched in one place for every command.
+
+The daemons that drain (``trio-worker start``, ``task-worker``, ``demo``): the
+first SIGINT/SIGTERM drains, the second cancels everything. The embedded API
+(``server start``) has nothing to drain: its first signal stops it (pass no
+``on_first``).
 
 Library code installs no handlers; the CLI runs :func:`watch_shutdown_signals`
 as a task of its own nursery (trio's ``open_signal_receiver``), so a signal is
@@ -19,7 +24,7 @@ logger = logging.getLogger("trio_worker.signals")
 
 
 async def watch_shutdown_signals(
-    on_first: Callable[[], object],
+    on_first: Callable[[], object] | None,
     cancel_scope: trio.CancelScope,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -27,21 +32,28 @@ async def watch_shutdown_signals(
     """Call ``on_first()`` on the first signal and cancel ``cancel_scope`` on the second.
 
     Args:
-        on_first: starts a graceful stop (it must not block).
-        cancel_scope: the scope a second signal cancels at once.
+        on_first: starts a graceful stop (it must not block); ``None`` when
+            there is nothing to drain: the first signal cancels ``cancel_scope``.
+        cancel_scope: the scope a second signal (or, without ``on_first``, the
+            first) cancels at once.
         task_status: started once the handlers are installed.
     """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
-        received = 0
+        received = 0 if on_first is not None else 1
         async for signum in signals:
             received += 1
             name = signal.Signals(signum).name
             if received == 1:
+                assert on_first is not None
                 logger.warning("%s received: draining (send it again to stop at once)", name)
                 on_first()
             elif received == 2:
-                logger.warning("%s received again: stopping now", name)
+                if on_first is not None:
+                    logger.warning("%s received again: stopping now", name)
+                else:
+                    # Nothing to drain: stopping is the expected answer, not news.
+                    logger.info("%s received: stopping", name)
                 cancel_scope.cancel()
             else:
                 # Keep the handler: a third Ctrl-C must not interrupt the

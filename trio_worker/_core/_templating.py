@@ -22,7 +22,6 @@ dictionaries.
 from __future__ import annotations
 
 import enum
-import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
@@ -30,6 +29,7 @@ from typing import Any, Final
 import attrs
 
 from trio_worker._core._exceptions import TemplateError
+from trio_worker._core._settings import process_environment
 
 __all__ = [
     "NOTSET",
@@ -240,7 +240,8 @@ def apply_values(
         values: the job variables, looked up by dotted/indexed path.
         remove_notset: when false, a missing value leaves its placeholder text in
             place instead (whole strings keep the original string).
-        env: where ``$NAME`` placeholders are read from; ``os.environ`` when omitted.
+        env: where ``$NAME`` placeholders are read from; the worker's environment
+            (:func:`~trio_worker._core._settings.process_environment`) when omitted.
 
     Returns:
         The rendered copy of ``template`` (or :data:`NOTSET`, see above).
@@ -248,7 +249,7 @@ def apply_values(
     Raises:
         TemplateError: the template holds something that is not JSON.
     """
-    environ: Mapping[str, str] = os.environ if env is None else env
+    environ: Mapping[str, str] = process_environment() if env is None else env
     if template is None or template is NOTSET or isinstance(template, int | float | bool):
         return template
     if isinstance(template, str):

@@ -29,7 +29,8 @@ import trio
 
 from trio_worker._core._exceptions import InfrastructureError
 from trio_worker._core._models import FlowRun, now
-from trio_worker._core._settings import parse_bool
+from trio_worker._core._settings import parse_bool, process_environment
+from trio_worker._core._time import format_datetime
 from trio_worker._process._config import ProcessJobConfiguration, ProcessVariables
 from trio_worker._process._group import (
     kill_process_group,
@@ -172,7 +173,10 @@ class ProcessWorker(BaseWorker):
                 raise InfrastructureError(f"working directory {cwd!r} does not exist")
         else:
             temporary_dir = cwd = tempfile.mkdtemp(prefix="trio-worker-", suffix="-run")
-        env = {**os.environ, **{k: v for k, v in configuration.env.items() if v is not None}}
+        env = {
+            **process_environment(),
+            **{k: v for k, v in configuration.env.items() if v is not None},
+        }
         tracked = self.in_flight.get(flow_run.id)
         memory_limit_mb = tracked.memory_limit_mb if tracked is not None else None
         limit_bytes = None if memory_limit_mb is None else effective_limit(memory_limit_mb)
@@ -318,7 +322,7 @@ class ProcessWorker(BaseWorker):
                 flow_run_id=str(flow_run.id),
                 pid=pid,
                 start_ticks=process_start_time(pid),
-                started_at=now().isoformat(),
+                started_at=format_datetime(now()),
             )
         )
 

@@ -8,15 +8,14 @@ passes against Prefect.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
 
+from trio_worker._core._asgi import serve_asgi
 from trio_worker._core._settings import DEFAULT_API_MAX_BODY_BYTES, Settings
 from trio_worker._server._app import create_app as create_app
 from trio_worker._server._guard import ApiSecurity as ApiSecurity
@@ -66,31 +65,26 @@ async def serve_api(
     """
     if liveness is None:
         liveness = LivenessRules.from_settings(Settings.from_env())
-    config = Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 2.0
-    config.keep_alive_timeout = 30.0
-    config.websocket_ping_interval = None
-    config.websocket_max_message_size = max_body_bytes
     asgi_app = create_app(db_path, security, max_body_bytes=max_body_bytes, liveness=liveness)
-    app = wrap_app(asgi_app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
-    # Bind before starting, so a port in use is a plain OSError raised here
-    # rather than one wrapped in hypercorn's nurseries.
-    sockets = config.create_sockets()
-    for sock in sockets.insecure_sockets:
-        sock.listen(config.backlog)
-
-    async def run(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-        await worker_serve(
-            app, config, sockets=sockets, shutdown_trigger=shutdown_trigger, task_status=task_status
-        )
-
-    try:
-        async with trio.open_nursery() as nursery:
-            binds: list[str] = await nursery.start(run)
+    serve = functools.partial(
+        serve_asgi,
+        asgi_app,
+        host=host,
+        port=port,
+        graceful_timeout_seconds=2.0,
+        keep_alive_timeout_seconds=30.0,
+        websocket_max_message_bytes=max_body_bytes,
+        shutdown_trigger=shutdown_trigger,
+    )
+    refused: OSError | None = None
+    async with trio.open_nursery() as nursery:
+        try:
+            binds: list[str] = await nursery.start(serve)
+        except OSError as exc:
+            # Raised outside the nursery, so that it stays a plain OSError
+            # (the nursery would wrap it in a group); nothing else runs in it.
+            refused = exc
+        else:
             task_status.started(f"{binds[0]}/api")
-    finally:
-        for sock in sockets.insecure_sockets:
-            sock.close()
+    if refused is not None:
+        raise refused

@@ -9,6 +9,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Final
 
+# The one formatter and parser (trio_worker._core._time), under the names the
+# embedded API's modules use: fixed-width UTC with Z, sortable as stored text.
+from trio_worker._core._time import format_datetime as format_time
+from trio_worker._core._time import parse_datetime as parse_time
+
 __all__ = [
     "DEFAULT_LIMIT",
     "APIProblem",
@@ -62,24 +67,6 @@ def new_id() -> str:
 def now() -> datetime:
     """Return the current time, timezone-aware UTC."""
     return datetime.now(UTC)
-
-
-def format_time(value: datetime | None) -> str | None:
-    """Format a datetime as the API emits it and SQLite stores it: fixed width, ``Z``.
-
-    The fixed width keeps stored times sortable as text.
-    """
-    if value is None:
-        return None
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
-def parse_time(value: str | None) -> datetime | None:
-    """Parse a time stored by :func:`format_time`."""
-    if value is None:
-        return None
-    # fromisoformat reads the trailing Z (Python 3.11+), many times faster than strptime.
-    return datetime.fromisoformat(value)
 
 
 def dumps(value: Any) -> str:

@@ -22,6 +22,7 @@ from trio_worker._server._common import (
     new_id,
     not_found,
     now,
+    parse_time,
 )
 from trio_worker._server._deployments import INTEGRITY_CONFLICT, get_deployment_row, resolve_queue
 from trio_worker._server._events import EventBus, flow_run_state_event, store_event
@@ -366,7 +367,7 @@ def state_columns(row: sqlite3.Row, state: dict[str, Any], at: datetime) -> dict
     if row["state_type"] == "RUNNING" and row["state"]:
         since = loads(row["state"])["timestamp"]
         if since:
-            elapsed = (at - datetime.fromisoformat(since.replace("Z", "+00:00"))).total_seconds()
+            elapsed = (at - parse_time(since)).total_seconds()
             values["total_run_time"] = float(row["total_run_time"]) + max(0.0, elapsed)
     if kind in TERMINAL:
         values["end_time"] = stamp
@@ -469,7 +470,7 @@ def write_rule_state(tx: Tx, bus: EventBus, row: sqlite3.Row, state: dict[str, A
     the caller decided, inside the same transaction.
     """
     current = loads(row["state"]) if row["state"] else None
-    at = datetime.fromisoformat(state["timestamp"].replace("Z", "+00:00"))
+    at = parse_time(state["timestamp"])
     _write_state(tx, bus, row, current, state, at)
 
 

@@ -325,6 +325,5 @@ def variable_json(row: sqlite3.Row) -> dict[str, Any]:
     }
 
 
-def iso(value: datetime | None) -> str | None:
-    """Alias of :func:`format_time` for response building."""
-    return format_time(value)
+iso = format_time
+"""Alias of :func:`format_time` for response building."""

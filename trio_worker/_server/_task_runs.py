@@ -103,7 +103,7 @@ def _write_state(
 
 def write_rule_state(tx: Tx, queue: TaskQueue, row: sqlite3.Row, state: dict[str, Any]) -> None:
     """Write a state the API's own rules chose (``_liveness``); ``row`` is a ``task_runs`` row."""
-    at = datetime.fromisoformat(state["timestamp"].replace("Z", "+00:00"))
+    at = parse_time(state["timestamp"])
     _write_state(tx, queue, row, state, at)
 
 
@@ -203,7 +203,7 @@ def apply_client_state(tx: Tx, queue: TaskQueue, event: dict[str, Any]) -> None:
         "PAUSED", "CANCELLING",
     ):  # fmt: skip
         return
-    at = datetime.fromisoformat(event["occurred"].replace("Z", "+00:00"))
+    at = parse_time(event["occurred"])
     current = loads(row["state"]) if row["state"] else {}
     stamp = parse_time(current.get("timestamp"))
     if stamp is not None and stamp > at:

@@ -39,6 +39,8 @@ from typing import Any, Final, TypeVar, Union
 
 import attrs
 
+from trio_worker._core import _time
+
 __all__ = [
     "INT_MAX",
     "INT_MIN",
@@ -102,12 +104,7 @@ def parse_datetime(value: str) -> datetime:
         ValueError: the string is not a datetime, or one too close to the ends of
             the range of datetimes for the server to compute with.
     """
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    parsed = datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
+    parsed = _time.parse_datetime(value)
     try:
         # Two days inside datetime's range, so the server's own arithmetic
         # (offsets, timeouts, comparisons in UTC) never leaves it either.

@@ -17,7 +17,6 @@ so a report never sits forgotten in a websocket buffer.
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import logging
 import uuid
@@ -29,8 +28,9 @@ import trio
 from trio_worker._client._client import PrefectClient, state_body
 from trio_worker._core._converter import unstructure
 from trio_worker._core._exceptions import APIError
-from trio_worker._core._models import State, StateType, TaskRun, now, utc_iso
-from trio_worker._core._patience import until_answered
+from trio_worker._core._models import State, StateType, TaskRun, now
+from trio_worker._core._retry import until_answered
+from trio_worker._core._time import format_datetime, parse_datetime
 
 __all__ = ["TaskRunReporter", "task_run_record"]
 
@@ -82,16 +82,16 @@ def state_event(
     assert state.id is not None
     if state.type is StateType.RUNNING:
         record["run_count"] = int(record.get("run_count") or 0) + 1
-        record["start_time"] = utc_iso(state.timestamp)
+        record["start_time"] = format_datetime(state.timestamp)
     elif state.is_final:
-        record["end_time"] = utc_iso(state.timestamp)
+        record["end_time"] = format_datetime(state.timestamp)
         started = record.get("start_time")
         if started:
-            began = dt.datetime.fromisoformat(str(started))
+            began = parse_datetime(str(started))
             record["total_run_time"] = (state.timestamp - began).total_seconds()
     return {
         "id": str(state.id),
-        "occurred": utc_iso(state.timestamp),
+        "occurred": format_datetime(state.timestamp),
         "event": f"prefect.task-run.{state.name}",
         "resource": {
             "prefect.resource.id": f"prefect.task-run.{task_run_id}",
@@ -99,7 +99,7 @@ def state_event(
             "prefect.run-count": str(record.get("run_count", 0)),
             "prefect.state-message": state.message or "",
             "prefect.state-name": state.name or "",
-            "prefect.state-timestamp": utc_iso(state.timestamp),
+            "prefect.state-timestamp": format_datetime(state.timestamp),
             "prefect.state-type": state.type.value,
             "prefect.orchestration": "client",
         },

@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -24,6 +22,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from trio_worker._core._asgi import serve_asgi
+from trio_worker._core._time import format_datetime
 
 if TYPE_CHECKING:
     from trio_worker._taskworker._worker import TaskWorker
@@ -38,7 +39,7 @@ def worker_status(worker: TaskWorker) -> dict[str, Any]:
     return {
         "client_id": worker.client_id,
         "started": worker.started,
-        "started_at": worker.started_at.isoformat() if worker.started_at else None,
+        "started_at": format_datetime(worker.started_at),
         "connected": worker.connected,
         "limit": worker.limit,
         "current_tasks": worker.current_tasks,
@@ -128,16 +129,11 @@ async def serve_task_status(
         port: TCP port; 0 picks a free one.
         task_status: started with ``http://host:port`` once listening.
     """
-    config = Config()
-    config.bind = [f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = logger
-    config.graceful_timeout = 1.0
-
-    # Starlette is an ASGI app; hypercorn's stricter ASGIFramework type does not see it.
-    app: Any = create_status_app(worker)
+    app = create_status_app(worker)
     async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(functools.partial(serve, app, config))
+        binds: list[str] = await nursery.start(
+            functools.partial(serve_asgi, app, host=host, port=port, logger=logger)
+        )
         url = binds[0] if binds else f"http://{host}:{port}"
         logger.info("task worker status server on %s", url)
         task_status.started(url)

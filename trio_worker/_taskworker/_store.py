@@ -31,6 +31,8 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 import attrs
 
+from trio_worker._core._settings import Settings
+
 __all__ = [
     "JSON_SERIALIZER",
     "LocalTaskStore",
@@ -43,9 +45,6 @@ __all__ = [
     "parameters_key",
     "result_key",
 ]
-
-STORAGE_ENV: Final = "TRIO_WORKER_TASK_STORAGE"
-PREFECT_STORAGE_ENVS: Final = ("PREFECT_RESULTS_LOCAL_STORAGE_PATH", "PREFECT_LOCAL_STORAGE_PATH")
 
 #: ``metadata.serializer`` of a record Prefect's JSON serializer would write.
 JSON_SERIALIZER: Final[Mapping[str, Any]] = {
@@ -113,26 +112,25 @@ class LocalTaskStore:
         return self.path(key).read_bytes()
 
 
-def default_storage_path(environ: Mapping[str, str] | None = None) -> Path:
+def default_storage_path(settings: Settings | None = None) -> Path:
     """Resolve the default store directory the way Prefect does, plus our override.
 
     ``TRIO_WORKER_TASK_STORAGE``, else ``PREFECT_RESULTS_LOCAL_STORAGE_PATH`` (or its
     alias ``PREFECT_LOCAL_STORAGE_PATH``), else ``$PREFECT_HOME/storage``, else
-    ``~/.prefect/storage``.
+    ``~/.prefect/storage``; all read by :class:`Settings` (from the environment
+    when ``settings`` is not given: submitters, plain scripts calling
+    ``.delay()``, have no worker to hand them settings).
     """
-    # Settings is the place for environment reads; this one stays here because
-    # submitters (plain scripts calling .delay()) need it without a worker.
-    environ = os.environ if environ is None else environ
-    for name in (STORAGE_ENV, *PREFECT_STORAGE_ENVS):
-        if environ.get(name):
-            return Path(environ[name]).expanduser()
-    home = environ.get("PREFECT_HOME") or "~/.prefect"
-    return Path(home).expanduser() / "storage"
+    settings = Settings.from_env() if settings is None else settings
+    for chosen in (settings.task_storage_path, settings.results_storage_path):
+        if chosen:
+            return Path(chosen).expanduser()
+    return Path(settings.prefect_home or "~/.prefect").expanduser() / "storage"
 
 
-def default_task_store(environ: Mapping[str, str] | None = None) -> LocalTaskStore:
+def default_task_store(settings: Settings | None = None) -> LocalTaskStore:
     """Return a :class:`LocalTaskStore` at :func:`default_storage_path`."""
-    return LocalTaskStore(default_storage_path(environ))
+    return LocalTaskStore(default_storage_path(settings))
 
 
 def parameters_key(parameters_id: uuid.UUID) -> str:

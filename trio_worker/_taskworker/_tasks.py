@@ -28,8 +28,10 @@ import trio
 
 from trio_worker._client._client import PrefectClient
 from trio_worker._core._exceptions import ConfigurationError, TrioWorkerError
-from trio_worker._core._models import TERMINAL_STATE_TYPES, State, StateType, now, utc_iso
+from trio_worker._core._models import TERMINAL_STATE_TYPES, State, StateType, now
+from trio_worker._core._retry import Backoff
 from trio_worker._core._settings import Settings
+from trio_worker._core._time import format_datetime
 from trio_worker._taskworker._store import (
     TaskStore,
     check_json,
@@ -56,6 +58,7 @@ IDEMPOTENT_LABEL: Final = "trio-worker.idempotent"
 
 POLL_MIN_SECONDS: Final = 0.01
 POLL_MAX_SECONDS: Final = 0.5
+POLL_BACKOFF: Final = Backoff(first_seconds=POLL_MIN_SECONDS, max_seconds=POLL_MAX_SECONDS)
 
 
 class TaskRunFailedError(TrioWorkerError, RuntimeError):
@@ -137,15 +140,15 @@ class TaskRunHandle(Generic[R]):
             api_url, settings = _settings_with_url(self.settings)
             async with PrefectClient(api_url, settings=settings) as own:
                 return await self.wait_async(timeout, client=own)
-        delay = POLL_MIN_SECONDS
+        attempt = 0
         with trio.move_on_after(float("inf") if timeout is None else timeout):
             while True:
                 run = await client.read_task_run(self.task_run_id)
                 self.state = run.state
                 if run.state is not None and run.state.type in TERMINAL_STATE_TYPES:
                     break
-                await trio.sleep(delay)
-                delay = min(delay * 2, POLL_MAX_SECONDS)
+                await trio.sleep(POLL_BACKOFF.delay(attempt))
+                attempt += 1
         if self.state is None:
             run = await client.read_task_run(self.task_run_id)
             self.state = run.state
@@ -345,7 +348,7 @@ class Task(Generic[P, R]):
             data = encode_record(key, {"context": {}, "parameters": parameters})
             await trio.to_thread.run_sync(store.write, key, data)
         # Prefect's own submitters write ``...Z``; so do we.
-        scheduled = utc_iso(now())
+        scheduled = format_datetime(now())
         details: dict[str, Any] = {"scheduled_time": scheduled, "deferred": True}
         if parameters_id is not None:
             details["task_parameters_id"] = str(parameters_id)

@@ -540,6 +540,8 @@ class TaskWorker:
             )
             logger.error("task run %s: %s", task_run.id, reason)
             return _state(StateType.FAILED, reason), self.delete_failed_submissions
+        # The default store is read from the environment (through Settings) even
+        # when this worker was handed settings: submitters find it there too.
         store = task.store if task.store is not None else self.store or default_task_store()
         try:
             parameters = await self._read_parameters(task, task_run, store)

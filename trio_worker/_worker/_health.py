@@ -11,14 +11,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from trio_worker._core._asgi import serve_asgi
 from trio_worker._core._exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -73,16 +72,13 @@ async def serve_health(
     Raises:
         ConfigurationError: the port is in use or cannot be bound.
     """
-    config = Config()
     host, port = worker.settings.webserver_host, worker.settings.webserver_port
-    config.bind = [f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = logger
     try:
-        await serve(create_health_app(worker), config, task_status=task_status)  # type: ignore[arg-type]
-    except* OSError as group:
-        # hypercorn binds inside its own nursery, so the error arrives grouped.
-        reason = getattr(group.exceptions[0], "strerror", None) or str(group.exceptions[0])
+        await serve_asgi(
+            create_health_app(worker), host=host, port=port, logger=logger, task_status=task_status
+        )
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
         raise ConfigurationError(
             f"cannot serve health checks on {host}:{port}: {reason}; "
             "set PREFECT_WORKER_WEBSERVER_PORT to a free port"
