@@ -8,8 +8,10 @@ of the loop that does the work; a blocked loop cannot answer "OK".
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
+import attrs
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
@@ -20,38 +22,51 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from trio_worker._core._exceptions import ConfigurationError
+from trio_worker._core._settings import Settings
 
-if TYPE_CHECKING:
-    from trio_worker._worker._base import BaseWorker
-
-__all__ = ["create_health_app", "serve_health"]
+__all__ = ["HealthSource", "create_health_app", "serve_health"]
 
 logger = logging.getLogger("trio_worker.health")
 
 
-def create_health_app(worker: BaseWorker) -> Starlette:
-    """Build the ASGI app that reports on ``worker``."""
+@attrs.frozen
+class HealthSource:
+    """What the health app reads, as callables (the app never sees the worker).
+
+    Attributes:
+        polling: whether the worker polled recently (``/health``).
+        not_ready: why the worker cannot take runs now, or None (``/ready``).
+        status: the worker described as JSON (``/status``).
+        metrics: the metrics in Prometheus' text format (``/metrics``).
+    """
+
+    polling: Callable[[], bool]
+    not_ready: Callable[[], str | None]
+    status: Callable[[], dict[str, Any]]
+    metrics: Callable[[], bytes]
+
+
+def create_health_app(source: HealthSource) -> Starlette:
+    """Build the ASGI app that reports on a worker through ``source``."""
 
     async def health(request: Request) -> JSONResponse:
-        if worker.is_worker_still_polling():
+        if source.polling():
             return JSONResponse({"message": "OK"})
         logger.error("Health check failed: the worker has not polled recently")
         return JSONResponse({"message": "Worker may be unresponsive at this time"}, 503)
 
     async def ready(request: Request) -> JSONResponse:
         # Ready = able to take runs: the pool is known and the API answers.
-        if worker.work_pool is None:
-            reason = f"work pool {worker.work_pool_name!r} is not known yet"
+        reason = source.not_ready()
+        if reason is not None:
             return JSONResponse({"message": reason}, 503)
-        if worker.last_api_error is not None:
-            return JSONResponse({"message": f"last API call failed: {worker.last_api_error}"}, 503)
         return JSONResponse({"message": "OK"})
 
     async def status(request: Request) -> JSONResponse:
-        return JSONResponse(worker.get_status())
+        return JSONResponse(source.status())
 
     async def metrics(request: Request) -> Response:
-        return Response(worker.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(source.metrics(), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
         routes=[
@@ -64,7 +79,8 @@ def create_health_app(worker: BaseWorker) -> Starlette:
 
 
 async def serve_health(
-    worker: BaseWorker,
+    source: HealthSource,
+    settings: Settings,
     *,
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -74,12 +90,12 @@ async def serve_health(
         ConfigurationError: the port is in use or cannot be bound.
     """
     config = Config()
-    host, port = worker.settings.webserver_host, worker.settings.webserver_port
+    host, port = settings.webserver_host, settings.webserver_port
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = logger
     try:
-        await serve(create_health_app(worker), config, task_status=task_status)  # type: ignore[arg-type]
+        await serve(create_health_app(source), config, task_status=task_status)  # type: ignore[arg-type]
     except* OSError as group:
         # hypercorn binds inside its own nursery, so the error arrives grouped.
         reason = getattr(group.exceptions[0], "strerror", None) or str(group.exceptions[0])
