@@ -25,50 +25,40 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import functools
-import inspect
 import logging
-import time
 import uuid
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, ClassVar, Final, Generic, Literal, Self, cast
+from typing import Any, Literal, Self, cast
 
 import trio
 
 from trio_worker._client._client import PrefectClient
-from trio_worker._client._log_shipping import APILogHandler, ship_logs
+from trio_worker._client._log_shipping import APILogHandler
 from trio_worker._core._exceptions import ConfigurationError
-from trio_worker._core._jobs import BaseJobConfiguration, BaseVariables, default_base_job_template
-from trio_worker._core._models import Deployment, Flow, FlowRun, WorkPool, now
+from trio_worker._core._models import Deployment, Flow, FlowRun, now
 from trio_worker._core._settings import Settings
-from trio_worker._worker._cancellation import CancelStream
 from trio_worker._worker._context import (
-    RUN_LOGGER_NAME,
     Backend,
     BaseWorkerResult,
     C,
-    RunContext,
     V,
 )
+from trio_worker._worker._contract import BackendContract
 from trio_worker._worker._events import EventEmitter
-from trio_worker._worker._health import HealthSource, serve_health
+from trio_worker._worker._introspection import WorkerIntrospection
 from trio_worker._worker._loops import WorkerLoops
 from trio_worker._worker._metrics import WorkerMetrics
 from trio_worker._worker._pool_sync import WarnOnce
 from trio_worker._worker._run_table import InFlightRun, RunTable
 from trio_worker._worker._start_rate import StartRate
-from trio_worker._worker._status import WorkerStatistics, describe_worker, statistics
+from trio_worker._worker._status import (
+    WorkerStatistics,
+)
 
 __all__ = ["BaseWorker", "BaseWorkerResult", "InFlightRun", "WorkerStatistics"]
 
 logger = logging.getLogger("trio_worker.worker")
-
-#: Seconds a state proposal may take while the worker shuts down.
-SHUTDOWN_REPORT_SECONDS: Final = 10.0
-#: Seconds the last flush of the worker's run log lines may take at shutdown.
-LOG_FLUSH_TIMEOUT_SECONDS: Final = 5.0
 
 
 def _validate_name(name: str) -> str:
@@ -79,7 +69,7 @@ def _validate_name(name: str) -> str:
     return name
 
 
-class BaseWorker(Generic[C, V]):
+class BaseWorker(BackendContract[C, V], WorkerIntrospection):
     """Poll a work pool and run its flow runs on some infrastructure.
 
     Subclass ``BaseWorker[MyConfiguration, MyVariables]`` to add an
@@ -113,29 +103,6 @@ class BaseWorker(Generic[C, V]):
         start_burst: how many runs may start at once under that pace
             (default: ``settings.start_burst``, else one second's worth).
     """
-
-    #: The worker type's name, as in a pool's ``type``.
-    type: ClassVar[str] = ""
-    #: The job configuration class (``C``) that the pool's template renders into.
-    job_configuration: ClassVar[builtins.type[BaseJobConfiguration]] = BaseJobConfiguration
-    #: The variables class (``V``) the default template's schema comes from.
-    job_configuration_variables: ClassVar[builtins.type[Any] | None] = BaseVariables
-    #: Whether :meth:`run` has the deprecated ``(flow_run, configuration, task_status)`` form.
-    _legacy_run: ClassVar[bool] = False
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        run = cls.__dict__.get("run")
-        if run is not None:
-            cls._legacy_run = "flow_run" in inspect.signature(run).parameters
-            if cls._legacy_run:
-                warnings.warn(
-                    f"{cls.__qualname__}.run(flow_run, configuration, task_status) is "
-                    "deprecated: take run(ctx: RunContext, task_status) instead "
-                    "(ctx.flow_run, ctx.configuration, ctx.limits)",
-                    DeprecationWarning,
-                    stacklevel=2,
-                )
 
     def __init__(
         self,
@@ -287,17 +254,6 @@ class BaseWorker(Generic[C, V]):
             default_command=self.default_command(),
         )
 
-    async def _start_run(
-        self, ctx: RunContext[C], task_status: trio.TaskStatus[str]
-    ) -> BaseWorkerResult:
-        if self._legacy_run:
-            legacy = cast("Callable[..., Any]", self.run)
-            result: BaseWorkerResult = await legacy(
-                ctx.flow_run, ctx.configuration, task_status=task_status
-            )
-            return result
-        return await self.run(ctx, task_status)
-
     async def _own_runs(self, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:
         """Hold the runs nursery in a task of its own until the worker closes.
 
@@ -365,71 +321,26 @@ class BaseWorker(Generic[C, V]):
         """
         loops = self.loops
         self.started_at = now()
-        run_logger = logging.getLogger(RUN_LOGGER_NAME)
-        if run_logger.level == logging.NOTSET:
-            # Run lines at INFO must exist to be shipped, whatever the root level.
-            run_logger.setLevel(logging.INFO)
-        run_logger.addHandler(self.log_handler)
-        try:
-            async with trio.open_nursery() as nursery:
-                loops.scope = nursery.cancel_scope
-                if self._stopping:  # drained before it started
-                    task_status.started()
-                    return
-                if with_healthcheck:
-                    self.health_urls = await nursery.start(
-                        serve_health, self._health_source(), self.settings
-                    )
-                await self.sync_with_backend()
-                await self.reconcile_infrastructure()
-                nursery.start_soon(
-                    functools.partial(
-                        self.events.serve,
-                        loops.api_url,
-                        settings=self.settings,
-                        ssl_context=loops.client.ssl_context,
-                    )
-                )
-                nursery.start_soon(
-                    functools.partial(
-                        ship_logs,
-                        loops.client,
-                        self.log_handler.buffer,
-                        flush_timeout_seconds=LOG_FLUSH_TIMEOUT_SECONDS,
-                    )
-                )
-                self.events.started()
-                printer(f"Worker {self.name!r} started!")
-                if run_once:
-                    await self.get_and_submit_flow_runs()
-                    task_status.started()
-                    await self.wait_for_runs()
-                    nursery.cancel_scope.cancel()
-                    return
-                await loops.start(nursery, settings=self.settings)
+        async with loops.serving(self.events, self.log_handler) as nursery:
+            if self._stopping:  # drained before it started
                 task_status.started()
-        finally:
-            run_logger.removeHandler(self.log_handler)
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + SHUTDOWN_REPORT_SECONDS
-                if self.events.started_event_id is not None:
-                    self.events.stopped()
-                    await self.events.flush_over_http(loops.client)
-
-    def _health_source(self) -> HealthSource:
-        def not_ready() -> str | None:
-            if self.work_pool is None:
-                return f"work pool {self.work_pool_name!r} is not known yet"
-            if self.last_api_error is not None:
-                return f"last API call failed: {self.last_api_error}"
-            return None
-
-        return HealthSource(
-            polling=self.is_worker_still_polling,
-            not_ready=not_ready,
-            status=self.get_status,
-            metrics=self.metrics.render,
-        )
+                return
+            if with_healthcheck:
+                source = self._health_source()
+                self.health_urls = await loops.serve_health(nursery, source, self.settings)
+            await self.sync_with_backend()
+            await self.reconcile_infrastructure()
+            loops.ship(nursery, self.events, self.log_handler, settings=self.settings)
+            self.events.started()
+            printer(f"Worker {self.name!r} started!")
+            if run_once:
+                await self.get_and_submit_flow_runs()
+                task_status.started()
+                await self.wait_for_runs()
+                nursery.cancel_scope.cancel()
+                return
+            await loops.start(nursery, settings=self.settings)
+            task_status.started()
 
     @property
     def stopping(self) -> bool:
@@ -459,11 +370,6 @@ class BaseWorker(Generic[C, V]):
 
     # -- what the loops do (seed names, kept as API) ----------------------------
 
-    @classmethod
-    def get_default_base_job_template(cls) -> dict[str, Any]:
-        """Return the base job template a new pool of this type gets."""
-        return default_base_job_template(cls.job_configuration, cls.job_configuration_variables)
-
     async def sync_with_backend(self) -> None:
         """Read (or create) the pool, give it a template if it has none, and heartbeat."""
         await self.loops.pool.sync()
@@ -477,14 +383,7 @@ class BaseWorker(Generic[C, V]):
         self.loops.last_api_error = None
         return submitted
 
-    # -- what subclasses provide ---------------------------------------------
-
-    async def reconcile_infrastructure(self) -> None:
-        """Deal with infrastructure an earlier worker of this name left behind.
-
-        Called once at start, before the first poll. The base class keeps no
-        record of what it started, so there is nothing to do.
-        """
+    # -- what subclasses provide (besides BackendContract's) ------------------
 
     def base_env(self) -> dict[str, str]:
         """Return the env a run's infrastructure needs to reach the API (lowest layer)."""
@@ -494,103 +393,3 @@ class BaseWorker(Generic[C, V]):
         if self.settings.api_auth_string:
             env["PREFECT_API_AUTH_STRING"] = self.settings.api_auth_string
         return env
-
-    def default_command(self) -> str | None:
-        """Return the command a run gets when its configuration sets none (the engine)."""
-        return None
-
-    async def run(
-        self, ctx: RunContext[C], task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
-    ) -> BaseWorkerResult:
-        """Start ``ctx.flow_run``'s infrastructure and wait for it to exit.
-
-        Call ``task_status.started(identifier)`` the moment the infrastructure
-        exists; the worker records it as the run's ``infrastructure_pid``.
-        When cancelled (a user's cancellation, ``timeout_seconds``, a
-        shutdown), stop the infrastructure before returning (or raising).
-
-        Raises:
-            InfrastructureError: the infrastructure could not be started; its
-                message becomes the run's CRASHED message.
-        """
-        raise NotImplementedError(f"{type(self).__name__} must implement run()")
-
-    def infrastructure_is_abandoned(self, flow_run: FlowRun, infrastructure_pid: str) -> bool:
-        """Whether this worker should stop a cancelled run it did not start.
-
-        Called for a cancelling run of this pool that is not in flight here.
-        The base class says yes and lets :meth:`kill_infrastructure` decide
-        (raising ``NotImplementedError`` when it cannot); a backend whose
-        infrastructure has an owner that may still be alive (the process
-        worker: a worker on the same host) says no for those.
-        """
-        return True
-
-    async def kill_infrastructure(
-        self, infrastructure_pid: str, configuration: C, grace_seconds: float
-    ) -> None:
-        """Stop infrastructure that this worker process did not start (e.g. before a restart).
-
-        ``configuration`` is the run's job configuration, rendered as for a start.
-
-        Raises:
-            InfrastructureError: when it cannot be reached or stopped.
-        """
-        raise NotImplementedError(f"{type(self).__name__} cannot kill infrastructure")
-
-    # -- introspection ----------------------------------------------------------
-
-    @property
-    def in_flight(self) -> Mapping[uuid.UUID, InFlightRun]:
-        """The runs in flight, by id (read-only; the run table owns them)."""
-        return self.table.runs
-
-    @property
-    def work_pool(self) -> WorkPool | None:
-        """The pool as last read, or None while it is unknown."""
-        return None if self._loops is None else self._loops.pool.work_pool
-
-    @property
-    def last_polled(self) -> float | None:
-        """When the last poll ended (monotonic seconds), or None."""
-        return None if self._loops is None else self._loops.poller.last_polled
-
-    @property
-    def last_api_error(self) -> str | None:
-        """The last API error of a loop, cleared by the next success (for ``/ready``)."""
-        return None if self._loops is None else self._loops.last_api_error
-
-    @property
-    def cancel_stream(self) -> CancelStream:
-        """What is known of the cancellation event stream (``live``, ``gap``)."""
-        return self.loops.watcher.stream
-
-    @property
-    def limiter(self) -> trio.CapacityLimiter:
-        """The limiter of runs at once (owned by the run table)."""
-        return self.table.limiter
-
-    def is_worker_still_polling(self, query_interval_seconds: float | None = None) -> bool:
-        """Whether a poll happened within 30 query intervals (Prefect's health rule)."""
-        interval = query_interval_seconds or self.query_seconds
-        reference = self.last_polled
-        if reference is None:
-            return True  # still starting up
-        return time.monotonic() - reference < 30 * interval
-
-    def statistics(self) -> WorkerStatistics:
-        """Return a snapshot of the worker's load."""
-        return statistics(self.table, self.last_polled)
-
-    def get_status(self) -> dict[str, Any]:
-        """Describe the worker as JSON for ``/status``."""
-        return describe_worker(
-            name=self.name,
-            worker_type=self.type,
-            work_pool_name=self.work_pool_name,
-            work_queues=self.work_queues,
-            started_at=self.started_at,
-            limit=self.limit,
-            table=self.table,
-            last_polled=self.last_polled,
-        )

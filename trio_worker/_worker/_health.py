@@ -8,10 +8,8 @@ of the loop that does the work; a blocked loop cannot answer "OK".
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
-import attrs
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
@@ -23,27 +21,11 @@ from starlette.routing import Route
 
 from trio_worker._core._exceptions import ConfigurationError
 from trio_worker._core._settings import Settings
+from trio_worker._worker._status import HealthSource
 
-__all__ = ["HealthSource", "create_health_app", "serve_health"]
+__all__ = ["create_health_app", "serve_health"]
 
 logger = logging.getLogger("trio_worker.health")
-
-
-@attrs.frozen
-class HealthSource:
-    """What the health app reads, as callables (the app never sees the worker).
-
-    Attributes:
-        polling: whether the worker polled recently (``/health``).
-        not_ready: why the worker cannot take runs now, or None (``/ready``).
-        status: the worker described as JSON (``/status``).
-        metrics: the metrics in Prometheus' text format (``/metrics``).
-    """
-
-    polling: Callable[[], bool]
-    not_ready: Callable[[], str | None]
-    status: Callable[[], dict[str, Any]]
-    metrics: Callable[[], bytes]
 
 
 def create_health_app(source: HealthSource) -> Starlette:

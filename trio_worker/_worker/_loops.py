@@ -9,17 +9,20 @@ carries out a drain. It records the last API error of any loop for
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Generic, Literal
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, Final, Generic, Literal
 
 import trio
 
 from trio_worker._client._client import PrefectClient
+from trio_worker._client._log_shipping import APILogHandler, ship_logs
 from trio_worker._core._services import service_loop
 from trio_worker._core._settings import Settings
 from trio_worker._worker._cancellation import CancellationWatcher
-from trio_worker._worker._context import Backend, C
+from trio_worker._worker._context import RUN_LOGGER_NAME, Backend, C
 from trio_worker._worker._events import EventEmitter
 from trio_worker._worker._metrics import WorkerMetrics
 from trio_worker._worker._poller import Poller
@@ -27,11 +30,17 @@ from trio_worker._worker._pool_sync import PoolSync, WarnOnce
 from trio_worker._worker._reporter import Reporter
 from trio_worker._worker._run_table import RunTable
 from trio_worker._worker._start_rate import StartRate
+from trio_worker._worker._status import HealthSource
 from trio_worker._worker._submitter import Submitter
 
 __all__ = ["WorkerLoops"]
 
 logger = logging.getLogger("trio_worker.worker")
+
+#: Seconds the stopped event and the last events may take at shutdown.
+SHUTDOWN_REPORT_SECONDS: Final = 10.0
+#: Seconds the last flush of the worker's run log lines may take at shutdown.
+LOG_FLUSH_TIMEOUT_SECONDS: Final = 5.0
 
 
 class WorkerLoops(Generic[C]):
@@ -113,7 +122,13 @@ class WorkerLoops(Generic[C]):
             in_flight=lambda: table.runs.keys(),
             warn_once=warn_once,
         )
-        self.reporter = Reporter(client, metrics=metrics, events=events, worker_name=worker_name)
+        self.reporter = Reporter(
+            client,
+            metrics=metrics,
+            events=events,
+            worker_name=worker_name,
+            on_shutdown=on_shutdown,
+        )
         self.submitter: Submitter[C] = Submitter(
             client,
             table=table,
@@ -123,7 +138,6 @@ class WorkerLoops(Generic[C]):
             backend=backend,
             work_pool=lambda: self.pool.work_pool,
             worker_name=worker_name,
-            on_shutdown=on_shutdown,
             cancel_grace_seconds=cancel_grace_seconds,
         )
         self.poller = Poller(
@@ -147,6 +161,65 @@ class WorkerLoops(Generic[C]):
             work_pool_name=work_pool_name,
             work_queues=work_queues,
             cancel_grace_seconds=cancel_grace_seconds,
+        )
+
+    @contextlib.asynccontextmanager
+    async def serving(
+        self, events: EventEmitter, log_handler: APILogHandler
+    ) -> AsyncIterator[trio.Nursery]:
+        """Open the loops nursery; run lines are shipped while it is open.
+
+        On the way out (shielded, bounded) the ``stopped`` event follows the
+        ``started`` one, and what is still queued is posted over HTTP.
+        """
+        run_logger = logging.getLogger(RUN_LOGGER_NAME)
+        if run_logger.level == logging.NOTSET:
+            # Run lines at INFO must exist to be shipped, whatever the root level.
+            run_logger.setLevel(logging.INFO)
+        run_logger.addHandler(log_handler)
+        try:
+            async with trio.open_nursery() as nursery:
+                self.scope = nursery.cancel_scope
+                yield nursery
+        finally:
+            run_logger.removeHandler(log_handler)
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + SHUTDOWN_REPORT_SECONDS
+                if events.started_event_id is not None:
+                    events.stopped()
+                    await events.flush_over_http(self.client)
+
+    async def serve_health(
+        self, nursery: trio.Nursery, source: HealthSource, settings: Settings
+    ) -> list[str]:
+        """Serve the health app in ``nursery``; return the URLs it listens on."""
+        # Loaded when asked for: hypercorn and starlette cost start-up time.
+        from trio_worker._worker._health import serve_health
+
+        urls: list[str] = await nursery.start(serve_health, source, settings)
+        return urls
+
+    def ship(
+        self,
+        nursery: trio.Nursery,
+        events: EventEmitter,
+        log_handler: APILogHandler,
+        *,
+        settings: Settings,
+    ) -> None:
+        """Stream events over ``/events/in`` and ship run log lines, in ``nursery``."""
+        ssl_context = self.client.ssl_context
+        serve_events = functools.partial(
+            events.serve, self.api_url, settings=settings, ssl_context=ssl_context
+        )
+        nursery.start_soon(serve_events)
+        nursery.start_soon(
+            functools.partial(
+                ship_logs,
+                self.client,
+                log_handler.buffer,
+                flush_timeout_seconds=LOG_FLUSH_TIMEOUT_SECONDS,
+            )
         )
 
     async def start(self, nursery: trio.Nursery, *, settings: Settings) -> None:

@@ -13,17 +13,19 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from typing import Final
+from typing import Final, Literal
 
 import trio
 
 from trio_worker._client._client import PrefectClient
+from trio_worker._client._run_reads import RunReader
 from trio_worker._core._exceptions import APIError
 from trio_worker._core._models import FlowRun, OrchestrationResult, SetStateStatus, State, StateType
 from trio_worker._core._patience import until_answered
 from trio_worker._worker._context import RUN_LOGGER_NAME, CancelReason, RunLimits
 from trio_worker._worker._events import EventEmitter
 from trio_worker._worker._metrics import WorkerMetrics
+from trio_worker._worker._run_table import InFlightRun
 
 __all__ = [
     "CANCELLED_MESSAGE",
@@ -75,6 +77,7 @@ class Reporter:
         metrics: where outcomes are counted (``runs_finished{outcome}``).
         events: where ``cancelled-flow-run`` events go.
         worker_name: named in the log lines shipped under each run's id.
+        on_shutdown: what a shutdown does to the runs it interrupts.
         report_timeout_seconds: the most a shielded report may take.
         patience_seconds: how long a proposal is retried through an outage.
     """
@@ -86,6 +89,7 @@ class Reporter:
         metrics: WorkerMetrics,
         events: EventEmitter,
         worker_name: str,
+        on_shutdown: Literal["crash", "reschedule"] = "crash",
         report_timeout_seconds: float = REPORT_TIMEOUT_SECONDS,
         patience_seconds: float = FINAL_REPORT_PATIENCE_SECONDS,
     ) -> None:
@@ -93,6 +97,9 @@ class Reporter:
         self._metrics = metrics
         self._events = events
         self._worker_name = worker_name
+        self._on_shutdown = on_shutdown
+        #: Reads of runs whose process exited, batched when they overlap.
+        self._reader = RunReader(client)
         self.report_timeout_seconds = report_timeout_seconds
         self.patience_seconds = patience_seconds
 
@@ -172,3 +179,113 @@ class Reporter:
         await self.propose(
             flow_run.id, State.of(StateType.CANCELLED, CANCELLED_MESSAGE), force=True
         )
+
+    async def report_end(
+        self, tracked: InFlightRun, *, failure: Exception | None, interrupted: bool
+    ) -> None:
+        """Report the end of a run whose own path did not report it."""
+        flow_run = tracked.flow_run
+        if tracked.cancel_reason is not None:
+            await self.cancelled(flow_run, tracked.cancel_reason, tracked.limits)
+        elif failure is not None:
+            cause = _leaf(failure)
+            message = f"The worker failed while handling the run: {type(cause).__name__}: {cause}"
+            await self.propose(flow_run.id, State.of(StateType.CRASHED, message))
+        elif interrupted:
+            await self._interrupted(flow_run)
+
+    async def _interrupted(self, flow_run: FlowRun) -> None:
+        """Say what became of a run the worker's shutdown interrupted.
+
+        By default it is CRASHED with the reason; with ``on_shutdown="reschedule"``
+        it goes back to SCHEDULED for another worker (for idempotent flows). A
+        run whose engine already reported a final state keeps it.
+        """
+        reporter = self
+        if self._on_shutdown == "reschedule":
+            try:
+                current = await self._client.read_flow_run(flow_run.id)
+            except APIError as exc:
+                logger.error("Could not read flow run '%s' to reschedule it: %s", flow_run.id, exc)
+                return
+            if current.state is not None and current.state.is_final:
+                return
+            if current.state is not None and current.state.type is StateType.CANCELLING:
+                # A user asked for it to stop: it must not run again elsewhere.
+                cancelled = State.of(StateType.CANCELLED, CANCELLED_MESSAGE)
+                await reporter.propose(flow_run.id, cancelled, force=True)
+                return
+            message = f"Worker {self._worker_name!r} shut down; the run was rescheduled."
+            reporter.log(
+                flow_run, logging.WARNING, "Flow run '%s' cut short: %s", flow_run.name, message
+            )
+            rescheduled = State.of(StateType.SCHEDULED, message, name="Rescheduled")
+            await reporter.propose(flow_run.id, rescheduled, force=True)
+            return
+        message = f"Worker {self._worker_name!r} shut down before the run finished."
+        reporter.log(
+            flow_run, logging.WARNING, "Flow run '%s' cut short: %s", flow_run.name, message
+        )
+        await reporter.propose(flow_run.id, State.of(StateType.CRASHED, message))
+
+    async def engine_reported_final(self, flow_run: FlowRun) -> bool:
+        """Whether the engine already put the run in a final state (then it is not a crash)."""
+        try:
+            current = await until_answered(
+                functools.partial(self._client.read_flow_run, flow_run.id),
+                what=f"read flow run '{flow_run.id}'",
+                patience=self.patience_seconds,
+            )
+        except APIError:
+            return False
+        state = current.state
+        if state is None or not state.is_final:
+            return False
+        self.count(state.type)
+        self.log(flow_run, logging.INFO, "Flow run '%s' ended %s", flow_run.name, state.type.value)
+        return True
+
+    async def complete_if_unreported(self, flow_run: FlowRun, *, engine: bool) -> None:
+        """A plain command that exits 0 without reporting a final state completed.
+
+        Prefect leaves such runs PENDING forever; we say what happened instead.
+        The engine is different: it exits 0 without a final state only when the
+        API told it another actor decided (ABORT/REJECT), so its run is left alone.
+        """
+        reporter = self
+        current = await until_answered(
+            functools.partial(self._reader.read, flow_run.id),
+            what=f"read flow run '{flow_run.id}'",
+            patience=self.patience_seconds,
+        )
+        state = current.state
+        if state is None:
+            return
+        if state.is_final:
+            reporter.count(state.type)
+            return
+        if state.type is StateType.CANCELLING:
+            cancelled = State.of(StateType.CANCELLED, CANCELLED_MESSAGE)
+            await reporter.propose(flow_run.id, cancelled, force=True)
+            return
+        if engine:
+            reporter.log(
+                flow_run,
+                logging.WARNING,
+                "The engine exited without a final state (the run is %s); leaving it as it is",
+                state.type.value,
+            )
+            return
+        completed = State.of(
+            StateType.COMPLETED,
+            "The flow run's process exited with status 0 without reporting a final state; "
+            "the worker marked it Completed.",
+        )
+        await reporter.propose(flow_run.id, completed)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (possibly nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

@@ -1,17 +1,21 @@
-"""What a worker says about itself: :class:`WorkerStatistics` and ``/status``."""
+"""What a worker says about itself: :class:`WorkerStatistics`, ``/status``, the health source.
+
+Kept apart from the health server so that a worker imports no web server
+unless it serves health checks (start-up time is a feature).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 
 from trio_worker._worker._run_table import RunTable
 
-__all__ = ["WorkerStatistics", "describe_worker", "statistics"]
+__all__ = ["HealthSource", "WorkerStatistics", "describe_worker", "statistics"]
 
 
 @attrs.frozen
@@ -29,6 +33,23 @@ class WorkerStatistics:
     limit: float
     borrowed_tokens: int
     last_poll_age_seconds: float | None
+
+
+@attrs.frozen
+class HealthSource:
+    """What the health app reads, as callables (the app never sees the worker).
+
+    Attributes:
+        polling: whether the worker polled recently (``/health``).
+        not_ready: why the worker cannot take runs now, or None (``/ready``).
+        status: the worker described as JSON (``/status``).
+        metrics: the metrics in Prometheus' text format (``/metrics``).
+    """
+
+    polling: Callable[[], bool]
+    not_ready: Callable[[], str | None]
+    status: Callable[[], dict[str, Any]]
+    metrics: Callable[[], bytes]
 
 
 def statistics(table: RunTable, last_polled: float | None) -> WorkerStatistics:

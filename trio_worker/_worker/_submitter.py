@@ -18,13 +18,12 @@ import logging
 import math
 import uuid
 from collections.abc import Callable
-from typing import Final, Generic, Literal
+from typing import Final, Generic
 
 import attrs
 import trio
 
 from trio_worker._client._client import PrefectClient
-from trio_worker._client._run_reads import RunReader
 from trio_worker._core._exceptions import (
     APIError,
     ConfigurationError,
@@ -47,7 +46,7 @@ from trio_worker._worker._context import (
 )
 from trio_worker._worker._events import EventEmitter
 from trio_worker._worker._metrics import WorkerMetrics
-from trio_worker._worker._reporter import CANCELLED_MESSAGE, Reporter, landed
+from trio_worker._worker._reporter import Reporter, landed
 from trio_worker._worker._run_table import InFlightRun, RunTable
 
 __all__ = ["Submitter"]
@@ -78,7 +77,6 @@ class Submitter(Generic[C]):
         backend: renders, prepares, and runs the infrastructure.
         work_pool: returns the pool as last read.
         worker_name: named in log lines and shutdown messages.
-        on_shutdown: what a shutdown does to runs it interrupts.
         cancel_grace_seconds: handed to the backend in each run's context.
     """
 
@@ -93,11 +91,9 @@ class Submitter(Generic[C]):
         backend: Backend[C],
         work_pool: Callable[[], WorkPool | None],
         worker_name: str,
-        on_shutdown: Literal["crash", "reschedule"],
         cancel_grace_seconds: float,
     ) -> None:
         self._client = client
-        self._reader = RunReader(client)
         self._table = table
         self._reporter = reporter
         self._events = events
@@ -105,7 +101,6 @@ class Submitter(Generic[C]):
         self._backend = backend
         self._work_pool = work_pool
         self._name = worker_name
-        self._on_shutdown = on_shutdown
         self._grace = cancel_grace_seconds
         self.deployments: BoundedCache[uuid.UUID, Deployment] = BoundedCache(
             max_entries=CACHE_ENTRIES, ttl_seconds=DEPLOYMENT_CACHE_SECONDS
@@ -153,55 +148,9 @@ class Submitter(Generic[C]):
             if tracked.owned:
                 with trio.CancelScope(shield=True) as scope:
                     scope.deadline = trio.current_time() + self._reporter.report_timeout_seconds
-                    await self._report_end(tracked, failure=failure, interrupted=interrupted)
-
-    async def _report_end(
-        self, tracked: InFlightRun, *, failure: Exception | None, interrupted: bool
-    ) -> None:
-        """Report the end of a run whose own path did not report it."""
-        flow_run = tracked.flow_run
-        if tracked.cancel_reason is not None:
-            await self._reporter.cancelled(flow_run, tracked.cancel_reason, tracked.limits)
-        elif failure is not None:
-            cause = _leaf(failure)
-            message = f"The worker failed while handling the run: {type(cause).__name__}: {cause}"
-            await self._reporter.propose(flow_run.id, State.of(StateType.CRASHED, message))
-        elif interrupted:
-            await self._report_interrupted(flow_run)
-
-    async def _report_interrupted(self, flow_run: FlowRun) -> None:
-        """Say what became of a run the worker's shutdown interrupted.
-
-        By default it is CRASHED with the reason; with ``on_shutdown="reschedule"``
-        it goes back to SCHEDULED for another worker (for idempotent flows). A
-        run whose engine already reported a final state keeps it.
-        """
-        reporter = self._reporter
-        if self._on_shutdown == "reschedule":
-            try:
-                current = await self._client.read_flow_run(flow_run.id)
-            except APIError as exc:
-                logger.error("Could not read flow run '%s' to reschedule it: %s", flow_run.id, exc)
-                return
-            if current.state is not None and current.state.is_final:
-                return
-            if current.state is not None and current.state.type is StateType.CANCELLING:
-                # A user asked for it to stop: it must not run again elsewhere.
-                cancelled = State.of(StateType.CANCELLED, CANCELLED_MESSAGE)
-                await reporter.propose(flow_run.id, cancelled, force=True)
-                return
-            message = f"Worker {self._name!r} shut down; the run was rescheduled."
-            reporter.log(
-                flow_run, logging.WARNING, "Flow run '%s' cut short: %s", flow_run.name, message
-            )
-            rescheduled = State.of(StateType.SCHEDULED, message, name="Rescheduled")
-            await reporter.propose(flow_run.id, rescheduled, force=True)
-            return
-        message = f"Worker {self._name!r} shut down before the run finished."
-        reporter.log(
-            flow_run, logging.WARNING, "Flow run '%s' cut short: %s", flow_run.name, message
-        )
-        await reporter.propose(flow_run.id, State.of(StateType.CRASHED, message))
+                    await self._reporter.report_end(
+                        tracked, failure=failure, interrupted=interrupted
+                    )
 
     async def _claim(self, tracked: InFlightRun) -> bool:
         """Propose PENDING; True when the run is now this worker's to start."""
@@ -296,7 +245,7 @@ class Submitter(Generic[C]):
         if (
             result.status_code != 0
             and ctx.runs_engine
-            and await self._engine_reported_final(flow_run)
+            and await self._reporter.engine_reported_final(flow_run)
         ):
             # A flow that raised: the engine recorded FAILED and exited 1. Not a crash.
             return
@@ -309,26 +258,7 @@ class Submitter(Generic[C]):
                 )
             await reporter.crash(flow_run, message)
             return
-        await self._complete_if_unreported(flow_run, engine=ctx.runs_engine)
-
-    async def _engine_reported_final(self, flow_run: FlowRun) -> bool:
-        """Whether the engine already put the run in a final state (then it is not a crash)."""
-        try:
-            current = await until_answered(
-                functools.partial(self._client.read_flow_run, flow_run.id),
-                what=f"read flow run '{flow_run.id}'",
-                patience=self._reporter.patience_seconds,
-            )
-        except APIError:
-            return False
-        state = current.state
-        if state is None or not state.is_final:
-            return False
-        self._reporter.count(state.type)
-        self._reporter.log(
-            flow_run, logging.INFO, "Flow run '%s' ended %s", flow_run.name, state.type.value
-        )
-        return True
+        await self._reporter.complete_if_unreported(flow_run, engine=ctx.runs_engine)
 
     async def _reopened(self, flow_run: FlowRun, pending: State) -> bool:
         """Undo a PENDING that the API accepted over a run another worker already finished.
@@ -463,44 +393,6 @@ class Submitter(Generic[C]):
                 return None
             self.flows.put(flow_id, flow)
             return flow
-
-    async def _complete_if_unreported(self, flow_run: FlowRun, *, engine: bool) -> None:
-        """A plain command that exits 0 without reporting a final state completed.
-
-        Prefect leaves such runs PENDING forever; we say what happened instead.
-        The engine is different: it exits 0 without a final state only when the
-        API told it another actor decided (ABORT/REJECT), so its run is left alone.
-        """
-        reporter = self._reporter
-        current = await until_answered(
-            functools.partial(self._reader.read, flow_run.id),
-            what=f"read flow run '{flow_run.id}'",
-            patience=reporter.patience_seconds,
-        )
-        state = current.state
-        if state is None:
-            return
-        if state.is_final:
-            reporter.count(state.type)
-            return
-        if state.type is StateType.CANCELLING:
-            cancelled = State.of(StateType.CANCELLED, CANCELLED_MESSAGE)
-            await reporter.propose(flow_run.id, cancelled, force=True)
-            return
-        if engine:
-            reporter.log(
-                flow_run,
-                logging.WARNING,
-                "The engine exited without a final state (the run is %s); leaving it as it is",
-                state.type.value,
-            )
-            return
-        completed = State.of(
-            StateType.COMPLETED,
-            "The flow run's process exited with status 0 without reporting a final state; "
-            "the worker marked it Completed.",
-        )
-        await reporter.propose(flow_run.id, completed)
 
 
 def _timestamp(state: State) -> dt.datetime:
