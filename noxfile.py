@@ -72,7 +72,9 @@ def typecheck(session: nox.Session) -> None:
     _install_dev(session)
     session.run("mypy", "--strict", "trio_worker")
     # The example uses only public names; it must type-check as a user's code would.
-    session.run("mypy", "--strict", "-p", "inline_worker", env={"MYPYPATH": "examples/inline_worker"})
+    session.run(
+        "mypy", "--strict", "-p", "inline_worker", env={"MYPYPATH": "examples/inline_worker"}
+    )
 
 
 # -- nox -s prefect --------------------------------------------------------------------------
