@@ -110,6 +110,7 @@ class WorkerLoops(Generic[C]):
         #: The loops nursery's scope, once :meth:`start` ran.
         self.scope: trio.CancelScope | None = None
         self._poll_scope = trio.CancelScope()
+        self._first_poll = trio.Event()
         self.pool = PoolSync(
             client,
             work_pool_name=work_pool_name,
@@ -223,7 +224,10 @@ class WorkerLoops(Generic[C]):
         )
 
     async def start(self, nursery: trio.Nursery, *, settings: Settings) -> None:
-        """Start the poll, heartbeat and cancellation loops in ``nursery``."""
+        """Start the poll, heartbeat and cancellation loops in ``nursery``.
+
+        Returns once the first poll has been made (or failed, or was stopped).
+        """
         nursery.start_soon(self._poll_loop)
         nursery.start_soon(self._heartbeat_loop)
         await nursery.start(
@@ -236,21 +240,28 @@ class WorkerLoops(Generic[C]):
                 task_status=task_status,
             )
         )
+        await self._first_poll.wait()
 
     async def _poll_loop(self) -> None:
         async def poll() -> None:
-            if not self._stopping():
-                await self.poller.poll()
-                self.last_api_error = None
+            try:
+                if not self._stopping():
+                    await self.poller.poll()
+                    self.last_api_error = None
+            finally:
+                self._first_poll.set()
 
-        with self._poll_scope:
-            await service_loop(
-                poll,
-                interval=self._query_seconds,
-                name="poll",
-                on_error=self._count_poll_error,
-                pause=self.poller.until_next_poll,
-            )
+        try:
+            with self._poll_scope:
+                await service_loop(
+                    poll,
+                    interval=self._query_seconds,
+                    name="poll",
+                    on_error=self._count_poll_error,
+                    pause=self.poller.until_next_poll,
+                )
+        finally:
+            self._first_poll.set()
 
     async def _heartbeat_loop(self) -> None:
         async def sync() -> None:
