@@ -163,6 +163,8 @@ class PrefectClient:
             requests in flight at once (a task worker at a high limit) wants
             about one each: requests queued for a connection cost the pool far
             more CPU than an idle connection does.
+        transport: the transport under the retries (default: HTTP over the
+            network); tests of another host pass ``httpx.MockTransport``.
 
     Raises:
         ConfigurationError: the URL is not http(s), or the CA bundle of an
@@ -176,6 +178,7 @@ class PrefectClient:
         settings: Settings | None = None,
         backoff_seconds: float = 1.0,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if not api_url.startswith(("http://", "https://")):
             raise ConfigurationError(
@@ -191,6 +194,7 @@ class PrefectClient:
         )
         self._backoff_seconds = backoff_seconds
         self._max_connections = max_connections
+        self._transport = transport
         self._state = _ClientState.UNOPENED
         self._http: httpx.AsyncClient | None = None
 
@@ -222,7 +226,7 @@ class PrefectClient:
         limits = httpx.Limits(
             max_connections=self._max_connections, max_keepalive_connections=self._max_connections
         )
-        inner = httpx.AsyncHTTPTransport(verify=verify, limits=limits)
+        inner = self._transport or httpx.AsyncHTTPTransport(verify=verify, limits=limits)
         retrying = RetryTransport(
             inner, max_retries=settings.max_retries, backoff_seconds=self._backoff_seconds
         )

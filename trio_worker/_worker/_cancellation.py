@@ -22,11 +22,12 @@ poll both report is killed once.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import ssl
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final, Generic
 
 import attrs
@@ -133,19 +134,25 @@ class CancellationWatcher(Generic[C]):
         Kills run in this call's own nursery: cancelling it (the worker's
         shutdown) waits for each shielded kill to end or reach its bound.
         """
+        async with self.killing() as nursery:
+            nursery.start_soon(self._listen, api_url, settings, ssl_context)
+            nursery.start_soon(
+                lambda: service_loop(
+                    self.check,
+                    interval=check_interval_seconds,
+                    name="cancellation check",
+                    on_error=on_error,
+                )
+            )
+            task_status.started()
+
+    @contextlib.asynccontextmanager
+    async def killing(self) -> AsyncIterator[trio.Nursery]:
+        """Open the nursery the kills run in; closing it waits for each (bounded) kill."""
         try:
             async with trio.open_nursery() as kills:
                 self._kills = kills
-                kills.start_soon(self._listen, api_url, settings, ssl_context)
-                kills.start_soon(
-                    lambda: service_loop(
-                        self.check,
-                        interval=check_interval_seconds,
-                        name="cancellation check",
-                        on_error=on_error,
-                    )
-                )
-                task_status.started()
+                yield kills
         finally:
             self._kills = None
 
@@ -193,7 +200,7 @@ class CancellationWatcher(Generic[C]):
             # own worker (elsewhere, or alive on this host) will stop it.
             return
         self._cancelling.add(flow_run.id)
-        if self._kills is None:  # not serving: kill here (tests, a one-off check)
+        if self._kills is None:  # not serving: kill here (a one-off check)
             await self._kill(flow_run, pid)
         else:
             self._kills.start_soon(self._kill, flow_run, pid)
