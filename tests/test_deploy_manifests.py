@@ -21,7 +21,7 @@ import yaml
 from trio_worker._cli._start import start
 from trio_worker._process._worker import ProcessWorker
 from trio_worker._worker._health import create_health_app
-from trio_worker._worker._submission import REPORT_TIMEOUT_SECONDS
+from trio_worker._worker._reporter import REPORT_TIMEOUT_SECONDS
 
 DEPLOY = Path(__file__).parents[1] / "docs" / "deploy"
 #: The worker's own peak RSS measured by the benchmark (docs/performance.md), in MiB.
@@ -30,7 +30,8 @@ MEASURED_WORKER_RSS_MIB = 56
 
 def _health_routes() -> set[str]:
     worker = ProcessWorker("any", api_url="http://127.0.0.1:9/api")
-    return {route.path for route in create_health_app(worker).routes}  # type: ignore[attr-defined]
+    source = worker._health_source()
+    return {route.path for route in create_health_app(source).routes}  # type: ignore[attr-defined]
 
 
 def _start_params(args: list[str]) -> dict[str, Any]:

@@ -55,3 +55,13 @@ def test_a_stale_page_is_detected(tmp_path: Path) -> None:
     assert generator.refresh("reference/cli.md", page) == page
     edited = page.replace("Show trio-worker at work", "Show it at work", 1)
     assert generator.refresh("reference/cli.md", edited) != edited
+
+
+def test_architecture_names_only_files_that_exist() -> None:
+    # docs/architecture.md names the owner of every behaviour by its path under
+    # trio_worker/; a path that no longer exists is a drawing that drifted.
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    paths = set(re.findall(r"(?<![\w./])(_[a-z]+/(?:_[a-z_]+\.py)?)", text))
+    assert len(paths) >= 30, paths
+    missing = sorted(path for path in paths if not (ROOT / "trio_worker" / path).exists())
+    assert missing == [], missing

@@ -37,6 +37,13 @@ if _typing.TYPE_CHECKING:
     from trio_worker._core._settings import Settings as Settings
     from trio_worker._process._config import ProcessJobConfiguration as ProcessJobConfiguration
     from trio_worker._process._config import ProcessVariables as ProcessVariables
+    from trio_worker._process._group import format_infrastructure_pid as format_infrastructure_pid
+    from trio_worker._process._group import kill_process_group as kill_process_group
+    from trio_worker._process._group import parse_infrastructure_pid as parse_infrastructure_pid
+    from trio_worker._process._group import run_process_group as run_process_group
+    from trio_worker._process._group import signal_process_group as signal_process_group
+    from trio_worker._process._group import sweep_process_group as sweep_process_group
+    from trio_worker._process._group import terminate_process_group as terminate_process_group
     from trio_worker._process._worker import ProcessWorker as ProcessWorker
     from trio_worker._taskworker._store import LocalTaskStore as LocalTaskStore
     from trio_worker._taskworker._store import TaskStore as TaskStore
@@ -49,8 +56,10 @@ if _typing.TYPE_CHECKING:
     from trio_worker._taskworker._worker import TaskWorker as TaskWorker
     from trio_worker._taskworker._worker import serve as serve
     from trio_worker._worker._base import BaseWorker as BaseWorker
-    from trio_worker._worker._base import BaseWorkerResult as BaseWorkerResult
-    from trio_worker._worker._base import WorkerStatistics as WorkerStatistics
+    from trio_worker._worker._context import BaseWorkerResult as BaseWorkerResult
+    from trio_worker._worker._context import RunContext as RunContext
+    from trio_worker._worker._context import RunLimits as RunLimits
+    from trio_worker._worker._status import WorkerStatistics as WorkerStatistics
 
 __all__ = [
     "APIError",
@@ -70,6 +79,8 @@ __all__ = [
     "ProcessJobConfiguration",
     "ProcessVariables",
     "ProcessWorker",
+    "RunContext",
+    "RunLimits",
     "ServerUnavailableError",
     "Settings",
     "StopTaskWorker",
@@ -86,9 +97,16 @@ __all__ = [
     "WorkerStatistics",
     "WorkerTypeNotFoundError",
     "__version__",
+    "format_infrastructure_pid",
     "job_metadata",
+    "kill_process_group",
+    "parse_infrastructure_pid",
+    "run_process_group",
     "serve",
+    "signal_process_group",
+    "sweep_process_group",
     "task",
+    "terminate_process_group",
 ]
 
 #: Where each lazily loaded name lives.
@@ -112,8 +130,17 @@ _LAZY: dict[str, str] = {
     "TaskRunTimeoutError": "trio_worker._taskworker._tasks",
     "task": "trio_worker._taskworker._tasks",
     "BaseWorker": "trio_worker._worker._base",
-    "BaseWorkerResult": "trio_worker._worker._base",
-    "WorkerStatistics": "trio_worker._worker._base",
+    "BaseWorkerResult": "trio_worker._worker._context",
+    "RunContext": "trio_worker._worker._context",
+    "RunLimits": "trio_worker._worker._context",
+    "WorkerStatistics": "trio_worker._worker._status",
+    "format_infrastructure_pid": "trio_worker._process._group",
+    "kill_process_group": "trio_worker._process._group",
+    "parse_infrastructure_pid": "trio_worker._process._group",
+    "run_process_group": "trio_worker._process._group",
+    "signal_process_group": "trio_worker._process._group",
+    "sweep_process_group": "trio_worker._process._group",
+    "terminate_process_group": "trio_worker._process._group",
 }
 
 # Show the public name in reprs and tracebacks: ``trio_worker.NotFoundError``,
@@ -127,6 +154,8 @@ _STRUCTURED = {
     "LocalTaskStore",
     "ProcessJobConfiguration",
     "ProcessVariables",
+    "RunContext",
+    "RunLimits",
     "Settings",
     "WorkerStatistics",
 }

@@ -9,6 +9,7 @@ its ``run`` and ``kill_infrastructure`` on a group it did not start.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import subprocess
@@ -115,7 +116,9 @@ async def _running(module: ModuleType, api_url: str, pool: str) -> AsyncIterator
     settings = Settings(api_url=api_url, query_seconds=0.2, prefetch_seconds=0)
     worker = module.InlineWorker(pool, settings=settings, cancel_grace_seconds=0.5)
     async with worker, trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: worker.start(printer=lambda _: None))
+        # Returns once the worker polls (start's task_status), as docs/custom-worker.md shows.
+        await nursery.start(functools.partial(worker.start, printer=lambda _: None))
+        assert worker.last_polled is not None
         yield worker
         nursery.cancel_scope.cancel()
 

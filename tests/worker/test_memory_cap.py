@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import math
 import subprocess
-import uuid
 
 import pytest
 import trio
 
 from trio_worker._core._exceptions import JobVariableError
-from trio_worker._core._models import FlowRun
 from trio_worker._process._memory_cap import MEBIBYTE, capped_command
-from trio_worker._worker._base import InFlightRun
-from trio_worker._worker._submission import _apply_limits
+from trio_worker._worker._context import RunLimits, read_limits
 
 DD_600M = ["dd", "if=/dev/zero", "of=/dev/null", "bs=600M", "count=1"]
 
@@ -58,8 +55,12 @@ async def test_a_missing_command_exits_127_as_in_a_shell(prlimit: str | None) ->
 async def test_limits_that_cannot_be_applied_are_refused_with_their_name(
     key: str, value: object
 ) -> None:
-    tracked = InFlightRun(flow_run=FlowRun(id=uuid.uuid4(), name="run", flow_id=uuid.uuid4()))
     with pytest.raises(JobVariableError, match=f"job variable {key}=.* must be a number of"):
-        _apply_limits(tracked, {key: value})
-    assert tracked.memory_limit_mb is None
-    assert tracked.timeout_seconds is None
+        read_limits({key: value})
+
+
+def test_limits_within_range_are_read_as_numbers() -> None:
+    assert read_limits({"timeout_seconds": 5, "memory_limit_mb": 64.0}) == RunLimits(
+        timeout_seconds=5.0, memory_limit_mb=64
+    )
+    assert read_limits({}) == RunLimits()

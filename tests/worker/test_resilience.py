@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from tests.helpers import make_deployment, python_command, wait_for, wait_for_state
 from tests.worker.conftest import fast_settings
 from trio_worker._client._client import PrefectClient
-from trio_worker._core._models import FlowRun, State, StateType
+from trio_worker._core._models import State, StateType
+from trio_worker._process._config import ProcessJobConfiguration
 from trio_worker._process._worker import ProcessWorker
-from trio_worker._worker._base import BaseWorkerResult
+from trio_worker._worker._context import BaseWorkerResult, RunContext
 
 FINAL = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
 
@@ -22,13 +22,12 @@ class ExplodingWorker(ProcessWorker):
 
     async def run(
         self,
-        flow_run: FlowRun,
-        configuration: Any,
+        ctx: RunContext[ProcessJobConfiguration],
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> BaseWorkerResult:
-        if configuration.command == "explode":
+        if ctx.configuration.command == "explode":
             raise RuntimeError("backend bug")
-        return await super().run(flow_run, configuration, task_status=task_status)
+        return await super().run(ctx, task_status=task_status)
 
 
 async def test_a_failing_run_crashes_alone_and_the_worker_goes_on(

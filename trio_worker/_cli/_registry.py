@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from importlib.metadata import entry_points
-from typing import Final
+from typing import Any, Final
 
 from trio_worker._core._exceptions import ConfigurationError, WorkerTypeNotFoundError
 from trio_worker._worker._base import BaseWorker
@@ -60,7 +60,7 @@ def installed_worker_types() -> list[str]:
     return sorted(names)
 
 
-def get_worker_class(type_name: str) -> type[BaseWorker]:
+def get_worker_class(type_name: str) -> type[BaseWorker[Any, Any]]:
     """Load the worker class registered as ``type_name``.
 
     Raises:

@@ -80,7 +80,7 @@ async def _install_worker_type(type_name: str) -> None:
         )
 
 
-async def _resolve_worker_class(type_name: str, policy: str) -> type[BaseWorker]:
+async def _resolve_worker_class(type_name: str, policy: str) -> type[BaseWorker[Any, Any]]:
     """Find the worker type, installing its package as ``--install-policy`` allows.
 
     ``always`` installs (or upgrades) first; ``if-not-present`` installs a
@@ -161,7 +161,7 @@ class StartOptions:
 
 async def _serve(options: StartOptions, settings: Settings) -> None:
     async with trio.open_nursery() as nursery:
-        workers: list[BaseWorker] = []
+        workers: list[BaseWorker[Any, Any]] = []
         # A second signal stops the worker at once, but not the embedded API
         # in this nursery: the runs still report their final states to it.
         worker_scope = trio.CancelScope()

@@ -1,6 +1,6 @@
 """Reconciling the runs an earlier worker of the same name left on this host.
 
-For each entry of the run record (``_run_records.py``):
+For each entry of the run record (``_run_records.py``), :class:`Reconciler`:
 
 - its process group is still alive: **adopt** it (the default) — the run is
   tracked like any other, holds a limiter token, is cancellable, and when the
@@ -21,25 +21,24 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import TYPE_CHECKING, Final
+from typing import Final, Literal
 
 import trio
 
+from trio_worker._client._client import PrefectClient
 from trio_worker._core._exceptions import APIError
 from trio_worker._core._models import FlowRun, State, StateType
-from trio_worker._process._group import group_is_alive, kill_process_group, process_start_time
-from trio_worker._process._run_records import RunRecord
-from trio_worker._worker._base import InFlightRun
-from trio_worker._worker._submission import (
-    REPORT_TIMEOUT_SECONDS,
-    propose_final_state,
-    report_cancelled,
+from trio_worker._process._group import (
+    format_infrastructure_pid,
+    group_is_alive,
+    kill_process_group,
+    process_start_time,
 )
+from trio_worker._process._run_records import RunRecord, RunRecords
+from trio_worker._worker._reporter import Reporter
+from trio_worker._worker._run_table import InFlightRun, RunTable
 
-if TYPE_CHECKING:
-    from trio_worker._process._worker import ProcessWorker
-
-__all__ = ["reconcile_process_runs"]
+__all__ = ["Reconciler", "still_ours"]
 
 logger = logging.getLogger("trio_worker.reconcile")
 
@@ -66,90 +65,117 @@ def still_ours(record: RunRecord) -> bool:
     return group_is_alive(record.pid)
 
 
-async def reconcile_process_runs(worker: ProcessWorker) -> None:
-    """Reconcile every recorded run of ``worker``'s name (see the module docstring)."""
-    records = await worker.run_records.load()
-    for record in records:
-        run_id = uuid.UUID(record.flow_run_id)
-        if not still_ours(record):
-            message = GONE_MESSAGE.format(name=worker.name)
-            await _crash_if_unfinished(worker, run_id, message, pid=record.pid)
-            await worker.run_records.remove(record.flow_run_id)
-        elif worker.reconcile == "kill":
-            logger.warning("Killing leftover process group %d of flow run '%s'", record.pid, run_id)
-            await kill_process_group(record.pid, grace_seconds=worker.cancel_grace_seconds)
-            message = KILLED_MESSAGE.format(name=worker.name)
-            await _crash_if_unfinished(worker, run_id, message, pid=record.pid)
-            await worker.run_records.remove(record.flow_run_id)
-        else:
-            await _adopt(worker, record, run_id)
-
-
 def _still_runs_there(flow_run: FlowRun, pid: int) -> bool:
     """Whether the API still records ``pid`` (of this host) as the run's infrastructure.
 
     A run that was retried or rescheduled since may run elsewhere now: its
     record here is stale and its state is not ours to touch.
     """
-    from trio_worker._process._worker import format_infrastructure_pid
-
     recorded = flow_run.infrastructure_pid
     return recorded in (None, "", str(pid), format_infrastructure_pid(pid))
 
 
-async def _crash_if_unfinished(
-    worker: ProcessWorker, run_id: uuid.UUID, message: str, *, pid: int
-) -> None:
-    try:
-        flow_run = await worker.client.read_flow_run(run_id)
-    except APIError as exc:
-        logger.warning("Could not read flow run '%s' to reconcile it: %s", run_id, exc)
-        return
-    if not _still_runs_there(flow_run, pid):
-        logger.info("Flow run '%s' moved on to other infrastructure; leaving it", run_id)
-        return
-    if flow_run.state is not None and not flow_run.state.is_final:
-        logger.warning("Flow run '%s': %s", run_id, message)
-        await propose_final_state(worker, run_id, State.of(StateType.CRASHED, message), force=True)
+class Reconciler:
+    """Reconcile every recorded run of a worker's name (see the module docstring).
 
+    Args:
+        client: the worker's open API client.
+        records: the on-disk record of the runs this worker name started.
+        table: adopted runs hold a slot here, like any other.
+        reporter: reports how adopted (or killed) runs ended.
+        runs_nursery: where adopted runs are watched.
+        worker_name: named in the messages.
+        mode: ``"adopt"`` leftover groups, or ``"kill"`` them.
+        cancel_grace_seconds: how long a killed group may take to stop.
+    """
 
-async def _adopt(worker: ProcessWorker, record: RunRecord, run_id: uuid.UUID) -> None:
-    from trio_worker._process._worker import format_infrastructure_pid
+    def __init__(
+        self,
+        client: PrefectClient,
+        *,
+        records: RunRecords,
+        table: RunTable,
+        reporter: Reporter,
+        runs_nursery: trio.Nursery,
+        worker_name: str,
+        mode: Literal["adopt", "kill"],
+        cancel_grace_seconds: float,
+    ) -> None:
+        self._client = client
+        self._records = records
+        self._table = table
+        self._reporter = reporter
+        self._runs = runs_nursery
+        self._name = worker_name
+        self._mode = mode
+        self._grace = cancel_grace_seconds
 
-    try:
-        flow_run = await worker.client.read_flow_run(run_id)
-    except APIError as exc:
-        logger.warning("Could not read flow run '%s' to adopt it: %s", run_id, exc)
-        return
-    if not _still_runs_there(flow_run, record.pid):
-        logger.warning(
-            "Process group %d of flow run '%s' runs on, but the run moved on to other "
-            "infrastructure; leaving the process alone",
-            record.pid,
-            run_id,
-        )
-        await worker.run_records.remove(record.flow_run_id)
-        return
-    logger.info("Adopting flow run '%s' (process group %d) after a restart", run_id, record.pid)
-    # An adopted run holds a token like any other; over the limit it is still
-    # watched (it is running whatever we do) but takes none.
-    try:
-        worker.limiter.acquire_on_behalf_of_nowait(run_id)
-        borrowed = True
-    except trio.WouldBlock:
-        borrowed = False
-    tracked = InFlightRun(
-        flow_run=flow_run, owned=True, infrastructure_pid=format_infrastructure_pid(record.pid)
-    )
-    worker._track(tracked)
-    worker.runs_nursery.start_soon(_watch_adopted, worker, tracked, record, borrowed)
+    async def reconcile(self) -> None:
+        """Adopt, kill or close every recorded run."""
+        for record in await self._records.load():
+            run_id = uuid.UUID(record.flow_run_id)
+            if not still_ours(record):
+                message = GONE_MESSAGE.format(name=self._name)
+                await self._crash_if_unfinished(run_id, message, pid=record.pid)
+                await self._records.remove(record.flow_run_id)
+            elif self._mode == "kill":
+                logger.warning(
+                    "Killing leftover process group %d of flow run '%s'", record.pid, run_id
+                )
+                await kill_process_group(record.pid, grace_seconds=self._grace)
+                message = KILLED_MESSAGE.format(name=self._name)
+                await self._crash_if_unfinished(run_id, message, pid=record.pid)
+                await self._records.remove(record.flow_run_id)
+            else:
+                await self._adopt(record, run_id)
 
+    async def _crash_if_unfinished(self, run_id: uuid.UUID, message: str, *, pid: int) -> None:
+        try:
+            flow_run = await self._client.read_flow_run(run_id)
+        except APIError as exc:
+            logger.warning("Could not read flow run '%s' to reconcile it: %s", run_id, exc)
+            return
+        if not _still_runs_there(flow_run, pid):
+            logger.info("Flow run '%s' moved on to other infrastructure; leaving it", run_id)
+            return
+        if flow_run.state is not None and not flow_run.state.is_final:
+            logger.warning("Flow run '%s': %s", run_id, message)
+            await self._reporter.propose(run_id, State.of(StateType.CRASHED, message), force=True)
 
-async def _watch_adopted(
-    worker: ProcessWorker, tracked: InFlightRun, record: RunRecord, borrowed: bool
-) -> None:
-    run_id = tracked.flow_run.id
-    try:
+    async def _adopt(self, record: RunRecord, run_id: uuid.UUID) -> None:
+        try:
+            flow_run = await self._client.read_flow_run(run_id)
+        except APIError as exc:
+            logger.warning("Could not read flow run '%s' to adopt it: %s", run_id, exc)
+            return
+        if not _still_runs_there(flow_run, record.pid):
+            logger.warning(
+                "Process group %d of flow run '%s' runs on, but the run moved on to other "
+                "infrastructure; leaving the process alone",
+                record.pid,
+                run_id,
+            )
+            await self._records.remove(record.flow_run_id)
+            return
+        logger.info("Adopting flow run '%s' (process group %d) after a restart", run_id, record.pid)
+        await self._runs.start(self._watch_adopted, flow_run, record)
+
+    async def _watch_adopted(
+        self,
+        flow_run: FlowRun,
+        record: RunRecord,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        # An adopted run holds a token like any other; over the limit it is still
+        # watched (it is running whatever we do) but takes none.
+        async with self._table.slot(flow_run, require_token=False) as tracked:
+            tracked.owned = True
+            tracked.infrastructure_pid = format_infrastructure_pid(record.pid)
+            task_status.started()
+            await self._watch(tracked, record)
+
+    async def _watch(self, tracked: InFlightRun, record: RunRecord) -> None:
         with tracked.cancel_scope:
             try:
                 while still_ours(record):  # noqa: ASYNC110 - no wake-up for a non-child
@@ -157,16 +183,14 @@ async def _watch_adopted(
             finally:
                 if tracked.cancel_scope.cancel_called:
                     with trio.CancelScope(shield=True):
-                        await kill_process_group(
-                            record.pid, grace_seconds=worker.cancel_grace_seconds
-                        )
+                        await kill_process_group(record.pid, grace_seconds=self._grace)
         with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + REPORT_TIMEOUT_SECONDS
+            scope.deadline = trio.current_time() + self._reporter.report_timeout_seconds
             if tracked.cancel_reason is not None:
-                await report_cancelled(worker, tracked)
+                await self._reporter.cancelled(
+                    tracked.flow_run, tracked.cancel_reason, tracked.limits
+                )
             else:
-                message = UNKNOWN_EXIT_MESSAGE.format(name=worker.name)
-                await _crash_if_unfinished(worker, run_id, message, pid=record.pid)
-            await worker.run_records.remove(record.flow_run_id)
-    finally:
-        worker._untrack(run_id, release=borrowed)
+                message = UNKNOWN_EXIT_MESSAGE.format(name=self._name)
+                await self._crash_if_unfinished(tracked.flow_run.id, message, pid=record.pid)
+            await self._records.remove(record.flow_run_id)

@@ -18,7 +18,6 @@ import logging
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,20 +32,28 @@ from trio_worker._core._settings import parse_bool, process_environment
 from trio_worker._core._time import format_datetime
 from trio_worker._process._config import ProcessJobConfiguration, ProcessVariables
 from trio_worker._process._group import (
+    HOSTNAME,
+    WORKER_PID_ENV,
+    format_infrastructure_pid,
+    is_orphaned,
     kill_process_group,
     parent_pid,
+    parse_infrastructure_pid,
     process_env_value,
     process_running,
     process_start_time,
-    signal_process_group,
+    run_process_group,
+    sweep_process_group,
     terminate_process_group,
 )
 from trio_worker._process._memory_cap import capped_command, effective_limit
+from trio_worker._process._reconcile import Reconciler
 from trio_worker._process._run_records import RunRecord, RunRecords
 from trio_worker._process._warm_start import WarmStarter, open_warm_starter
-from trio_worker._worker._base import HOSTNAME, BaseWorker, BaseWorkerResult
+from trio_worker._worker._base import BaseWorker
+from trio_worker._worker._context import BaseWorkerResult, RunContext
 
-__all__ = ["ProcessWorker", "format_infrastructure_pid", "parse_infrastructure_pid"]
+__all__ = ["ProcessWorker"]
 
 logger = logging.getLogger("trio_worker.process")
 
@@ -63,25 +70,7 @@ def _log_cold(flow_run: FlowRun) -> None:
     logger.info("Flow run '%s' starts cold: no warm-start zygote is available", flow_run.id)
 
 
-def format_infrastructure_pid(pid: int) -> str:
-    """Return ``"hostname:pid"``: no worker on another host will ever signal it."""
-    return f"{HOSTNAME}:{pid}"
-
-
-def parse_infrastructure_pid(value: str) -> tuple[str | None, int]:
-    """Split ``"host:pid"`` (ours, Prefect 3.0) or a bare ``"pid"`` (Prefect 3.9).
-
-    Returns:
-        ``(host, pid)``; ``host`` is None for a bare pid, whose host is unknown.
-
-    Raises:
-        ValueError: when the pid part is not a number.
-    """
-    host, _, pid = value.rpartition(":")
-    return (host or None), int(pid)
-
-
-class ProcessWorker(BaseWorker):
+class ProcessWorker(BaseWorker[ProcessJobConfiguration, ProcessVariables]):
     """Run flow runs as subprocesses of the worker, each in its own process group."""
 
     type = "process"
@@ -97,9 +86,18 @@ class ProcessWorker(BaseWorker):
 
     async def reconcile_infrastructure(self) -> None:
         """Adopt or kill the processes an earlier worker of this name left running."""
-        from trio_worker._process._reconcile import reconcile_process_runs
-
-        await reconcile_process_runs(self)
+        loops = self.loops
+        reconciler = Reconciler(
+            loops.client,
+            records=self.run_records,
+            table=self.table,
+            reporter=loops.reporter,
+            runs_nursery=loops.runs,
+            worker_name=self.name,
+            mode=self.reconcile,
+            cancel_grace_seconds=self.cancel_grace_seconds,
+        )
+        await reconciler.reconcile()
 
     def default_command(self) -> str:
         """Run trio-worker's engine with the worker's own interpreter."""
@@ -132,10 +130,11 @@ class ProcessWorker(BaseWorker):
             self.warm_starter = None
             await stack.aclose()
 
-    def _warm_eligible(self, command: list[str], configuration: ProcessJobConfiguration) -> bool:
+    def _warm_eligible(self, ctx: RunContext[ProcessJobConfiguration]) -> bool:
         """Only the engine itself is forked, and only when the deployment does not opt out."""
-        if self.warm_starter is None or command != list(ENGINE_COMMAND):
+        if self.warm_starter is None or not ctx.runs_engine:
             return False
+        configuration = ctx.configuration
         job_env = {k: v for k, v in configuration.env.items() if v is not None}
         if WARM_START_ENV in job_env:
             try:
@@ -148,8 +147,7 @@ class ProcessWorker(BaseWorker):
 
     async def run(
         self,
-        flow_run: FlowRun,
-        configuration: Any,
+        ctx: RunContext[ProcessJobConfiguration],
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> BaseWorkerResult:
         """Start the configured command, report its pid, and wait for it to exit.
@@ -162,7 +160,7 @@ class ProcessWorker(BaseWorker):
             InfrastructureError: the working directory is missing or the command
                 cannot be executed.
         """
-        assert isinstance(configuration, ProcessJobConfiguration)
+        configuration = ctx.configuration
         command = shlex.split(configuration.command or self.default_command())
         if not command:
             raise InfrastructureError("the job's command is empty")
@@ -177,22 +175,19 @@ class ProcessWorker(BaseWorker):
             **process_environment(),
             **{k: v for k, v in configuration.env.items() if v is not None},
         }
-        tracked = self.in_flight.get(flow_run.id)
-        memory_limit_mb = tracked.memory_limit_mb if tracked is not None else None
+        # Recorded in the run itself: a later worker tells an orphan by it.
+        env[WORKER_PID_ENV] = str(os.getpid())
+        memory_limit_mb = ctx.limits.memory_limit_mb
         limit_bytes = None if memory_limit_mb is None else effective_limit(memory_limit_mb)
         try:
             result = None
             # A memory ceiling starts cold: RLIMIT_AS counts the address space a
             # fork inherits (the zygote's imports, Prefect's included), so the
             # same limit would be tighter warm than cold.
-            if limit_bytes is None and self._warm_eligible(command, configuration):
-                result = await self._run_warm(
-                    flow_run, configuration, env, cwd, limit_bytes, task_status
-                )
+            if limit_bytes is None and self._warm_eligible(ctx):
+                result = await self._run_warm(ctx, env, cwd, limit_bytes, task_status)
             if result is None:
-                result = await self._run_cold(
-                    flow_run, configuration, command, env, cwd, limit_bytes, task_status
-                )
+                result = await self._run_cold(ctx, command, env, cwd, limit_bytes, task_status)
             return result
         finally:
             if temporary_dir is not None:
@@ -201,8 +196,7 @@ class ProcessWorker(BaseWorker):
 
     async def _run_cold(
         self,
-        flow_run: FlowRun,
-        configuration: ProcessJobConfiguration,
+        ctx: RunContext[ProcessJobConfiguration],
         command: list[str],
         env: dict[str, str],
         cwd: str,
@@ -210,21 +204,19 @@ class ProcessWorker(BaseWorker):
         task_status: trio.TaskStatus[str],
     ) -> BaseWorkerResult:
         """Start the command as a fresh child process of the worker."""
+        flow_run, configuration = ctx.flow_run, ctx.configuration
+        grace_seconds = ctx.cancel_grace_seconds
         output = None if configuration.stream_output else subprocess.DEVNULL
         argv = command if limit_bytes is None else capped_command(command, limit_bytes)
         spawn = functools.partial(
-            trio.run_process,
+            run_process_group,
             argv,
-            check=False,
+            grace_seconds=grace_seconds,
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=output,
-            start_new_session=True,
-            deliver_cancel=functools.partial(
-                terminate_process_group, grace_seconds=self.cancel_grace_seconds
-            ),
         )
         spawn_error: OSError | None = None
         process: trio.Process | None = None
@@ -239,8 +231,6 @@ class ProcessWorker(BaseWorker):
                     await self._record(flow_run, process.pid)
         finally:
             if process is not None:
-                # The leader is gone; anything left in its group is an orphan.
-                signal_process_group(process.pid, signal.SIGKILL)
                 with trio.CancelScope(shield=True):
                     await self.run_records.remove(str(flow_run.id))
         if spawn_error is not None or process is None:
@@ -253,8 +243,7 @@ class ProcessWorker(BaseWorker):
 
     async def _run_warm(
         self,
-        flow_run: FlowRun,
-        configuration: ProcessJobConfiguration,
+        ctx: RunContext[ProcessJobConfiguration],
         env: dict[str, str],
         cwd: str,
         limit_bytes: int | None,
@@ -262,6 +251,7 @@ class ProcessWorker(BaseWorker):
     ) -> BaseWorkerResult | None:
         """Fork the engine run from the zygote; ``None`` when it must start cold instead."""
         assert self.warm_starter is not None
+        flow_run, configuration = ctx.flow_run, ctx.configuration
         with contextlib.ExitStack() as fds:
             devnull = os.open(os.devnull, os.O_RDWR)
             fds.callback(os.close, devnull)
@@ -296,12 +286,12 @@ class ProcessWorker(BaseWorker):
                     await trio.sleep(ORPHAN_POLL_SECONDS)
         except trio.Cancelled:
             with trio.CancelScope(shield=True):
-                await terminate_process_group(child, grace_seconds=self.cancel_grace_seconds)
-                with trio.move_on_after(self.cancel_grace_seconds + EXIT_REPORT_SECONDS):
+                await terminate_process_group(child, grace_seconds=ctx.cancel_grace_seconds)
+                with trio.move_on_after(ctx.cancel_grace_seconds + EXIT_REPORT_SECONDS):
                     await child.wait()
             raise
         finally:
-            signal_process_group(child.pid, signal.SIGKILL)
+            sweep_process_group(child.pid)
             with trio.CancelScope(shield=True):
                 await self.run_records.remove(str(flow_run.id))
         if child.returncode is None:
@@ -345,7 +335,7 @@ class ProcessWorker(BaseWorker):
             )
             return False
         if host != HOSTNAME:
-            self._warn_once(
+            self.warn_once(
                 f"foreign-{flow_run.id}",
                 "Flow run '%s' runs on %s; leaving its cancellation to that host's worker",
                 flow_run.id,
@@ -358,10 +348,15 @@ class ProcessWorker(BaseWorker):
             return True
         if process_env_value(pid, "PREFECT__FLOW_RUN_ID") != str(flow_run.id):
             return False
-        return is_orphaned(pid)
+        recorded = process_env_value(pid, WORKER_PID_ENV)
+        worker_pid = int(recorded) if recorded and recorded.isdigit() else None
+        return is_orphaned(pid, worker_pid=worker_pid)
 
     async def kill_infrastructure(
-        self, infrastructure_pid: str, configuration: Any, grace_seconds: float
+        self,
+        infrastructure_pid: str,
+        configuration: ProcessJobConfiguration,
+        grace_seconds: float,
     ) -> None:
         """Stop the process group of a run an earlier worker on this host started.
 
@@ -379,9 +374,3 @@ class ProcessWorker(BaseWorker):
                 f"flow run infrastructure {infrastructure_pid!r} runs on another host"
             )
         await kill_process_group(pid, grace_seconds=grace_seconds)
-
-
-def is_orphaned(pid: int) -> bool:
-    """Whether ``pid`` exists and its worker died (it was re-parented to init)."""
-    parent = parent_pid(pid)
-    return parent is not None and parent == 1

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
@@ -26,15 +27,42 @@ from starlette.routing import Route
 from trio_worker._core._asgi import serve_asgi
 from trio_worker._core._time import format_datetime
 
-if TYPE_CHECKING:
-    from trio_worker._taskworker._worker import TaskWorker
-
-__all__ = ["create_status_app", "serve_task_status", "worker_status"]
+__all__ = ["TaskWorkerView", "create_status_app", "serve_task_status", "worker_status"]
 
 logger = logging.getLogger("trio_worker.task_status")
 
 
-def worker_status(worker: TaskWorker) -> dict[str, Any]:
+class TaskWorkerView(Protocol):
+    """What the status server reads of a task worker (``TaskWorker`` has it all).
+
+    A protocol rather than the class: the server is a part the worker
+    composes, and a part never imports what composes it.
+    """
+
+    client_id: str
+    limit: int | None
+    in_flight_task_runs: dict[str, dict[Any, Any]]
+    finished_task_runs: dict[str, int]
+    outcomes: Counter[tuple[str, str]]
+    started_at: Any
+
+    @property
+    def started(self) -> bool: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def current_tasks(self) -> int: ...
+
+    @property
+    def available_tasks(self) -> int | None: ...
+
+    @property
+    def task_keys(self) -> list[str]: ...
+
+
+def worker_status(worker: TaskWorkerView) -> dict[str, Any]:
     """Return the worker's counters as JSON (the body of ``/status``)."""
     return {
         "client_id": worker.client_id,
@@ -56,7 +84,7 @@ def worker_status(worker: TaskWorker) -> dict[str, Any]:
 class _WorkerCollector:
     """Prometheus collector that reads the worker when scraped."""
 
-    def __init__(self, worker: TaskWorker) -> None:
+    def __init__(self, worker: TaskWorkerView) -> None:
         self._worker = worker
 
     def collect(self) -> Iterator[Metric]:
@@ -87,7 +115,7 @@ class _WorkerCollector:
         yield connected
 
 
-def create_status_app(worker: TaskWorker) -> Starlette:
+def create_status_app(worker: TaskWorkerView) -> Starlette:
     """Build the ASGI app that reports on ``worker``."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_WorkerCollector(worker))
@@ -115,7 +143,7 @@ def create_status_app(worker: TaskWorker) -> Starlette:
 
 
 async def serve_task_status(
-    worker: TaskWorker,
+    worker: TaskWorkerView,
     *,
     host: str,
     port: int,

@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 import uuid
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable
+from typing import Any, Final
 
 import trio
 
+from trio_worker._client._client import PrefectClient
 from trio_worker._client._subscriptions import JsonWebSocket, serve_subscription, websocket_token
 from trio_worker._core._converter import unstructure
 from trio_worker._core._exceptions import APIError
-from trio_worker._core._models import Event, FlowRun
+from trio_worker._core._models import Event, FlowRun, WorkPool
+from trio_worker._core._settings import Settings
 from trio_worker._version import __version__
-
-if TYPE_CHECKING:
-    from trio_worker._worker._base import BaseWorker
 
 __all__ = ["EventEmitter"]
 
@@ -39,29 +40,37 @@ def _slug(name: str) -> str:
 
 
 class EventEmitter:
-    """Build a worker's events and deliver them without ever blocking the caller."""
+    """Build a worker's events and deliver them without ever blocking the caller.
 
-    def __init__(self, worker: BaseWorker) -> None:
-        self.worker = worker
+    Args:
+        worker_type: the worker's type, as in its resource id.
+        worker_name: the worker's name.
+        work_pool: returns the pool as last read (related to every event).
+    """
+
+    def __init__(
+        self, *, worker_type: str, worker_name: str, work_pool: Callable[[], WorkPool | None]
+    ) -> None:
+        self._type = worker_type
+        self._name = worker_name
+        self._work_pool = work_pool
         self._send, self._receive = trio.open_memory_channel[Event](BUFFER_SIZE)
         self.dropped = 0
         self.sent = 0
         self.started_event_id: uuid.UUID | None = None
-        self._submitted: dict[uuid.UUID, uuid.UUID] = {}
 
     # -- building -------------------------------------------------------------
 
     def _resource(self) -> dict[str, str]:
-        worker = self.worker
         return {
-            "prefect.resource.id": f"prefect.worker.{worker.type}.{_slug(worker.name)}",
-            "prefect.resource.name": worker.name,
+            "prefect.resource.id": f"prefect.worker.{self._type}.{_slug(self._name)}",
+            "prefect.resource.name": self._name,
             "prefect.version": __version__,
-            "prefect.worker-type": worker.type,
+            "prefect.worker-type": self._type,
         }
 
     def _pool_related(self) -> list[dict[str, str]]:
-        pool = self.worker.work_pool
+        pool = self._work_pool()
         if pool is None:
             return []
         return [
@@ -119,21 +128,29 @@ class EventEmitter:
         """Emit ``prefect.worker.stopped`` following the started event."""
         self.emit("stopped", follows=self.started_event_id)
 
-    def submitted(self, flow_run: FlowRun) -> None:
-        """Emit ``prefect.worker.submitted-flow-run``."""
-        event = self.emit("submitted-flow-run", related=self._run_related(flow_run))
-        self._submitted[flow_run.id] = event.id
+    def submitted(self, flow_run: FlowRun) -> uuid.UUID:
+        """Emit ``prefect.worker.submitted-flow-run``; return its id for :meth:`executed`.
 
-    def executed(self, flow_run: FlowRun, identifier: str | None, status_code: int | None) -> None:
+        The caller keeps the id (no table here that a run cancelled between
+        the two events would leave an entry in).
+        """
+        return self.emit("submitted-flow-run", related=self._run_related(flow_run)).id
+
+    def executed(
+        self,
+        flow_run: FlowRun,
+        identifier: str | None,
+        status_code: int | None,
+        *,
+        follows: uuid.UUID | None,
+    ) -> None:
         """Emit ``prefect.worker.executed-flow-run`` following the submitted event."""
         related = self._run_related(flow_run)
         if identifier is not None:
             related[0]["prefect.infrastructure.identifier"] = identifier
         if status_code is not None:
             related[0]["prefect.infrastructure.status-code"] = str(status_code)
-        self.emit(
-            "executed-flow-run", related=related, follows=self._submitted.pop(flow_run.id, None)
-        )
+        self.emit("executed-flow-run", related=related, follows=follows)
 
     def cancelled(self, flow_run: FlowRun, reason: str) -> None:
         """Emit ``prefect.worker.cancelled-flow-run``."""
@@ -143,10 +160,10 @@ class EventEmitter:
 
     # -- delivering -------------------------------------------------------------
 
-    async def serve(self) -> None:
+    async def serve(
+        self, api_url: str, *, settings: Settings, ssl_context: ssl.SSLContext | None
+    ) -> None:
         """Stream queued events over ``/events/in`` until cancelled, reconnecting forever."""
-        worker = self.worker
-        assert worker.api_url is not None
         pending: list[Event] = []  # the event being sent survives a reconnect
 
         async def stream(socket: JsonWebSocket) -> None:
@@ -158,11 +175,11 @@ class EventEmitter:
                 self.sent += 1
 
         await serve_subscription(
-            worker.api_url,
+            api_url,
             "events/in",
             stream,
-            token=websocket_token(worker.settings),
-            ssl_context=worker.client.ssl_context,
+            token=websocket_token(settings),
+            ssl_context=ssl_context,
         )
 
     @staticmethod
@@ -171,7 +188,7 @@ class EventEmitter:
         body.pop("received", None)
         return body
 
-    async def flush_over_http(self) -> None:
+    async def flush_over_http(self, client: PrefectClient) -> None:
         """Post whatever is still queued (used at shutdown, when the stream is gone)."""
         events: list[Event] = []
         while True:
@@ -182,7 +199,7 @@ class EventEmitter:
         if not events:
             return
         try:
-            await self.worker.client.emit_events(events)
+            await client.emit_events(events)
             self.sent += len(events)
         except APIError as exc:
             self.dropped += len(events)

@@ -8,7 +8,7 @@ of the loop that does the work; a blocked loop cannot answer "OK".
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -19,38 +19,35 @@ from starlette.routing import Route
 
 from trio_worker._core._asgi import serve_asgi
 from trio_worker._core._exceptions import ConfigurationError
-
-if TYPE_CHECKING:
-    from trio_worker._worker._base import BaseWorker
+from trio_worker._core._settings import Settings
+from trio_worker._worker._status import HealthSource
 
 __all__ = ["create_health_app", "serve_health"]
 
 logger = logging.getLogger("trio_worker.health")
 
 
-def create_health_app(worker: BaseWorker) -> Starlette:
-    """Build the ASGI app that reports on ``worker``."""
+def create_health_app(source: HealthSource) -> Starlette:
+    """Build the ASGI app that reports on a worker through ``source``."""
 
     async def health(request: Request) -> JSONResponse:
-        if worker.is_worker_still_polling():
+        if source.polling():
             return JSONResponse({"message": "OK"})
         logger.error("Health check failed: the worker has not polled recently")
         return JSONResponse({"message": "Worker may be unresponsive at this time"}, 503)
 
     async def ready(request: Request) -> JSONResponse:
         # Ready = able to take runs: the pool is known and the API answers.
-        if worker.work_pool is None:
-            reason = f"work pool {worker.work_pool_name!r} is not known yet"
+        reason = source.not_ready()
+        if reason is not None:
             return JSONResponse({"message": reason}, 503)
-        if worker.last_api_error is not None:
-            return JSONResponse({"message": f"last API call failed: {worker.last_api_error}"}, 503)
         return JSONResponse({"message": "OK"})
 
     async def status(request: Request) -> JSONResponse:
-        return JSONResponse(worker.get_status())
+        return JSONResponse(source.status())
 
     async def metrics(request: Request) -> Response:
-        return Response(worker.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(source.metrics(), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
         routes=[
@@ -63,7 +60,8 @@ def create_health_app(worker: BaseWorker) -> Starlette:
 
 
 async def serve_health(
-    worker: BaseWorker,
+    source: HealthSource,
+    settings: Settings,
     *,
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -72,10 +70,10 @@ async def serve_health(
     Raises:
         ConfigurationError: the port is in use or cannot be bound.
     """
-    host, port = worker.settings.webserver_host, worker.settings.webserver_port
+    host, port = settings.webserver_host, settings.webserver_port
     try:
         await serve_asgi(
-            create_health_app(worker), host=host, port=port, logger=logger, task_status=task_status
+            create_health_app(source), host=host, port=port, logger=logger, task_status=task_status
         )
     except OSError as exc:
         reason = exc.strerror or str(exc)

@@ -20,13 +20,13 @@ It is deliberately small, to show the four things every backend provides:
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
-from typing import Any, Final
+from typing import Final
 
 import attrs
 import trio
@@ -38,19 +38,20 @@ from trio_worker import (
     BaseWorker,
     BaseWorkerResult,
     InfrastructureError,
+    RunContext,
+    format_infrastructure_pid,
+    job_metadata,
+    kill_process_group,
+    parse_infrastructure_pid,
+    run_process_group,
 )
-
-# job_metadata is not re-exported by ``trio_worker`` (yet); it lives here.
-from trio_worker._core._jobs import job_metadata
-from trio_worker.models import FlowRun
 
 # --8<-- [end:imports]
 
 __all__ = ["InlineJobConfiguration", "InlineVariables", "InlineWorker"]
 
+#: This host's name: the first half of the ids ``format_infrastructure_pid`` makes here.
 HOSTNAME: Final = socket.gethostname()
-#: How often a process group this worker did not start is checked while it stops.
-GROUP_POLL_SECONDS: Final = 0.1
 
 # --8<-- [start:configuration]
 # The title and description are what a person sees when editing the pool.
@@ -93,7 +94,7 @@ class InlineJobConfiguration(BaseJobConfiguration):
 
 
 # --8<-- [start:worker]
-class InlineWorker(BaseWorker):
+class InlineWorker(BaseWorker[InlineJobConfiguration, InlineVariables]):
     """Run each flow run as ``shell -c <setup; exec command>`` in its own process group."""
 
     type = "inline"
@@ -109,8 +110,7 @@ class InlineWorker(BaseWorker):
     # --8<-- [start:run]
     async def run(
         self,
-        flow_run: FlowRun,
-        configuration: Any,
+        ctx: RunContext[InlineJobConfiguration],
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> BaseWorkerResult:
         """Start the script, report its id, and wait for it; stop its group if cancelled.
@@ -119,46 +119,43 @@ class InlineWorker(BaseWorker):
             InfrastructureError: the shell cannot be started; the message becomes
                 the run's CRASHED message.
         """
-        assert isinstance(configuration, InlineJobConfiguration)
-        tracked = self.in_flight.get(flow_run.id)  # the worker's record of this run
-        memory_limit_mb = tracked.memory_limit_mb if tracked is not None else None
-        script = configuration.script(memory_limit_mb=memory_limit_mb)
+        configuration = ctx.configuration  # an InlineJobConfiguration, typed
+        script = configuration.script(memory_limit_mb=ctx.limits.memory_limit_mb)
         env = {**os.environ, **{k: v for k, v in configuration.env.items() if v is not None}}
-        try:
-            process = await trio.lowlevel.open_process(
-                [configuration.shell, "-c", script],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # a process group of its own, to signal as one
-            )
-        except OSError as exc:
-            raise InfrastructureError(
-                f"could not start shell {configuration.shell!r}: {exc.strerror}"
-            ) from None
-        identifier = f"{HOSTNAME}:{process.pid}"
-        # The infrastructure exists: the worker records it as infrastructure_pid.
-        task_status.started(identifier)
-        try:
-            await process.wait()
-        finally:
-            # Runs whether the script ended or the run was cancelled (a user's
-            # cancellation, its timeout_seconds, a shutdown). Shielded: the
-            # group must be gone before the cancellation goes on.
-            with trio.CancelScope(shield=True):
-                if process.returncode is None:
-                    await stop_process_group(
-                        process.pid, grace_seconds=self.cancel_grace_seconds, leader=process
+        async with trio.open_nursery() as nursery:
+            try:
+                # A process group of its own; stopped (SIGTERM, grace, SIGKILL) when
+                # the run is cancelled, and swept of leftovers once the shell exits.
+                process = await nursery.start(
+                    functools.partial(
+                        run_process_group,
+                        [configuration.shell, "-c", script],
+                        grace_seconds=ctx.cancel_grace_seconds,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
                     )
-                else:
-                    signal_process_group(process.pid, signal.SIGKILL)  # orphans, if any
-        assert process.returncode is not None  # waited for above
+                )
+            except OSError as exc:
+                raise InfrastructureError(
+                    f"could not start shell {configuration.shell!r}: {exc.strerror}"
+                ) from None
+            # The infrastructure exists: the worker records it as infrastructure_pid.
+            identifier = format_infrastructure_pid(process.pid)
+            task_status.started(identifier)
+            ctx.logger.info(
+                "Inline script of flow run %r runs as %s", ctx.flow_run.name, identifier
+            )
+        assert process.returncode is not None  # run_process_group waited for it
         return BaseWorkerResult(identifier=identifier, status_code=process.returncode)
 
     # --8<-- [end:run]
 
     # --8<-- [start:kill]
     async def kill_infrastructure(
-        self, infrastructure_pid: str, configuration: Any, grace_seconds: float
+        self,
+        infrastructure_pid: str,
+        configuration: InlineJobConfiguration,
+        grace_seconds: float,
     ) -> None:
         """Stop the process group of a run a worker that has since died started here.
 
@@ -166,49 +163,14 @@ class InlineWorker(BaseWorker):
             InfrastructureError: the id is not ``"host:pid"``, or names another host
                 (only that host's worker can reach it).
         """
-        host, _, pid = infrastructure_pid.rpartition(":")
-        if not pid.isdigit():
-            raise InfrastructureError(f"infrastructure_pid {infrastructure_pid!r} is not host:pid")
+        try:
+            host, pid = parse_infrastructure_pid(infrastructure_pid)
+        except ValueError:
+            raise InfrastructureError(
+                f"infrastructure_pid {infrastructure_pid!r} is not host:pid"
+            ) from None
         if host != HOSTNAME:
             raise InfrastructureError(f"infrastructure {infrastructure_pid!r} is on another host")
-        await stop_process_group(int(pid), grace_seconds=grace_seconds)
+        await kill_process_group(pid, grace_seconds=grace_seconds)
 
     # --8<-- [end:kill]
-
-
-def signal_process_group(pgid: int, signum: int) -> bool:
-    """Send ``signum`` to a process group; return whether any process was there.
-
-    Raises:
-        InfrastructureError: the group belongs to another user (a reused pid?).
-    """
-    try:
-        os.killpg(pgid, signum)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        raise InfrastructureError(f"not allowed to signal process group {pgid}") from None
-    return True
-
-
-async def stop_process_group(
-    pgid: int, *, grace_seconds: float, leader: trio.Process | None = None
-) -> None:
-    """SIGTERM the group, give it ``grace_seconds`` to go, then SIGKILL what is left.
-
-    Args:
-        pgid: the process group (the pid of its leader).
-        grace_seconds: how long the group may take to exit after SIGTERM.
-        leader: the leader, when it is our child: it is waited for (reaped).
-    """
-    if not signal_process_group(pgid, signal.SIGTERM):
-        return
-    with trio.move_on_after(grace_seconds):
-        if leader is not None:
-            await leader.wait()
-        # A group we are not the parent of sends no exit notification: poll it.
-        while signal_process_group(pgid, 0):  # noqa: ASYNC110
-            await trio.sleep(GROUP_POLL_SECONDS)
-    signal_process_group(pgid, signal.SIGKILL)
-    if leader is not None:
-        await leader.wait()

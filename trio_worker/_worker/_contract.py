@@ -1,0 +1,123 @@
+"""``BackendContract``: what a backend provides, typed in its own configuration.
+
+The half of :class:`~trio_worker.BaseWorker` a backend author overrides:
+the type name, the configuration and variables classes, :meth:`run` (given a
+:class:`~trio_worker._worker._context.RunContext` of the backend's own
+configuration type), :meth:`kill_infrastructure` (given the run's
+configuration), and the optional hooks. Kept apart from the worker's
+lifecycle so each reads alone. A ``run(flow_run, configuration,
+task_status)`` of the old form still works, with a ``DeprecationWarning``
+when the class is defined.
+"""
+
+from __future__ import annotations
+
+import builtins
+import inspect
+import warnings
+from collections.abc import Callable
+from typing import Any, ClassVar, Generic, cast
+
+import trio
+
+from trio_worker._core._jobs import BaseJobConfiguration, default_base_job_template
+from trio_worker._core._models import FlowRun
+from trio_worker._worker._context import BaseWorkerResult, C, RunContext, V
+
+__all__ = ["BackendContract"]
+
+
+class BackendContract(Generic[C, V]):
+    """The methods and class attributes a backend supplies (see ``BaseWorker``)."""
+
+    #: The worker type's name, as in a pool's ``type``.
+    type: ClassVar[str] = ""
+    #: The job configuration class (``C``) that the pool's template renders into.
+    job_configuration: ClassVar[builtins.type[BaseJobConfiguration]] = BaseJobConfiguration
+    #: The variables class (``V``) the default template's schema comes from; when
+    #: ``None`` (the default) the schema is derived from :attr:`job_configuration`
+    #: itself, as Prefect does, so a worker that sets only its configuration
+    #: class publishes its own fields.
+    job_configuration_variables: ClassVar[builtins.type[Any] | None] = None
+    #: Whether :meth:`run` has the deprecated ``(flow_run, configuration, task_status)`` form.
+    _legacy_run: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        if run is not None:
+            cls._legacy_run = "flow_run" in inspect.signature(run).parameters
+            if cls._legacy_run:
+                warnings.warn(
+                    f"{cls.__qualname__}.run(flow_run, configuration, task_status) is "
+                    "deprecated: take run(ctx: RunContext, task_status) instead "
+                    "(ctx.flow_run, ctx.configuration, ctx.limits)",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+
+    @classmethod
+    def get_default_base_job_template(cls) -> dict[str, Any]:
+        """Return the base job template a new pool of this type gets."""
+        return default_base_job_template(cls.job_configuration, cls.job_configuration_variables)
+
+    async def reconcile_infrastructure(self) -> None:
+        """Deal with infrastructure an earlier worker of this name left behind.
+
+        Called once at start, before the first poll. The base class keeps no
+        record of what it started, so there is nothing to do.
+        """
+
+    def default_command(self) -> str | None:
+        """Return the command a run gets when its configuration sets none (the engine)."""
+        return None
+
+    async def run(
+        self, ctx: RunContext[C], task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    ) -> BaseWorkerResult:
+        """Start ``ctx.flow_run``'s infrastructure and wait for it to exit.
+
+        Call ``task_status.started(identifier)`` the moment the infrastructure
+        exists; the worker records it as the run's ``infrastructure_pid``.
+        When cancelled (a user's cancellation, ``timeout_seconds``, a
+        shutdown), stop the infrastructure before returning (or raising).
+
+        Raises:
+            InfrastructureError: the infrastructure could not be started; its
+                message becomes the run's CRASHED message.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement run()")
+
+    def infrastructure_is_abandoned(self, flow_run: FlowRun, infrastructure_pid: str) -> bool:
+        """Whether this worker should stop a cancelled run it did not start.
+
+        Called for a cancelling run of this pool that is not in flight here.
+        The base class says yes and lets :meth:`kill_infrastructure` decide
+        (raising ``NotImplementedError`` when it cannot); a backend whose
+        infrastructure has an owner that may still be alive (the process
+        worker: a worker on the same host) says no for those.
+        """
+        return True
+
+    async def kill_infrastructure(
+        self, infrastructure_pid: str, configuration: C, grace_seconds: float
+    ) -> None:
+        """Stop infrastructure that this worker process did not start (e.g. before a restart).
+
+        ``configuration`` is the run's job configuration, rendered as for a start.
+
+        Raises:
+            InfrastructureError: when it cannot be reached or stopped.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot kill infrastructure")
+
+    async def _start_run(
+        self, ctx: RunContext[C], task_status: trio.TaskStatus[str]
+    ) -> BaseWorkerResult:
+        if self._legacy_run:
+            legacy = cast("Callable[..., Any]", self.run)
+            result: BaseWorkerResult = await legacy(
+                ctx.flow_run, ctx.configuration, task_status=task_status
+            )
+            return result
+        return await self.run(ctx, task_status)
