@@ -68,13 +68,14 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """Type-check the package and the custom-worker example with mypy --strict."""
+    """Type-check the package and the custom-worker examples with mypy --strict."""
     _install_dev(session)
     session.run("mypy", "--strict", "trio_worker")
     # The example uses only public names; it must type-check as a user's code would.
     session.run(
         "mypy", "--strict", "-p", "inline_worker", env={"MYPYPATH": "examples/inline_worker"}
     )
+    session.run("mypy", "--strict", "examples/porting/nice_worker.py")
 
 
 # -- nox -s prefect --------------------------------------------------------------------------

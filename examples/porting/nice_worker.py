@@ -4,16 +4,19 @@ The Prefect original is shown beside this port in docs/custom-worker.md
 ("Porting from Prefect"); the differences are the ones listed there: attrs
 instead of pydantic, a ``prepare_for_flow_run`` that returns a new (frozen)
 configuration instead of changing ``self``, and Trio's ``run_process`` in a
-nursery instead of anyio's ``open_process``. The rest (``setup``, ``teardown``,
-``get_flow_run_logger``, ``start()``, a variables schema derived from the
-configuration) is used as in Prefect. ``tests/examples/test_porting.py`` runs it.
+nursery instead of anyio's ``open_process``
+(here through the public ``run_process_group``, which also stops the whole
+process group on cancellation), and ``run(ctx, task_status)`` with a typed
+``RunContext`` instead of ``run(flow_run, configuration, task_status)``. The
+rest (``setup``, ``teardown``, ``get_flow_run_logger``, ``start()``, a
+variables schema derived from the configuration) is used as in Prefect.
+``tests/examples/test_porting.py`` runs it.
 """
 
 from __future__ import annotations
 
 import functools
 import shlex
-import socket
 import sys
 from typing import Any
 
@@ -21,7 +24,16 @@ import attrs
 import trio
 
 # --8<-- [start:port]
-from trio_worker import BaseJobConfiguration, BaseWorker, BaseWorkerResult, job_metadata
+from trio_worker import (
+    BaseJobConfiguration,
+    BaseVariables,
+    BaseWorker,
+    BaseWorkerResult,
+    RunContext,
+    format_infrastructure_pid,
+    job_metadata,
+    run_process_group,
+)
 from trio_worker.models import Deployment, Flow, FlowRun, WorkPool
 
 
@@ -48,7 +60,7 @@ class NiceJobConfiguration(BaseJobConfiguration):
         return attrs.evolve(prepared, labels=labels)  # frozen: return a copy
 
 
-class NiceWorker(BaseWorker):
+class NiceWorker(BaseWorker[NiceJobConfiguration, BaseVariables]):
     type = "nice"
     job_configuration = NiceJobConfiguration  # the variables schema is derived from it
 
@@ -58,22 +70,25 @@ class NiceWorker(BaseWorker):
 
     async def run(
         self,
-        flow_run: FlowRun,
-        configuration: Any,
+        ctx: RunContext[NiceJobConfiguration],
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> BaseWorkerResult:
-        assert isinstance(configuration, NiceJobConfiguration)
-        logger = self.get_flow_run_logger(flow_run)
+        configuration = ctx.configuration  # typed: no isinstance needed
         command = shlex.split(configuration.command or "")
         argv = ["nice", "-n", str(configuration.niceness), *command]
         async with trio.open_nursery() as nursery:
             process = await nursery.start(
-                functools.partial(trio.run_process, argv, env=configuration.env, check=False)
+                functools.partial(
+                    run_process_group,
+                    argv,
+                    grace_seconds=ctx.cancel_grace_seconds,
+                    env=configuration.env,
+                )
             )
-            identifier = f"{socket.gethostname()}:{process.pid}"
+            identifier = format_infrastructure_pid(process.pid)
             task_status.started(identifier)
             self.started_runs += 1
-            logger.info("Started %s at niceness +%d", identifier, configuration.niceness)
+            ctx.logger.info("Started %s at niceness +%d", identifier, configuration.niceness)
         return BaseWorkerResult(identifier=identifier, status_code=process.returncode)
 
     def default_command(self) -> str:

@@ -26,6 +26,7 @@ from trio_worker import (
     BaseWorkerResult,
     ConfigurationError,
     PrefectClient,
+    RunContext,
     job_metadata,
 )
 from trio_worker.models import Deployment, Flow, FlowRun, StateType
@@ -81,12 +82,11 @@ class EchoWorker(BaseWorker):
 
     async def run(
         self,
-        flow_run: FlowRun,
-        configuration: Any,
+        ctx: RunContext[Any],
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> BaseWorkerResult:
-        self.configurations.append(configuration)
-        self.get_flow_run_logger(flow_run).info("echo backend ran %s", flow_run.name)
+        self.configurations.append(ctx.configuration)
+        self.get_flow_run_logger(ctx.flow_run).info("echo backend ran %s", ctx.flow_run.name)
         task_status.started("echo:1")
         return BaseWorkerResult(identifier="echo:1", status_code=0)
 
