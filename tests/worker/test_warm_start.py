@@ -180,6 +180,47 @@ async def test_a_dead_zygote_is_replaced(
     assert not process_alive(first)
 
 
+async def test_a_preloaded_module_edited_on_disk_restarts_the_zygote(
+    client: PrefectClient,
+    running_worker: WorkerFactory,
+    pool_name: str,
+    flows_dir: Path,
+    api_url: str,
+    state_dir: Path,
+) -> None:
+    # A deploy changes a module the zygote preloaded: the next run must see the
+    # new code, as a cold start would, not the zygote's copy.
+    settings = warm_settings(api_url, state_dir, preload=("warm_probe",))
+    async with running_worker(settings=settings):
+        before = await _run_visit(client, pool_name, flows_dir, "before", {})
+        (flows_dir / "warm_probe.py").write_text(PROBE_MODULE + "COUNTER = 41\n")
+        after = await _run_visit(client, pool_name, flows_dir, "after", {})
+    assert before["counter"] == 0
+    assert after["counter"] == 41
+    # Forked by a fresh zygote that preloaded the new code (not imported by the run).
+    assert after["ppid"] != before["ppid"]
+    assert after["probe_loaded_in"] == after["ppid"] != os.getpid()
+    assert not process_alive(int(str(before["ppid"])))
+
+
+async def test_a_changed_preload_list_restarts_the_zygote(
+    client: PrefectClient,
+    running_worker: WorkerFactory,
+    pool_name: str,
+    flows_dir: Path,
+    api_url: str,
+    state_dir: Path,
+) -> None:
+    async with running_worker(settings=warm_settings(api_url, state_dir)) as worker:
+        assert worker.warm_starter is not None
+        before = await _run_visit(client, pool_name, flows_dir, "before", {})
+        worker.warm_starter.preload = ("warm_probe",)
+        after = await _run_visit(client, pool_name, flows_dir, "after", {})
+    # Imported by the run itself, then by the new zygote started with the new list.
+    assert before["probe_loaded_in"] == before["pid"]
+    assert after["probe_loaded_in"] == after["ppid"] != before["ppid"]
+
+
 async def test_a_run_with_a_memory_ceiling_starts_cold(
     client: PrefectClient,
     running_worker: WorkerFactory,

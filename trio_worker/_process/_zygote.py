@@ -3,7 +3,9 @@
 Started by the worker (``python -m trio_worker._process._zygote FD [module,...]``, see
 :mod:`trio_worker._process._warm_start`), it imports the engine, trio_worker's client
 and models, Prefect when importable and the operator's ``--preload`` modules,
-says ``ready`` on the unix socket ``FD`` and then serves one request at a time:
+reports the source files it imported (``sources``, so that the worker can tell
+when they change on disk), says ``ready`` on the unix socket ``FD`` and then
+serves one request at a time:
 
 - ``spawn`` (with the run's stdin, stdout and stderr as SCM_RIGHTS fds): fork a
   child that makes its own session and process group, applies the run's
@@ -44,6 +46,7 @@ import selectors
 import signal
 import socket
 import sys
+import sysconfig
 import threading
 import traceback
 import uuid
@@ -61,6 +64,9 @@ BASE_MODULES: Final = (
     "trio_worker._client._client",
     "trio_worker.models",
 )
+#: Source files reported per message before ``ready`` (a SOCK_SEQPACKET message must fit
+#: in the socket's buffer).
+SOURCES_PER_MESSAGE: Final = 400
 #: Imported when installed, so a Prefect ``@flow`` does not pay for it per run.
 OPTIONAL_MODULES: Final = ("prefect", "prefect.engine")
 
@@ -83,6 +89,32 @@ def _preload(modules: Sequence[str]) -> list[str]:
         except Exception as exc:  # a broken module must not stop warm starts
             problems.append(f"{name}: {type(exc).__name__}: {exc}")
     return problems
+
+
+def _sources() -> list[list[object]]:
+    """``[path, size, mtime_ns]`` of each imported module's file outside the standard library.
+
+    The worker compares them with the disk before each fork
+    (:mod:`trio_worker._process._zygote_image`): an edited or upgraded module
+    retires this zygote. The standard library changes only with the
+    interpreter, which the worker checks itself.
+    """
+    paths = sysconfig.get_paths()
+    stdlib = tuple(os.path.join(paths[k], "") for k in ("stdlib", "platstdlib"))
+    installed = tuple(os.path.join(paths[k], "") for k in ("purelib", "platlib"))
+    found = []
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str) or (
+            path.startswith(stdlib) and not path.startswith(installed)
+        ):
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        found.append([path, st.st_size, st.st_mtime_ns])
+    return found
 
 
 def _child(request: dict[str, Any], fds: list[int], closing: Sequence[int]) -> int:
@@ -238,6 +270,9 @@ def serve(sock: socket.socket, preload: Sequence[str]) -> None:
     # A handler (not SIG_DFL) so that SIGCHLD writes to the wake-up fd.
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     children: dict[int, int] = {}
+    sources = _sources()
+    for start in range(0, len(sources), SOURCES_PER_MESSAGE):
+        _send(sock, {"op": "sources", "files": sources[start : start + SOURCES_PER_MESSAGE]})
     _send(sock, {"op": "ready", "pid": os.getpid(), "problems": problems})
     with selectors.DefaultSelector() as selector:
         selector.register(sock, selectors.EVENT_READ)
