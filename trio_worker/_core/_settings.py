@@ -389,6 +389,14 @@ class Settings:
             "Forks after which the warm-start zygote is replaced by a fresh one.",
         ),
     )
+    warm_start_max_growth_mb: float = attrs.field(
+        default=50.0,
+        metadata=_env(
+            "TRIO_WORKER_WARM_START_MAX_GROWTH_MB",
+            "Growth of the warm-start zygote's resident memory (MB, since it was ready) after "
+            "which it is replaced by a fresh one.",
+        ),
+    )
 
     def __repr__(self) -> str:
         # Secrets never reach a repr, a log line or a traceback.
@@ -453,4 +461,5 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "warm_start": _parse_bool,
     "preload": parse_module_list,
     "warm_start_max_forks": _parse_positive_int,
+    "warm_start_max_growth_mb": _parse_positive_float,
 }
