@@ -43,6 +43,7 @@ FLOWS = textwrap.dedent(
     def where(out: str) -> None:
         # Where Prefect's engine ran this flow, and what the previous run left.
         import json, os
+        from prefect.settings import get_current_settings
         get_run_logger().info("where am I")
         with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
             parent = f.read().decode().split("\\0")
@@ -52,6 +53,7 @@ FLOWS = textwrap.dedent(
             f.write(json.dumps({
                 "pid": os.getpid(), "ppid": os.getppid(), "parent": parent, "own": own,
                 "leak": os.environ.get("WHERE_LEAK"),
+                "heartbeat": get_current_settings().flows.heartbeat_frequency,
             }) + "\\n")
         os.environ["WHERE_LEAK"] = "1"
 
@@ -223,6 +225,8 @@ async def test_prefect_flow_runs_warm_in_a_fork_of_the_zygote(
         assert one["own"] == one["parent"], one
     assert seen[0]["ppid"] == seen[1]["ppid"]  # one zygote served both
     assert [one["leak"] for one in seen] == [None, None]
+    # As when exec'd cold: heartbeats often enough for the embedded API's dead-run rule.
+    assert [one["heartbeat"] for one in seen] == [30, 30]
     for run in runs:
         messages = [log.message for log in await client.read_logs(run.id)]
         assert "where am I" in messages, messages

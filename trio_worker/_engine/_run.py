@@ -73,6 +73,7 @@ __all__ = [
     "load_entrypoint",
     "main",
     "prefect_engine_argv",
+    "prefect_engine_env",
 ]
 
 FLOW_RUN_ID_ENV: Final = "PREFECT__FLOW_RUN_ID"
@@ -420,11 +421,16 @@ def _exec_prefect_engine(flow_run_id: uuid.UUID, environ: Mapping[str, str]) -> 
     argv = prefect_engine_argv()
     sys.stdout.flush()
     sys.stderr.flush()
+    os.execve(argv[0], argv, prefect_engine_env(flow_run_id, environ))
+
+
+def prefect_engine_env(flow_run_id: uuid.UUID, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment Prefect's engine runs a handed-over flow run with (exec'd or warm)."""
     env = {**environ, FLOW_RUN_ID_ENV: str(flow_run_id)}
     # Prefect's engine heartbeats every 180 s by default, too seldom for the
     # embedded API's dead-run rule (90 s); ask it for 30 s (its minimum) unless set.
     env.setdefault(HEARTBEAT_FREQUENCY_ENV, str(PREFECT_MIN_HEARTBEAT_SECONDS))
-    os.execve(argv[0], argv, env)
+    return env
 
 
 def main(

@@ -58,17 +58,38 @@ __all__ = ["MAX_MESSAGE_BYTES", "main"]
 
 #: The largest message (a run's environment is most of it).
 MAX_MESSAGE_BYTES: Final = 1 << 20
-#: Modules imported before any request: the engine and what it imports.
+#: Modules imported before any request: the engine and what it imports, including
+#: what httpx and trio import lazily on a client's first use (httpx imports
+#: httpcore, h11 and h2 when a transport is made, httpcore its Trio backend on the
+#: first connection, the socket layer the IDNA codec): measured at 50-70 ms of
+#: every warm run's CPU when left to the child.
 BASE_MODULES: Final = (
     "trio_worker._engine._run",
     "trio_worker._client._client",
     "trio_worker.models",
+    "httpcore",
+    "httpcore._backends.trio",
+    "encodings.idna",
 )
 #: Source files reported per message before ``ready`` (a SOCK_SEQPACKET message must fit
 #: in the socket's buffer).
 SOURCES_PER_MESSAGE: Final = 400
-#: Imported when installed, so a Prefect ``@flow`` does not pay for it per run.
-OPTIONAL_MODULES: Final = ("prefect", "prefect.engine")
+#: Imported when installed, so a Prefect ``@flow`` does not pay for it per run:
+#: Prefect itself, and what its engine and ``from prefect import flow`` import
+#: lazily on a run's way to the user's code (measured at about 0.2 s of each warm
+#: ``@flow`` run's CPU when left to the child).
+OPTIONAL_MODULES: Final = (
+    "prefect",
+    "prefect.engine",
+    "prefect.main",
+    "prefect.flow_engine",
+    "prefect.flow_runs",
+    "prefect.runtime.flow_run",
+    "prefect.input.run_input",
+    "prefect.telemetry.run_telemetry",
+    "prefect.logging.formatters",
+    "anyio._backends._asyncio",
+)
 
 
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -142,12 +163,13 @@ def _child(request: dict[str, Any], fds: list[int], closing: Sequence[int]) -> i
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 - lives as long as the process
     sys.stdout = open(1, "w", buffering=1 if os.isatty(1) else -1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    from trio_worker._engine._run import FLOW_RUN_ID_ENV
     from trio_worker._engine._run import main as engine_main
+    from trio_worker._engine._run import prefect_engine_env
 
     def prefect_here(flow_run_id: uuid.UUID) -> int:
         """Run Prefect's engine in this process, on the Prefect the zygote imported."""
-        os.environ[FLOW_RUN_ID_ENV] = str(flow_run_id)
+        # The environment a cold start's exec of Prefect's engine gets.
+        os.environ.update(prefect_engine_env(flow_run_id, os.environ))
         # Prefect read its settings from the zygote's environment at import.
         prefect_context = sys.modules.get("prefect.context")
         refresh = getattr(prefect_context, "refresh_global_settings_context", None)
