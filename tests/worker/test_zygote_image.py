@@ -1,13 +1,19 @@
-"""What a warm-start zygote was made from, compared with the present before each fork."""
+"""What a warm-start zygote was made from (compared with the present before each fork),
+and what it prepares once for every run (the API client's SSL context)."""
 
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 
 import attrs
+import certifi
 import pytest
 
+from trio_worker._client._client import PrefectClient
+from trio_worker._core._settings import Settings
+from trio_worker._process._zygote import _prepare_ssl_context
 from trio_worker._process._zygote_image import (
     ImageCheck,
     ZygoteImage,
@@ -64,3 +70,32 @@ async def test_a_found_change_stays_found(source: Path) -> None:
     assert await check.changed(("mod",)) == f"{source} changed"
     source.write_text("X = 1\n")  # same size again, but the zygote's copy is still old
     assert await check.changed(("mod",)) == f"{source} changed"
+
+
+def test_the_zygote_prepares_one_ssl_context_for_runs_with_its_tls_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Built once in the zygote (loading a CA bundle costs tens of ms per run);
+    # a run with other TLS settings builds its own; the bundle is watched.
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text(Path(certifi.where()).read_text())
+    monkeypatch.setenv("PREFECT_API_SSL_CERT_FILE", str(bundle))
+    context_for, watched = _prepare_ssl_context()
+    assert watched == [str(bundle)]
+    context = context_for(Settings(ssl_cert_file=str(bundle)))
+    assert isinstance(context, ssl.SSLContext)
+    assert context_for(Settings(ssl_cert_file=str(bundle))) is context
+    assert context_for(Settings()) is None
+    assert context_for(Settings(ssl_cert_file=str(bundle), tls_insecure_skip_verify=True)) is None
+    client = PrefectClient("https://api.example/api", ssl_context=context)
+    assert client.ssl_context is context
+    assert PrefectClient("http://api.example/api", ssl_context=context).ssl_context is None
+
+
+def test_a_zygote_whose_tls_settings_are_unusable_prepares_no_context(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PREFECT_API_SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    context_for, watched = _prepare_ssl_context()
+    assert watched == []
+    assert context_for(Settings(ssl_cert_file=str(tmp_path / "missing.pem"))) is None

@@ -51,8 +51,16 @@ import threading
 import traceback
 import uuid
 import warnings
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    import ssl
+
+    from trio_worker._core._settings import Settings
+
+#: The zygote's SSL context for a run's settings, when it fits them (else None).
+SslContextFor = Callable[["Settings"], "ssl.SSLContext | None"]
 
 __all__ = ["MAX_MESSAGE_BYTES", "main"]
 
@@ -112,7 +120,38 @@ def _preload(modules: Sequence[str]) -> list[str]:
     return problems
 
 
-def _sources() -> list[list[object]]:
+def _prepare_ssl_context() -> tuple[SslContextFor, list[str]]:
+    """Build the API client's SSL context once, for every run whose TLS settings match.
+
+    Loading a CA bundle costs tens of ms; a context built here is shared by
+    the children (an ``SSL_CTX`` is plain memory; OpenSSL reseeds its random
+    generator in a forked child by itself). Returns the lookup and the CA
+    bundle's path, which the worker watches like a module's source.
+    """
+    from trio_worker._client._tls import create_ssl_context
+    from trio_worker._core._exceptions import ConfigurationError
+    from trio_worker._core._settings import Settings
+
+    try:
+        mine = Settings.from_env(os.environ)
+        context = create_ssl_context(mine)
+    except ConfigurationError:
+        return (lambda settings: None), []
+    key = (mine.ssl_cert_file, mine.tls_insecure_skip_verify)
+
+    def matching(settings: Settings) -> ssl.SSLContext | None:
+        return (
+            context if (settings.ssl_cert_file, settings.tls_insecure_skip_verify) == key else None
+        )
+
+    if mine.tls_insecure_skip_verify:
+        return matching, []
+    import certifi
+
+    return matching, [mine.ssl_cert_file or certifi.where()]
+
+
+def _sources(extra: Sequence[str] = ()) -> list[list[object]]:
     """``[path, size, mtime_ns]`` of each imported module's file outside the standard library.
 
     The worker compares them with the disk before each fork
@@ -124,8 +163,8 @@ def _sources() -> list[list[object]]:
     stdlib = tuple(os.path.join(paths[k], "") for k in ("stdlib", "platstdlib"))
     installed = tuple(os.path.join(paths[k], "") for k in ("purelib", "platlib"))
     found = []
-    for module in list(sys.modules.values()):
-        path = getattr(module, "__file__", None)
+    files = [getattr(module, "__file__", None) for module in list(sys.modules.values())]
+    for path in [*files, *extra]:
         if not isinstance(path, str) or (
             path.startswith(stdlib) and not path.startswith(installed)
         ):
@@ -138,7 +177,9 @@ def _sources() -> list[list[object]]:
     return found
 
 
-def _child(request: dict[str, Any], fds: list[int], closing: Sequence[int]) -> int:
+def _child(
+    request: dict[str, Any], fds: list[int], closing: Sequence[int], ssl_for: SslContextFor
+) -> int:
     """In the forked child: become the run's process and run the engine; return the exit code."""
     os.setsid()
     signal.set_wakeup_fd(-1)
@@ -186,10 +227,12 @@ def _child(request: dict[str, Any], fds: list[int], closing: Sequence[int]) -> i
             runpy.run_module("prefect.engine", run_name="__main__")
         return 0
 
-    return engine_main([], os.environ, handover=prefect_here)
+    return engine_main([], os.environ, handover=prefect_here, ssl_context_for=ssl_for)
 
 
-def _fork(request: dict[str, Any], fds: list[int], closing: Sequence[int]) -> int:
+def _fork(
+    request: dict[str, Any], fds: list[int], closing: Sequence[int], ssl_for: SslContextFor
+) -> int:
     """Fork the run's process; return its pid. The fds are closed here in the parent."""
     try:
         pid = os.fork()
@@ -200,7 +243,7 @@ def _fork(request: dict[str, Any], fds: list[int], closing: Sequence[int]) -> in
     if pid == 0:
         code = 1
         try:
-            code = _child(request, fds, closing)
+            code = _child(request, fds, closing, ssl_for)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except BaseException:
@@ -245,7 +288,9 @@ def _reap(sock: socket.socket, children: dict[int, int]) -> None:
             _send(sock, {"op": "exited", "id": request_id, "pid": pid, "returncode": code})
 
 
-def _handle(sock: socket.socket, closing: Sequence[int], children: dict[int, int]) -> bool:
+def _handle(
+    sock: socket.socket, closing: Sequence[int], children: dict[int, int], ssl_for: SslContextFor
+) -> bool:
     """Serve one request; False when the worker has gone."""
     try:
         data, fds, _flags, _address = socket.recv_fds(sock, MAX_MESSAGE_BYTES, 3)
@@ -267,7 +312,7 @@ def _handle(sock: socket.socket, closing: Sequence[int], children: dict[int, int
         _send(sock, {"op": "failed", "id": request_id, "error": error})
         return True
     try:
-        pid = _fork(request, list(fds), closing)
+        pid = _fork(request, list(fds), closing, ssl_for)
     except OSError as exc:
         _send(sock, {"op": "failed", "id": request_id, "error": f"fork: {exc.strerror}"})
         return True
@@ -280,6 +325,7 @@ def serve(sock: socket.socket, preload: Sequence[str]) -> None:
     """Import, say ready, and fork on request until the worker closes its end."""
     sock.set_inheritable(False)
     problems = _preload(preload)
+    ssl_for, ssl_files = _prepare_ssl_context()
     # Move everything imported so far out of the collector's reach: a child's
     # collections would otherwise write to (and so copy) every shared page
     # that holds an object header.
@@ -292,7 +338,7 @@ def serve(sock: socket.socket, preload: Sequence[str]) -> None:
     # A handler (not SIG_DFL) so that SIGCHLD writes to the wake-up fd.
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     children: dict[int, int] = {}
-    sources = _sources()
+    sources = _sources(ssl_files)
     for start in range(0, len(sources), SOURCES_PER_MESSAGE):
         _send(sock, {"op": "sources", "files": sources[start : start + SOURCES_PER_MESSAGE]})
     _send(sock, {"op": "ready", "pid": os.getpid(), "problems": problems})
@@ -302,7 +348,8 @@ def serve(sock: socket.socket, preload: Sequence[str]) -> None:
         while True:
             for key, _events in selector.select():
                 if key.fileobj is sock:
-                    if not _handle(sock, (sock.fileno(), read_end, write_end), children):
+                    closing = (sock.fileno(), read_end, write_end)
+                    if not _handle(sock, closing, children, ssl_for):
                         return
                 else:
                     os.read(read_end, 4096)
