@@ -13,13 +13,13 @@ import pytest
 
 from trio_worker._client._client import PrefectClient
 from trio_worker._core._settings import Settings
-from trio_worker._process._zygote import _prepare_ssl_context
 from trio_worker._process._zygote_image import (
     ImageCheck,
     ZygoteImage,
     environ_digest,
     executable_identity,
 )
+from trio_worker._process._zygote_prepare import prepare_ssl_context
 
 
 def _image(source: Path, **changes: object) -> ZygoteImage:
@@ -80,7 +80,7 @@ def test_the_zygote_prepares_one_ssl_context_for_runs_with_its_tls_settings(
     bundle = tmp_path / "ca.pem"
     bundle.write_text(Path(certifi.where()).read_text())
     monkeypatch.setenv("PREFECT_API_SSL_CERT_FILE", str(bundle))
-    context_for, watched = _prepare_ssl_context()
+    context_for, watched = prepare_ssl_context()
     assert watched == [str(bundle)]
     context = context_for(Settings(ssl_cert_file=str(bundle)))
     assert isinstance(context, ssl.SSLContext)
@@ -96,6 +96,6 @@ def test_a_zygote_whose_tls_settings_are_unusable_prepares_no_context(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PREFECT_API_SSL_CERT_FILE", str(tmp_path / "missing.pem"))
-    context_for, watched = _prepare_ssl_context()
+    context_for, watched = prepare_ssl_context()
     assert watched == []
     assert context_for(Settings(ssl_cert_file=str(tmp_path / "missing.pem"))) is None
