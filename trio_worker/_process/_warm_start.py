@@ -70,7 +70,8 @@ class WarmStarter:
     """Keeps a zygote ready and forks engine runs from it.
 
     Attributes:
-        preload: extra modules the zygote imports.
+        preload: extra modules the zygote imports; a change takes effect at
+            the next fork (the zygote is replaced).
         max_forks: forks after which the zygote is replaced by a fresh one.
         max_rss_growth_mb: resident-memory growth after which it is replaced.
     """

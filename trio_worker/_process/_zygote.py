@@ -2,10 +2,11 @@
 
 Started by the worker (``python -m trio_worker._process._zygote FD [module,...]``, see
 :mod:`trio_worker._process._warm_start`), it imports the engine, trio_worker's client
-and models, Prefect when importable and the operator's ``--preload`` modules,
-reports the source files it imported (``sources``, so that the worker can tell
-when they change on disk), says ``ready`` on the unix socket ``FD`` and then
-serves one request at a time:
+and models, Prefect when importable and the operator's ``--preload`` modules, and
+does once what each run would otherwise do itself
+(:mod:`trio_worker._process._zygote_prepare`); it reports the source files it
+imported (``sources``, so that the worker can tell when they change on disk),
+says ``ready`` on the unix socket ``FD`` and then serves one request at a time:
 
 - ``spawn`` (with the run's stdin, stdout and stderr as SCM_RIGHTS fds): fork a
   child that makes its own session and process group, applies the run's
