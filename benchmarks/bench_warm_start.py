@@ -18,6 +18,7 @@ Prints a Markdown table; ``--docs`` also writes it into docs/performance.md
 between the ``warm-start`` markers.
 
     python benchmarks/bench_warm_start.py [--runs 20] [--concurrent 30] [--docs]
+        [--entries plain,flow] [--kinds warm,cold,prefect]
 """
 
 # A benchmark driver polls files and /proc with short sleeps; that is its job.
@@ -289,9 +290,13 @@ def write_docs(table: str) -> None:
 async def main_async(args: Any) -> str:
     prefect = importlib.util.find_spec("prefect") is not None
     kinds = [
-        "warm",
-        "cold",
-        *(["prefect"] if prefect and Path(prefect_executable()).exists() else []),
+        kind
+        for kind in (
+            "warm",
+            "cold",
+            *(["prefect"] if prefect and Path(prefect_executable()).exists() else []),
+        )
+        if kind in args.kinds
     ]
     entries = [e for e in ("plain", *(["flow"] if prefect else [])) if e in args.entries]
     results = []
@@ -322,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", action="store_true", help="write the table to the docs")
     parser.add_argument(
         "--entries", default="plain,flow", help="which entrypoints: plain, flow (comma-separated)"
+    )
+    parser.add_argument(
+        "--kinds", default="warm,cold,prefect", help="which workers: warm, cold, prefect"
     )
     args = parser.parse_args(argv)
     table = trio.run(main_async, args)

@@ -151,13 +151,18 @@ def test_warm_start_settings_are_read_and_validated() -> None:
             "TRIO_WORKER_WARM_START": "false",
             "TRIO_WORKER_PRELOAD": "numpy, my_pkg.models",
             "TRIO_WORKER_WARM_START_MAX_FORKS": "50",
+            "TRIO_WORKER_WARM_START_MAX_GROWTH_MB": "12.5",
         }
     )
     assert settings.warm_start is False
     assert settings.preload == ("numpy", "my_pkg.models")
     assert settings.warm_start_max_forks == 50
+    assert settings.warm_start_max_growth_mb == 12.5
     assert Settings().warm_start is True
+    assert Settings().warm_start_max_growth_mb == 50.0
     with pytest.raises(ConfigurationError, match="TRIO_WORKER_PRELOAD='a-b'"):
         Settings.from_env({"TRIO_WORKER_PRELOAD": "a-b"})
     with pytest.raises(ConfigurationError, match="TRIO_WORKER_WARM_START_MAX_FORKS='0'"):
         Settings.from_env({"TRIO_WORKER_WARM_START_MAX_FORKS": "0"})
+    with pytest.raises(ConfigurationError, match="TRIO_WORKER_WARM_START_MAX_GROWTH_MB='0'"):
+        Settings.from_env({"TRIO_WORKER_WARM_START_MAX_GROWTH_MB": "0"})

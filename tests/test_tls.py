@@ -19,16 +19,18 @@ import trustme
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from tests.helpers import clean_env, wait_for
+from tests.helpers import clean_env, make_deployment, wait_for, wait_for_state
 from trio_worker._client._client import PrefectClient
 from trio_worker._client._subscriptions import SubscriptionClosedError, open_subscription
 from trio_worker._core._exceptions import ConfigurationError, TLSError
+from trio_worker._core._models import StateType
 from trio_worker._core._settings import Settings
 from trio_worker._process._worker import ProcessWorker
 from trio_worker._server import create_app
 from trio_worker._taskworker._tasks import task
 from trio_worker._taskworker._worker import TaskWorker
 
+FINAL_STATES = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
 #: The verdict OpenSSL gives for a server certificate of an unknown CA.
 UNKNOWN_CA = "unable to get local issuer certificate"
 
@@ -208,3 +210,41 @@ async def test_a_worker_streams_its_events_over_wss(tls_api: TlsApi, tmp_path: P
         nursery.start_soon(functools.partial(worker.start, printer=lambda line: None))
         await wait_for(sent, what="an event sent over wss://")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_warm_run_reaches_an_https_api_with_the_zygotes_ssl_context(
+    tls_api: TlsApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The zygote builds the context from the worker's environment, before any
+    # fork; a run with the same TLS settings uses it in its forked child.
+    monkeypatch.setenv("PREFECT_API_SSL_CERT_FILE", tls_api.ca_file)
+    (tmp_path / "tls_flows.py").write_text(
+        "import os\n\ndef where(out):\n    open(out, 'w').write(str(os.getppid()))\n"
+    )
+    out = tmp_path / "parent"
+    settings = Settings(
+        api_url=tls_api.url,
+        ssl_cert_file=tls_api.ca_file,
+        state_dir=str(tmp_path / "state"),
+        query_seconds=0.2,
+        prefetch_seconds=0,
+        warm_start=True,
+    )
+    worker = ProcessWorker("tls-warm", settings=settings, client_backoff_seconds=0.05)
+    async with PrefectClient(tls_api.url, settings=settings) as client:
+        deployment = await make_deployment(
+            client,
+            "tls-warm",
+            entrypoint="tls_flows.py:where",
+            path=str(tmp_path),
+            parameters={"out": str(out)},
+            job_variables={"working_dir": str(tmp_path)},
+        )
+        run = await client.create_flow_run_from_deployment(deployment.id)
+        async with worker, trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(worker.start, printer=lambda line: None))
+            done = await wait_for_state(client, run.id, FINAL_STATES)
+            zygote = worker.warm_starter.zygote_pid if worker.warm_starter else None
+            nursery.cancel_scope.cancel()
+    assert done.state is not None and done.state.type is StateType.COMPLETED, done.state
+    assert zygote is not None and int(out.read_text()) == zygote

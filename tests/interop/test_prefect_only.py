@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -37,6 +38,24 @@ FLOWS = textwrap.dedent(
         get_run_logger().info("greeting %s x%d", name, times)
         pathlib.Path("greeting.txt").write_text(f"hello {name} x{times}")
         return name
+
+    @flow
+    def where(out: str) -> None:
+        # Where Prefect's engine ran this flow, and what the previous run left.
+        import json, os
+        from prefect.settings import get_current_settings
+        get_run_logger().info("where am I")
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            parent = f.read().decode().split("\\0")
+        with open("/proc/self/cmdline", "rb") as f:
+            own = f.read().decode().split("\\0")
+        with open(out, "a") as f:
+            f.write(json.dumps({
+                "pid": os.getpid(), "ppid": os.getppid(), "parent": parent, "own": own,
+                "leak": os.environ.get("WHERE_LEAK"),
+                "heartbeat": get_current_settings().flows.heartbeat_frequency,
+            }) + "\\n")
+        os.environ["WHERE_LEAK"] = "1"
 
     @flow
     def mark(marks: str) -> None:
@@ -170,3 +189,44 @@ async def test_mixed_fleet_never_runs_a_flow_run_twice(
             assert done.state is not None and done.state.type is StateType.COMPLETED, done.state
     for run in runs:
         assert (marks / str(run.id)).read_text() == "x", run.id
+
+
+async def test_prefect_flow_runs_warm_in_a_fork_of_the_zygote(
+    cli: Cli,
+    client: PrefectClient,
+    env: dict[str, str],
+    start_worker: WorkerFactory,
+    pool_name: str,
+    tmp_path: Path,
+) -> None:
+    # A Prefect @flow on the default command: forked from the zygote that
+    # imported Prefect, and run by Prefect's engine in that process (not an
+    # exec of a fresh interpreter), isolated from the run before it.
+    await cli("work-pool", "create", pool_name, "--type", "process")
+    (tmp_path / "pflows.py").write_text(FLOWS)
+    out = tmp_path / "where.jsonl"
+    deployment_id = await deploy(
+        env, tmp_path, "pflows.py:where", pool_name, pool_name, json.dumps({"out": str(out)})
+    )
+    async with start_worker() as worker:
+        runs = []
+        for _ in range(2):
+            run = await client.create_flow_run_from_deployment(deployment_id)
+            done = await wait_for_state(client, run.id, FINAL, timeout=120)
+            assert done.state is not None and done.state.type is StateType.COMPLETED, done.state
+            runs.append(run)
+        worker_pid = worker.process.pid
+    seen = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(seen) == 2
+    for one in seen:
+        assert "trio_worker._process._zygote" in one["parent"], one
+        assert one["ppid"] != worker_pid
+        # Never exec'd: the process still carries the zygote's command line.
+        assert one["own"] == one["parent"], one
+    assert seen[0]["ppid"] == seen[1]["ppid"]  # one zygote served both
+    assert [one["leak"] for one in seen] == [None, None]
+    # As when exec'd cold: heartbeats often enough for the embedded API's dead-run rule.
+    assert [one["heartbeat"] for one in seen] == [30, 30]
+    for run in runs:
+        messages = [log.message for log in await client.read_logs(run.id)]
+        assert "where am I" in messages, messages

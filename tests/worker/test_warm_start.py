@@ -64,11 +64,26 @@ def sleep_forever(out):
 """
 
 
+#: A preloaded module that leaks in the zygote: 20 MB more resident memory per fork
+#: (``os.fork`` raises an audit event in the forking process, before it forks).
+LEAKY_MODULE = """
+import sys
+HOARD = []
+
+def _hook(event, args):
+    if event == "os.fork":
+        HOARD.append(b"x" * (20 * 1024 * 1024))
+
+sys.addaudithook(_hook)
+"""
+
+
 @pytest.fixture
 def flows_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A directory with the flows and a module the zygote preloads (on its PYTHONPATH)."""
     (tmp_path / "warm_probe.py").write_text(PROBE_MODULE)
     (tmp_path / "zygote_killer.py").write_text("import os\nos._exit(3)\n")
+    (tmp_path / "leaky.py").write_text(LEAKY_MODULE)
     (tmp_path / "flows.py").write_text(textwrap.dedent(FLOWS))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     return tmp_path
@@ -180,6 +195,47 @@ async def test_a_dead_zygote_is_replaced(
     assert not process_alive(first)
 
 
+async def test_a_preloaded_module_edited_on_disk_restarts_the_zygote(
+    client: PrefectClient,
+    running_worker: WorkerFactory,
+    pool_name: str,
+    flows_dir: Path,
+    api_url: str,
+    state_dir: Path,
+) -> None:
+    # A deploy changes a module the zygote preloaded: the next run must see the
+    # new code, as a cold start would, not the zygote's copy.
+    settings = warm_settings(api_url, state_dir, preload=("warm_probe",))
+    async with running_worker(settings=settings):
+        before = await _run_visit(client, pool_name, flows_dir, "before", {})
+        (flows_dir / "warm_probe.py").write_text(PROBE_MODULE + "COUNTER = 41\n")
+        after = await _run_visit(client, pool_name, flows_dir, "after", {})
+    assert before["counter"] == 0
+    assert after["counter"] == 41
+    # Forked by a fresh zygote that preloaded the new code (not imported by the run).
+    assert after["ppid"] != before["ppid"]
+    assert after["probe_loaded_in"] == after["ppid"] != os.getpid()
+    assert not process_alive(int(str(before["ppid"])))
+
+
+async def test_a_changed_preload_list_restarts_the_zygote(
+    client: PrefectClient,
+    running_worker: WorkerFactory,
+    pool_name: str,
+    flows_dir: Path,
+    api_url: str,
+    state_dir: Path,
+) -> None:
+    async with running_worker(settings=warm_settings(api_url, state_dir)) as worker:
+        assert worker.warm_starter is not None
+        before = await _run_visit(client, pool_name, flows_dir, "before", {})
+        worker.warm_starter.preload = ("warm_probe",)
+        after = await _run_visit(client, pool_name, flows_dir, "after", {})
+    # Imported by the run itself, then by the new zygote started with the new list.
+    assert before["probe_loaded_in"] == before["pid"]
+    assert after["probe_loaded_in"] == after["ppid"] != before["ppid"]
+
+
 async def test_a_run_with_a_memory_ceiling_starts_cold(
     client: PrefectClient,
     running_worker: WorkerFactory,
@@ -258,6 +314,27 @@ async def test_the_zygote_is_replaced_after_max_forks(
     assert first["ppid"] != os.getpid() and second["ppid"] != os.getpid()
     assert first["ppid"] != second["ppid"]
     assert not process_alive(int(str(first["ppid"])))
+
+
+@pytest.mark.parametrize(("max_growth_mb", "replaced"), [(10.0, True), (100.0, False)])
+async def test_the_zygote_is_replaced_after_its_memory_grows_past_the_setting(
+    client: PrefectClient,
+    running_worker: WorkerFactory,
+    pool_name: str,
+    flows_dir: Path,
+    api_url: str,
+    state_dir: Path,
+    max_growth_mb: float,
+    replaced: bool,
+) -> None:
+    settings = warm_settings(
+        api_url, state_dir, preload=("leaky",), warm_start_max_growth_mb=max_growth_mb
+    )
+    async with running_worker(settings=settings):
+        first = await _run_visit(client, pool_name, flows_dir, "one", {})
+        second = await _run_visit(client, pool_name, flows_dir, "two", {})
+    assert os.getpid() not in (first["ppid"], second["ppid"])
+    assert (first["ppid"] != second["ppid"]) is replaced
 
 
 async def test_runs_start_cold_when_no_zygote_can_be_had(

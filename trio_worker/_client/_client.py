@@ -165,6 +165,10 @@ class PrefectClient:
             requests in flight at once (a task worker at a high limit) wants
             about one each: requests queued for a connection cost the pool far
             more CPU than an idle connection does.
+        ssl_context: a context already built from these settings' TLS fields
+            (:func:`~trio_worker._client._tls.create_ssl_context`), used for an
+            https URL instead of building one: loading the CA bundle costs tens
+            of ms, which a warm-started engine run should not pay.
         transport: the innermost transport, below retries and CSRF; tests pass
             an ``httpx.MockTransport`` standing in for another host (a Prefect
             server). Default: a pooled HTTP transport.
@@ -181,6 +185,7 @@ class PrefectClient:
         settings: Settings | None = None,
         backoff_seconds: float = 1.0,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        ssl_context: ssl.SSLContext | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if not api_url.startswith(("http://", "https://")):
@@ -192,9 +197,9 @@ class PrefectClient:
         self.settings = settings or Settings()
         #: The one context that verifies the API for REST and for every
         #: websocket opened on behalf of this client (None for plain http).
-        self.ssl_context: ssl.SSLContext | None = (
-            create_ssl_context(self.settings) if api_url.startswith("https://") else None
-        )
+        self.ssl_context: ssl.SSLContext | None = None
+        if api_url.startswith("https://"):
+            self.ssl_context = ssl_context or create_ssl_context(self.settings)
         self._backoff_seconds = backoff_seconds
         self._max_connections = max_connections
         self._transport = transport

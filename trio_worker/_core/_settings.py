@@ -339,6 +339,14 @@ class Settings:
             "Forks after which the warm-start zygote is replaced by a fresh one.",
         ),
     )
+    warm_start_max_growth_mb: float = attrs.field(
+        default=50.0,
+        metadata=env_metadata(
+            "TRIO_WORKER_WARM_START_MAX_GROWTH_MB",
+            "Growth of the warm-start zygote's resident memory (MB, since it was ready) after "
+            "which it is replaced by a fresh one.",
+        ),
+    )
 
     def __repr__(self) -> str:
         # Secrets never reach a repr, a log line or a traceback.
@@ -403,6 +411,7 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "warm_start": parse_bool,
     "preload": parse_module_list,
     "warm_start_max_forks": parse_positive_int,
+    "warm_start_max_growth_mb": parse_positive_float,
     "server_db_path": parse_optional_str,
     "task_storage_path": parse_optional_str,
     "results_storage_path": parse_optional_str,

@@ -42,6 +42,7 @@ import importlib.util
 import inspect
 import logging
 import os
+import ssl
 import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -73,6 +74,7 @@ __all__ = [
     "load_entrypoint",
     "main",
     "prefect_engine_argv",
+    "prefect_engine_env",
 ]
 
 FLOW_RUN_ID_ENV: Final = "PREFECT__FLOW_RUN_ID"
@@ -379,13 +381,13 @@ async def _fail_to_load(client: PrefectClient, run: FlowRun, message: str) -> in
 
 
 async def _run(
-    api_url: str,
+    client: PrefectClient,
     settings: Settings,
     flow_run_id: uuid.UUID,
     handler: APILogHandler,
     end_output: Callable[[], None],
 ) -> int | _Handover:
-    async with PrefectClient(api_url, settings=settings) as client:
+    async with client:
         shipper = LogShipper(handler.buffer, client)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(shipper.serve)  # its last flush runs when it is cancelled
@@ -420,11 +422,16 @@ def _exec_prefect_engine(flow_run_id: uuid.UUID, environ: Mapping[str, str]) -> 
     argv = prefect_engine_argv()
     sys.stdout.flush()
     sys.stderr.flush()
+    os.execve(argv[0], argv, prefect_engine_env(flow_run_id, environ))
+
+
+def prefect_engine_env(flow_run_id: uuid.UUID, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment Prefect's engine runs a handed-over flow run with (exec'd or warm)."""
     env = {**environ, FLOW_RUN_ID_ENV: str(flow_run_id)}
     # Prefect's engine heartbeats every 180 s by default, too seldom for the
     # embedded API's dead-run rule (90 s); ask it for 30 s (its minimum) unless set.
     env.setdefault(HEARTBEAT_FREQUENCY_ENV, str(PREFECT_MIN_HEARTBEAT_SECONDS))
-    os.execve(argv[0], argv, env)
+    return env
 
 
 def main(
@@ -432,6 +439,7 @@ def main(
     environ: Mapping[str, str] | None = None,
     *,
     handover: Callable[[uuid.UUID], int] | None = None,
+    ssl_context_for: Callable[[Settings], ssl.SSLContext | None] | None = None,
 ) -> int:
     """Run the flow run named by argv[0] or ``PREFECT__FLOW_RUN_ID``; return the exit code.
 
@@ -441,6 +449,9 @@ def main(
         handover: runs a Prefect flow's run in this process instead of
             exec-ing ``python -m prefect.engine`` (the warm-start zygote's
             children, which have Prefect imported already); returns the exit code.
+        ssl_context_for: an SSL context already built for these settings, if
+            any (the warm-start zygote's), so that an https API's CA bundle is
+            not loaded again for each run.
 
     Returns:
         0 when the run reached a final state (COMPLETED or FAILED) or another
@@ -456,13 +467,15 @@ def main(
             raise ConfigurationError(
                 "PREFECT_API_URL is not set; the engine needs the API that holds the flow run"
             )
-        PrefectClient(settings.api_url, settings=settings)  # validates the URL early
+        prepared = ssl_context_for(settings) if ssl_context_for is not None else None
+        # Made here, outside the loop, so that a bad URL or CA bundle is reported early.
+        client = PrefectClient(settings.api_url, settings=settings, ssl_context=prepared)
     except ConfigurationError as exc:
         print(f"trio_worker.engine: {exc}", file=sys.stderr)
         return 1
     handler = APILogHandler(flow_run_id, capacity=settings.log_buffer_lines)
     with logging_to_api(handler) as end_output:
-        outcome = trio.run(_run, settings.api_url, settings, flow_run_id, handler, end_output)
+        outcome = trio.run(_run, client, settings, flow_run_id, handler, end_output)
     if isinstance(outcome, _Handover):
         if handover is not None:
             return handover(outcome.flow_run_id)

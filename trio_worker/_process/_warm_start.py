@@ -10,8 +10,11 @@ pid of the forked child, then its exit status (the zygote is its parent and
 reaps it).
 
 The first zygote starts with the first engine run (which waits for it about
-as long as a cold start takes). It is replaced when it dies, after ``max_forks`` forks, or when its
-resident memory has grown by more than ``max_rss_growth_mb``; a retired
+as long as a cold start takes). It is replaced when it dies, after ``max_forks``
+forks, when its resident memory has grown by more than ``max_rss_growth_mb``,
+or, checked before each fork, when what it was made from has changed (the
+preload list, the worker's environment, the interpreter, or the source file of
+any module it imported: :mod:`trio_worker._process._zygote_image`); a retired
 zygote keeps serving the exits of its children and closes when the last one
 has exited. When no zygote can be had (it fails to start, or dies while
 forking), :meth:`spawn` returns ``None`` and the caller starts the run cold.
@@ -38,6 +41,13 @@ import trio
 
 from trio_worker._process._group import signal_process_group
 from trio_worker._process._zygote import MAX_MESSAGE_BYTES
+from trio_worker._process._zygote_handle import WarmChild, Zygote, close_zygote, receive
+from trio_worker._process._zygote_image import (
+    ImageCheck,
+    ZygoteImage,
+    environ_digest,
+    executable_identity,
+)
 
 __all__ = ["WarmChild", "WarmStarter", "open_warm_starter"]
 
@@ -51,68 +61,8 @@ MAX_FAILED_STARTS: Final = 3
 WAIT_FOR_READY_SECONDS: Final = 30.0
 #: How long the zygote may take to answer a spawn request.
 SPAWN_ANSWER_SECONDS: Final = 10.0
-_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
 #: The zygote's module, run as ``python -m`` (imports nothing of the worker's).
 _ZYGOTE_MODULE: Final = "trio_worker._process._zygote"
-
-
-@attrs.define(eq=False)
-class WarmChild:
-    """A run's process forked by a zygote: not our child, so its exit comes as a message.
-
-    Attributes:
-        pid: the child's pid, leader of its own session and process group.
-        returncode: its exit status once known (negative: killed by that
-            signal); ``None`` while it runs, or when its zygote died first.
-    """
-
-    pid: int
-    returncode: int | None = None
-    _exited: trio.Event = attrs.field(factory=trio.Event)
-
-    async def wait(self) -> int | None:
-        """Wait until the child has exited (or its exit can no longer be known)."""
-        await self._exited.wait()
-        return self.returncode
-
-    def _exit(self, returncode: int | None) -> None:
-        if not self._exited.is_set():
-            self.returncode = returncode
-            self._exited.set()
-
-
-@attrs.define(eq=False)
-class _Zygote:
-    """One zygote process, its socket and the runs it forked."""
-
-    process: trio.Process
-    sock: trio.socket.SocketType
-    send_lock: trio.Lock = attrs.field(factory=trio.Lock)
-    pending: dict[int, tuple[trio.Event, list[dict[str, Any]]]] = attrs.field(factory=dict)
-    #: The forked runs still alive, by request id.
-    children: dict[int, WarmChild] = attrs.field(factory=dict)
-    forks: int = 0
-    rss_at_ready: int = 0
-    alive: bool = True
-    retired: bool = False
-    idle: trio.Event = attrs.field(factory=trio.Event)
-
-    def rss_bytes(self) -> int:
-        try:
-            with open(f"/proc/{self.process.pid}/statm", encoding="ascii") as statm:
-                return int(statm.read().split()[1]) * _PAGE_SIZE
-        except (OSError, ValueError, IndexError):
-            return 0
-
-    def lost(self) -> None:
-        """The zygote is gone: fail its pending requests; its children's exits are unknown."""
-        self.alive = False
-        for event, _answer in self.pending.values():
-            event.set()
-        for child in self.children.values():
-            child._exit(None)
-        self.children.clear()
-        self.idle.set()
 
 
 @attrs.define(eq=False)
@@ -120,7 +70,8 @@ class WarmStarter:
     """Keeps a zygote ready and forks engine runs from it.
 
     Attributes:
-        preload: extra modules the zygote imports.
+        preload: extra modules the zygote imports; a change takes effect at
+            the next fork (the zygote is replaced).
         max_forks: forks after which the zygote is replaced by a fresh one.
         max_rss_growth_mb: resident-memory growth after which it is replaced.
     """
@@ -129,7 +80,7 @@ class WarmStarter:
     max_forks: int = 1000
     max_rss_growth_mb: float = 50.0
     _nursery: trio.Nursery | None = None
-    _current: _Zygote | None = None
+    _current: Zygote | None = None
     _ready: trio.Event = attrs.field(factory=trio.Event)
     _wanted: trio.Event = attrs.field(factory=trio.Event)
     _requested: trio.Event = attrs.field(factory=trio.Event)
@@ -188,11 +139,16 @@ class WarmStarter:
             logger.warning("Could not start the warm-start zygote: %s", exc)
             task_status.started(False)
             return
+        image = ZygoteImage(
+            preload=tuple(self.preload),
+            environ=environ_digest(os.environ),
+            executable=executable_identity(),
+        )
         try:
             command = [
                 sys.executable,
                 "-m",
-                "trio_worker._process._zygote",
+                _ZYGOTE_MODULE,
                 str(zygote_end.fileno()),
             ]
             if self.preload:
@@ -211,7 +167,11 @@ class WarmStarter:
             return
         zygote_end.close()
         self.started += 1
-        zygote = _Zygote(process=process, sock=trio.socket.from_stdlib_socket(worker_end))
+        zygote = Zygote(
+            process=process,
+            sock=trio.socket.from_stdlib_socket(worker_end),
+            check=ImageCheck(image),
+        )
         try:
             with zygote.sock:
                 ready = await self._read_ready(zygote)
@@ -229,27 +189,32 @@ class WarmStarter:
                 self._ready = trio.Event()
                 self._wanted.set()
             with trio.CancelScope(shield=True):
-                await _close(process)
+                await close_zygote(process)
 
-    async def _read_ready(self, zygote: _Zygote) -> bool:
+    async def _read_ready(self, zygote: Zygote) -> bool:
+        sources: list[object] = []
         with trio.move_on_after(READY_TIMEOUT_SECONDS):
-            message = await _receive(zygote.sock)
+            message = await receive(zygote.sock)
+            while message is not None and message.get("op") == "sources":
+                sources.extend(message.get("files", ()))
+                message = await receive(zygote.sock)
             if message is None or message.get("op") != "ready":
                 logger.warning("The warm-start zygote exited before it was ready")
                 return False
             for problem in message.get("problems", ()):
                 logger.warning("The warm-start zygote could not preload %s", problem)
             zygote.rss_at_ready = zygote.rss_bytes()
+            zygote.check = ImageCheck(zygote.check.image.with_sources(sources))
             return True
         logger.warning("The warm-start zygote was not ready within %.0f s", READY_TIMEOUT_SECONDS)
         return False
 
-    async def _read(self, zygote: _Zygote) -> None:
+    async def _read(self, zygote: Zygote) -> None:
         """Dispatch the zygote's messages until it exits or, retired, has no children."""
         while True:
             if zygote.retired and not zygote.children and not zygote.pending:
                 return
-            message = await _receive(zygote.sock)
+            message = await receive(zygote.sock)
             if message is None:
                 if not zygote.retired:
                     logger.warning(
@@ -281,7 +246,7 @@ class WarmStarter:
             elif op == "exited" and request_id in zygote.children:
                 zygote.children.pop(request_id)._exit(int(message["returncode"]))
 
-    def _retire_if_worn(self, zygote: _Zygote) -> None:
+    def _retire_if_worn(self, zygote: Zygote) -> None:
         growth = (zygote.rss_bytes() - zygote.rss_at_ready) / (1024 * 1024)
         if zygote.forks >= self.max_forks or growth > self.max_rss_growth_mb:
             logger.info(
@@ -292,7 +257,7 @@ class WarmStarter:
             )
             self._retire(zygote)
 
-    def _retire(self, zygote: _Zygote) -> None:
+    def _retire(self, zygote: Zygote) -> None:
         """Fork no more runs from ``zygote``; it ends once its children have."""
         zygote.retired = True
         if self._current is zygote:
@@ -303,6 +268,28 @@ class WarmStarter:
             # Wake its reader so that it closes (the socket may be gone already).
             with contextlib.suppress(OSError):
                 zygote.sock.shutdown(socket.SHUT_WR)
+
+    async def _current_zygote(self) -> Zygote | None:
+        """A ready zygote made from what is on disk now; ``None`` after waiting too long."""
+        if self._unavailable:
+            return None
+        self._requested.set()
+        with trio.move_on_after(WAIT_FOR_READY_SECONDS):
+            while True:
+                await self._ready.wait()
+                zygote = self._current
+                if zygote is None or not zygote.alive:
+                    break
+                reason = await zygote.check.changed(self.preload)
+                if reason is None:
+                    return zygote
+                if self._current is zygote:
+                    logger.info(
+                        "Replacing the warm-start zygote (pid %d): %s", zygote.process.pid, reason
+                    )
+                    self._retire(zygote)
+        logger.info("No warm-start zygote is ready; starting the run cold")
+        return None
 
     async def spawn(
         self,
@@ -317,14 +304,8 @@ class WarmStarter:
 
         Waits for the zygote to be ready when it is (re)starting.
         """
-        if self._unavailable:
-            return None
-        self._requested.set()
-        with trio.move_on_after(WAIT_FOR_READY_SECONDS):
-            await self._ready.wait()
-        zygote = self._current
-        if zygote is None or not zygote.alive:
-            logger.info("No warm-start zygote is ready; starting the run cold")
+        zygote = await self._current_zygote()
+        if zygote is None:
             return None
         request_id = next(self._ids)
         body = json.dumps(
@@ -381,29 +362,6 @@ class WarmStarter:
             task_status.started()
             await self._keep_one()
             await trio.sleep_forever()
-
-
-async def _receive(sock: trio.socket.SocketType) -> dict[str, Any] | None:
-    """One message, or None once the peer has closed."""
-    try:
-        data = await sock.recv(MAX_MESSAGE_BYTES)
-    except OSError:
-        return None
-    if not data:
-        return None
-    message: dict[str, Any] = json.loads(data)
-    return message
-
-
-async def _close(process: trio.Process) -> None:
-    """Stop and reap a zygote whose socket has closed.
-
-    SIGKILL at once: it runs no user code and holds nothing to flush, and one
-    still importing would otherwise only notice the closed socket once done.
-    Its children, if any are left, live on as a cold start's would.
-    """
-    process.kill()
-    await process.wait()
 
 
 @asynccontextmanager

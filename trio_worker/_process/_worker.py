@@ -110,7 +110,9 @@ class ProcessWorker(BaseWorker[ProcessJobConfiguration, ProcessVariables]):
             if self.settings.warm_start:
                 self.warm_starter = await stack.enter_async_context(
                     open_warm_starter(
-                        self.settings.preload, max_forks=self.settings.warm_start_max_forks
+                        self.settings.preload,
+                        max_forks=self.settings.warm_start_max_forks,
+                        max_rss_growth_mb=self.settings.warm_start_max_growth_mb,
                     )
                 )
             await super().__aenter__()

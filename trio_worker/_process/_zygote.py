@@ -2,7 +2,10 @@
 
 Started by the worker (``python -m trio_worker._process._zygote FD [module,...]``, see
 :mod:`trio_worker._process._warm_start`), it imports the engine, trio_worker's client
-and models, Prefect when importable and the operator's ``--preload`` modules,
+and models, Prefect when importable and the operator's ``--preload`` modules, and
+does once what each run would otherwise do itself
+(:mod:`trio_worker._process._zygote_prepare`); it reports the source files it
+imported (``sources``, so that the worker can tell when they change on disk),
 says ``ready`` on the unix socket ``FD`` and then serves one request at a time:
 
 - ``spawn`` (with the run's stdin, stdout and stderr as SCM_RIGHTS fds): fork a
@@ -35,7 +38,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import gc
-import importlib
 import json
 import os
 import resource
@@ -51,41 +53,25 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, Final
 
+from trio_worker._process import _zygote_prepare as zygote_prepare
+from trio_worker._process._zygote_prepare import SslContextFor
+
 __all__ = ["MAX_MESSAGE_BYTES", "main"]
 
 #: The largest message (a run's environment is most of it).
 MAX_MESSAGE_BYTES: Final = 1 << 20
-#: Modules imported before any request: the engine and what it imports.
-BASE_MODULES: Final = (
-    "trio_worker._engine._run",
-    "trio_worker._client._client",
-    "trio_worker.models",
-)
-#: Imported when installed, so a Prefect ``@flow`` does not pay for it per run.
-OPTIONAL_MODULES: Final = ("prefect", "prefect.engine")
+#: Source files reported per message before ``ready`` (a SOCK_SEQPACKET message must fit
+#: in the socket's buffer).
+SOURCES_PER_MESSAGE: Final = 400
 
 
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
     sock.send(json.dumps(message).encode())
 
 
-def _preload(modules: Sequence[str]) -> list[str]:
-    """Import ``modules``; return one line per module that failed (the zygote still serves)."""
-    for name in BASE_MODULES:
-        importlib.import_module(name)
-    problems = []
-    for name in [*OPTIONAL_MODULES, *modules]:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            if name not in OPTIONAL_MODULES:
-                problems.append(f"{name}: {exc}")
-        except Exception as exc:  # a broken module must not stop warm starts
-            problems.append(f"{name}: {type(exc).__name__}: {exc}")
-    return problems
-
-
-def _child(request: dict[str, Any], fds: list[int], closing: Sequence[int]) -> int:
+def _child(
+    request: dict[str, Any], fds: list[int], closing: Sequence[int], ssl_for: SslContextFor
+) -> int:
     """In the forked child: become the run's process and run the engine; return the exit code."""
     os.setsid()
     signal.set_wakeup_fd(-1)
@@ -110,12 +96,13 @@ def _child(request: dict[str, Any], fds: list[int], closing: Sequence[int]) -> i
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 - lives as long as the process
     sys.stdout = open(1, "w", buffering=1 if os.isatty(1) else -1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    from trio_worker._engine._run import FLOW_RUN_ID_ENV
     from trio_worker._engine._run import main as engine_main
+    from trio_worker._engine._run import prefect_engine_env
 
     def prefect_here(flow_run_id: uuid.UUID) -> int:
         """Run Prefect's engine in this process, on the Prefect the zygote imported."""
-        os.environ[FLOW_RUN_ID_ENV] = str(flow_run_id)
+        # The environment a cold start's exec of Prefect's engine gets.
+        os.environ.update(prefect_engine_env(flow_run_id, os.environ))
         # Prefect read its settings from the zygote's environment at import.
         prefect_context = sys.modules.get("prefect.context")
         refresh = getattr(prefect_context, "refresh_global_settings_context", None)
@@ -132,10 +119,12 @@ def _child(request: dict[str, Any], fds: list[int], closing: Sequence[int]) -> i
             runpy.run_module("prefect.engine", run_name="__main__")
         return 0
 
-    return engine_main([], os.environ, handover=prefect_here)
+    return engine_main([], os.environ, handover=prefect_here, ssl_context_for=ssl_for)
 
 
-def _fork(request: dict[str, Any], fds: list[int], closing: Sequence[int]) -> int:
+def _fork(
+    request: dict[str, Any], fds: list[int], closing: Sequence[int], ssl_for: SslContextFor
+) -> int:
     """Fork the run's process; return its pid. The fds are closed here in the parent."""
     try:
         pid = os.fork()
@@ -146,7 +135,7 @@ def _fork(request: dict[str, Any], fds: list[int], closing: Sequence[int]) -> in
     if pid == 0:
         code = 1
         try:
-            code = _child(request, fds, closing)
+            code = _child(request, fds, closing, ssl_for)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except BaseException:
@@ -191,7 +180,9 @@ def _reap(sock: socket.socket, children: dict[int, int]) -> None:
             _send(sock, {"op": "exited", "id": request_id, "pid": pid, "returncode": code})
 
 
-def _handle(sock: socket.socket, closing: Sequence[int], children: dict[int, int]) -> bool:
+def _handle(
+    sock: socket.socket, closing: Sequence[int], children: dict[int, int], ssl_for: SslContextFor
+) -> bool:
     """Serve one request; False when the worker has gone."""
     try:
         data, fds, _flags, _address = socket.recv_fds(sock, MAX_MESSAGE_BYTES, 3)
@@ -213,7 +204,7 @@ def _handle(sock: socket.socket, closing: Sequence[int], children: dict[int, int
         _send(sock, {"op": "failed", "id": request_id, "error": error})
         return True
     try:
-        pid = _fork(request, list(fds), closing)
+        pid = _fork(request, list(fds), closing, ssl_for)
     except OSError as exc:
         _send(sock, {"op": "failed", "id": request_id, "error": f"fork: {exc.strerror}"})
         return True
@@ -225,7 +216,9 @@ def _handle(sock: socket.socket, closing: Sequence[int], children: dict[int, int
 def serve(sock: socket.socket, preload: Sequence[str]) -> None:
     """Import, say ready, and fork on request until the worker closes its end."""
     sock.set_inheritable(False)
-    problems = _preload(preload)
+    problems = zygote_prepare.preload(preload)
+    zygote_prepare.prepare_converter()
+    ssl_for, ssl_files = zygote_prepare.prepare_ssl_context()
     # Move everything imported so far out of the collector's reach: a child's
     # collections would otherwise write to (and so copy) every shared page
     # that holds an object header.
@@ -238,6 +231,9 @@ def serve(sock: socket.socket, preload: Sequence[str]) -> None:
     # A handler (not SIG_DFL) so that SIGCHLD writes to the wake-up fd.
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     children: dict[int, int] = {}
+    sources = zygote_prepare.sources(ssl_files)
+    for start in range(0, len(sources), SOURCES_PER_MESSAGE):
+        _send(sock, {"op": "sources", "files": sources[start : start + SOURCES_PER_MESSAGE]})
     _send(sock, {"op": "ready", "pid": os.getpid(), "problems": problems})
     with selectors.DefaultSelector() as selector:
         selector.register(sock, selectors.EVENT_READ)
@@ -245,7 +241,8 @@ def serve(sock: socket.socket, preload: Sequence[str]) -> None:
         while True:
             for key, _events in selector.select():
                 if key.fileobj is sock:
-                    if not _handle(sock, (sock.fileno(), read_end, write_end), children):
+                    closing = (sock.fileno(), read_end, write_end)
+                    if not _handle(sock, closing, children, ssl_for):
                         return
                 else:
                     os.read(read_end, 4096)
