@@ -8,7 +8,10 @@ For each entry of the run record (``_run_records.py``):
   unknown" (we are not its parent, so we cannot read its exit status) — or,
   with ``reconcile="kill"``, kill the group and report the run CRASHED;
 - its process is gone: a run still not final is CRASHED "worker died; process
-  no longer exists".
+  no longer exists";
+- no process was recorded yet (the worker died between its claim and its
+  process): see ``_claims.py``, which reschedules, crashes or hands back a
+  live process to adopt.
 
 A pid is only ours if its start time matches the record: a reused pid is
 never signalled. A run the API now records on other infrastructure (retried
@@ -27,6 +30,7 @@ import trio
 
 from trio_worker._core._exceptions import APIError
 from trio_worker._core._models import FlowRun, State, StateType
+from trio_worker._process._claims import settle_claim
 from trio_worker._process._group import group_is_alive, kill_process_group, process_start_time
 from trio_worker._process._run_records import RunRecord
 from trio_worker._worker._base import InFlightRun
@@ -58,6 +62,8 @@ KILLED_MESSAGE: Final = (
 
 def still_ours(record: RunRecord) -> bool:
     """Whether the recorded process group still exists and was not reused."""
+    if record.pid is None:
+        return False
     ticks = process_start_time(record.pid)
     if ticks is not None:
         # The leader exists: it is ours only if it started when we recorded.
@@ -66,20 +72,30 @@ def still_ours(record: RunRecord) -> bool:
     return group_is_alive(record.pid)
 
 
+def _pid(record: RunRecord) -> int:
+    """The pid of a ``started`` record (every record past ``settle_claim`` has one)."""
+    assert record.pid is not None
+    return record.pid
+
+
 async def reconcile_process_runs(worker: ProcessWorker) -> None:
     """Reconcile every recorded run of ``worker``'s name (see the module docstring)."""
     records = await worker.run_records.load()
-    for record in records:
+    for found in records:
+        record = found if found.pid is not None else await settle_claim(worker, found)
+        if record is None:
+            continue
         run_id = uuid.UUID(record.flow_run_id)
         if not still_ours(record):
             message = GONE_MESSAGE.format(name=worker.name)
-            await _crash_if_unfinished(worker, run_id, message, pid=record.pid)
+            await _crash_if_unfinished(worker, run_id, message, pid=_pid(record))
             await worker.run_records.remove(record.flow_run_id)
         elif worker.reconcile == "kill":
-            logger.warning("Killing leftover process group %d of flow run '%s'", record.pid, run_id)
-            await kill_process_group(record.pid, grace_seconds=worker.cancel_grace_seconds)
+            pid = _pid(record)
+            logger.warning("Killing leftover process group %d of flow run '%s'", pid, run_id)
+            await kill_process_group(_pid(record), grace_seconds=worker.cancel_grace_seconds)
             message = KILLED_MESSAGE.format(name=worker.name)
-            await _crash_if_unfinished(worker, run_id, message, pid=record.pid)
+            await _crash_if_unfinished(worker, run_id, message, pid=_pid(record))
             await worker.run_records.remove(record.flow_run_id)
         else:
             await _adopt(worker, record, run_id)
@@ -121,11 +137,11 @@ async def _adopt(worker: ProcessWorker, record: RunRecord, run_id: uuid.UUID) ->
     except APIError as exc:
         logger.warning("Could not read flow run '%s' to adopt it: %s", run_id, exc)
         return
-    if not _still_runs_there(flow_run, record.pid):
+    if not _still_runs_there(flow_run, _pid(record)):
         logger.warning(
             "Process group %d of flow run '%s' runs on, but the run moved on to other "
             "infrastructure; leaving the process alone",
-            record.pid,
+            _pid(record),
             run_id,
         )
         await worker.run_records.remove(record.flow_run_id)
@@ -139,7 +155,7 @@ async def _adopt(worker: ProcessWorker, record: RunRecord, run_id: uuid.UUID) ->
     except trio.WouldBlock:
         borrowed = False
     tracked = InFlightRun(
-        flow_run=flow_run, owned=True, infrastructure_pid=format_infrastructure_pid(record.pid)
+        flow_run=flow_run, owned=True, infrastructure_pid=format_infrastructure_pid(_pid(record))
     )
     worker._track(tracked)
     worker.runs_nursery.start_soon(_watch_adopted, worker, tracked, record, borrowed)
@@ -158,7 +174,7 @@ async def _watch_adopted(
                 if tracked.cancel_scope.cancel_called:
                     with trio.CancelScope(shield=True):
                         await kill_process_group(
-                            record.pid, grace_seconds=worker.cancel_grace_seconds
+                            _pid(record), grace_seconds=worker.cancel_grace_seconds
                         )
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + REPORT_TIMEOUT_SECONDS
@@ -166,7 +182,7 @@ async def _watch_adopted(
                 await report_cancelled(worker, tracked)
             else:
                 message = UNKNOWN_EXIT_MESSAGE.format(name=worker.name)
-                await _crash_if_unfinished(worker, run_id, message, pid=record.pid)
+                await _crash_if_unfinished(worker, run_id, message, pid=_pid(record))
             await worker.run_records.remove(record.flow_run_id)
     finally:
         worker._untrack(run_id, release=borrowed)

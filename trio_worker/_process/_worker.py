@@ -22,14 +22,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+import uuid
 from types import TracebackType
 from typing import Any, Final, Self
 
 import trio
 
 from trio_worker._core._exceptions import InfrastructureError
-from trio_worker._core._models import FlowRun, now
+from trio_worker._core._models import FlowRun, State, now
 from trio_worker._core._settings import parse_bool
+from trio_worker._process._claims import record_claim, record_starting
 from trio_worker._process._config import ProcessJobConfiguration, ProcessVariables
 from trio_worker._process._group import (
     kill_process_group,
@@ -99,6 +101,14 @@ class ProcessWorker(BaseWorker):
         from trio_worker._process._reconcile import reconcile_process_runs
 
         await reconcile_process_runs(self)
+
+    async def record_claim(self, flow_run_id: uuid.UUID, pending: State) -> None:
+        """Record the claim in the run records before PENDING is proposed (``_claims.py``)."""
+        await record_claim(self.run_records, flow_run_id, pending)
+
+    async def forget_claim(self, flow_run_id: uuid.UUID) -> None:
+        """Drop a run's record left by a path that never reached its process's end."""
+        await self.run_records.remove(str(flow_run_id))
 
     def default_command(self) -> str:
         """Run trio-worker's engine with the worker's own interpreter."""
@@ -176,6 +186,9 @@ class ProcessWorker(BaseWorker):
         tracked = self.in_flight.get(flow_run.id)
         memory_limit_mb = tracked.memory_limit_mb if tracked is not None else None
         limit_bytes = None if memory_limit_mb is None else effective_limit(memory_limit_mb)
+        # A restart after a death from here on cannot tell whether the process
+        # was spawned: the record says so (``_claims.py``).
+        await record_starting(self.run_records, flow_run.id)
         try:
             result = None
             # A memory ceiling starts cold: RLIMIT_AS counts the address space a

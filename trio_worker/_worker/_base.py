@@ -36,7 +36,7 @@ from trio_worker._client._log_shipping import APILogHandler, ship_logs
 from trio_worker._client._run_reads import RunReader
 from trio_worker._core._exceptions import ConfigurationError, ConflictError, NotFoundError
 from trio_worker._core._jobs import BaseJobConfiguration, BaseVariables, default_base_job_template
-from trio_worker._core._models import Deployment, Flow, FlowRun, WorkPool, now
+from trio_worker._core._models import Deployment, Flow, FlowRun, State, WorkPool, now
 from trio_worker._core._services import service_loop
 from trio_worker._core._settings import Settings
 from trio_worker._worker._events import EventEmitter
@@ -681,6 +681,17 @@ class BaseWorker:
         Called once at start, before the first poll. The base class keeps no
         record of what it started, so there is nothing to do.
         """
+
+    async def record_claim(self, flow_run_id: uuid.UUID, pending: State) -> None:
+        """Note, before ``pending`` is proposed, that this worker claims the run.
+
+        A backend that keeps records across restarts (the process worker)
+        writes one, so a restart after a death between the claim and the
+        process can settle the run. The base class keeps none.
+        """
+
+    async def forget_claim(self, flow_run_id: uuid.UUID) -> None:
+        """Drop the claim of a run this worker is done with (a no-op without one)."""
 
     def base_env(self) -> dict[str, str]:
         """Return the env a run's infrastructure needs to reach the API (lowest layer)."""

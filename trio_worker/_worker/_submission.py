@@ -103,6 +103,8 @@ async def submit_flow_run(worker: BaseWorker, flow_run: FlowRun) -> None:
                     scope.deadline = trio.current_time() + REPORT_TIMEOUT_SECONDS
                     await _report_end(worker, tracked, failure=failure, interrupted=interrupted)
         finally:
+            with trio.CancelScope(shield=True):
+                await worker.forget_claim(flow_run.id)
             worker._untrack(flow_run.id)
 
 
@@ -166,6 +168,7 @@ async def _submit(worker: BaseWorker, tracked: InFlightRun) -> None:
     with trio.CancelScope(shield=True) as scope:
         scope.deadline = trio.current_time() + CLAIM_PATIENCE_SECONDS
         pending = State.of(StateType.PENDING)
+        await worker.record_claim(flow_run.id, pending)
         verdict = await until_answered(
             functools.partial(client.set_flow_run_state, flow_run.id, pending),
             what=f"propose PENDING for flow run '{flow_run.id}'",

@@ -1,0 +1,191 @@
+"""Claims: runs a process worker proposed PENDING for, recorded before the proposal.
+
+A worker SIGKILLed between its PENDING proposal and the run record of the
+process it then starts left the run PENDING for good: nothing on the server
+ends a PENDING run, and the restarted worker had no record of it. Measured
+with ``benchmarks/bench_fleet.py --scenarios kill``: 5 of 300 runs left
+PENDING after two of four workers were killed mid-way.
+
+So the run record (``_run_records.py``) starts before the proposal, in phase
+``claimed`` with the proposed state's ``transition_id``; the backend moves it
+to ``starting`` just before it spawns, and to ``started`` (with the pid) once
+the process exists. A restarted worker of the same name settles what it finds
+(:func:`settle_claim`):
+
+- ``claimed``, and the run's state is still that PENDING (same
+  ``transition_id``): nothing was started, so the run goes back to SCHEDULED
+  ("Rescheduled") and runs once, on whichever worker picks it up;
+- ``starting``: a process may have been spawned. One that is alive (found by
+  the API's ``infrastructure_pid`` or by its ``PREFECT__FLOW_RUN_ID`` among
+  this host's session leaders) is handed back as a ``started`` record to be
+  adopted like any other; with none alive, a run still not final is CRASHED
+  (it may have run: starting it again could run it twice);
+- anything else (the claim never landed, another worker has the run, it is
+  final): the record is dropped and the run left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid
+from typing import TYPE_CHECKING, Final
+
+from trio_worker._core._exceptions import APIError
+from trio_worker._core._models import FlowRun, State, StateType, now
+from trio_worker._process._group import process_env_value, process_start_time
+from trio_worker._process._run_records import CLAIMED, STARTED, STARTING, RunRecord, RunRecords
+
+if TYPE_CHECKING:
+    from trio_worker._process._worker import ProcessWorker
+
+__all__ = ["find_run_process", "record_claim", "record_starting", "settle_claim"]
+
+logger = logging.getLogger("trio_worker.reconcile")
+
+RESCHEDULED_MESSAGE: Final = (
+    "Worker {name!r} died after claiming the run and before starting it; rescheduled."
+)
+UNKNOWN_START_MESSAGE: Final = (
+    "Worker {name!r} died while starting the run's process; no such process is alive, "
+    "so whether the run ran is unknown (it is not started again)."
+)
+RUN_ID_ENV: Final = "PREFECT__FLOW_RUN_ID"
+
+
+async def record_claim(records: RunRecords, flow_run_id: uuid.UUID, pending: State) -> None:
+    """Record, before ``pending`` is proposed, that this worker is claiming the run."""
+    transition = pending.state_details.transition_id
+    record = RunRecord(
+        flow_run_id=str(flow_run_id),
+        pid=None,
+        start_ticks=None,
+        started_at=now().isoformat(),
+        phase=CLAIMED,
+        transition_id=None if transition is None else str(transition),
+    )
+    await records.add(record)
+
+
+async def record_starting(records: RunRecords, flow_run_id: uuid.UUID) -> None:
+    """Record that the run's process is about to be spawned (its pid not known yet)."""
+    record = RunRecord(
+        flow_run_id=str(flow_run_id),
+        pid=None,
+        start_ticks=None,
+        started_at=now().isoformat(),
+        phase=STARTING,
+    )
+    await records.add(record)
+
+
+def find_run_process(flow_run_id: uuid.UUID, hint: int | None = None) -> int | None:
+    """The pid of a live session leader of this host that carries the run's id, if any.
+
+    ``hint`` (the pid the API records) is looked at first; otherwise every
+    process readable here is. Only a process whose environment names the run
+    counts, so a reused pid is never taken for the run's.
+    """
+    wanted = str(flow_run_id)
+    candidates: list[int] = [] if hint is None else [hint]
+    with contextlib.suppress(OSError):  # no /proc: only the hint can be checked
+        candidates += [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    for pid in candidates:
+        if pid == os.getpid():
+            continue
+        try:
+            if os.getsid(pid) != pid:
+                continue
+        except OSError:
+            continue
+        if process_env_value(pid, RUN_ID_ENV) == wanted:
+            return pid
+    return None
+
+
+def _claim_stands(flow_run: FlowRun, record: RunRecord) -> bool:
+    """Whether the run's state is still the PENDING this worker proposed."""
+    state = flow_run.state
+    if state is None or state.type is not StateType.PENDING or record.transition_id is None:
+        return False
+    return str(state.state_details.transition_id) == record.transition_id
+
+
+async def settle_claim(worker: ProcessWorker, record: RunRecord) -> RunRecord | None:
+    """Settle a ``claimed`` or ``starting`` record an earlier worker of this name left.
+
+    Returns:
+        A ``started`` record for a live process of the run, to be adopted (or
+        killed) like any recorded process; None when the claim is settled here.
+    """
+    from trio_worker._process._worker import parse_infrastructure_pid
+    from trio_worker._worker._submission import propose_final_state
+
+    run_id = uuid.UUID(record.flow_run_id)
+    try:
+        flow_run = await worker.client.read_flow_run(run_id)
+    except APIError as exc:
+        # Kept: the next start of this worker tries again.
+        logger.warning("Could not read flow run '%s' to settle its claim: %s", run_id, exc)
+        return None
+    state = flow_run.state
+    if record.phase == STARTING and state is not None and not state.is_final:
+        hint = None
+        if flow_run.infrastructure_pid:
+            try:
+                _, hint = parse_infrastructure_pid(flow_run.infrastructure_pid)
+            except ValueError:
+                hint = None
+        pid = find_run_process(run_id, hint)
+        if pid is not None:
+            started = RunRecord(
+                flow_run_id=record.flow_run_id,
+                pid=pid,
+                start_ticks=process_start_time(pid),
+                started_at=record.started_at,
+                phase=STARTED,
+                transition_id=record.transition_id,
+            )
+            await worker.run_records.add(started)
+            return started
+    if state is None or state.is_final:
+        pass
+    elif record.phase == CLAIMED and _claim_stands(flow_run, record):
+        message = RESCHEDULED_MESSAGE.format(name=worker.name)
+        logger.warning("Flow run '%s': %s", run_id, message)
+        rescheduled = State.of(StateType.SCHEDULED, message, name="Rescheduled")
+        await propose_final_state(worker, run_id, rescheduled, force=True)
+    elif record.phase == STARTING and (
+        _claim_stands(flow_run, record) or _started_here_and_gone(flow_run)
+    ):
+        message = UNKNOWN_START_MESSAGE.format(name=worker.name)
+        logger.warning("Flow run '%s': %s", run_id, message)
+        crashed = State.of(StateType.CRASHED, message)
+        await propose_final_state(worker, run_id, crashed, force=True)
+    else:
+        logger.info("Flow run '%s' is not this worker's claim any more; leaving it", run_id)
+    await worker.run_records.remove(record.flow_run_id)
+    return None
+
+
+def _started_here_and_gone(flow_run: FlowRun) -> bool:
+    """A RUNNING run whose recorded process is on this host (or not recorded) and gone.
+
+    The engine of a process spawned in the ``starting`` window reported
+    RUNNING before it died or was killed; :func:`settle_claim` found no live
+    process carrying the run's id.
+    """
+    from trio_worker._process._worker import parse_infrastructure_pid
+    from trio_worker._worker._base import HOSTNAME
+
+    state = flow_run.state
+    if state is None or state.type is not StateType.RUNNING:
+        return False
+    if not flow_run.infrastructure_pid:
+        return True
+    try:
+        host, _ = parse_infrastructure_pid(flow_run.infrastructure_pid)
+    except ValueError:
+        return False
+    return host == HOSTNAME
