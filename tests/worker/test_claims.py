@@ -26,7 +26,7 @@ from tests.worker.conftest import WorkerFactory
 from trio_worker._client._client import PrefectClient
 from trio_worker._core._models import State, StateType
 from trio_worker._process._claims import find_run_process
-from trio_worker._process._run_records import CLAIMED, STARTING, RunRecord, RunRecords
+from trio_worker._process._run_records import CLAIMED, EXITED, STARTING, RunRecord, RunRecords
 
 FINAL = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
 APPEND_LINE = "import sys; open(sys.argv[1], 'a').write('ran\\n')"
@@ -124,6 +124,10 @@ async def test_restart_crashes_a_run_whose_start_was_cut_short_and_leaves_others
     assert left.state.type is StateType.PENDING
 
 
+async def _found(run_id: uuid.UUID) -> int | None:
+    return find_run_process(run_id)
+
+
 async def _records_gone(state_dir: Path, name: str) -> bool:
     return await RunRecords(name, state_dir).load() == []
 
@@ -141,7 +145,9 @@ async def test_restart_adopts_a_process_started_in_the_window_found_by_its_run_i
         start_new_session=True,
     )
     try:
-        assert find_run_process(run.id) == orphan.pid
+        # Its environment is readable once its exec completes (just after the spawn returns).
+        found = await wait_for(lambda: _found(run.id), what="the process found by its run id")
+        assert found == orphan.pid
         records = RunRecords("finder", state_dir)
         await records.add(_record(run.id, STARTING, transition))
         async with running_worker(name="finder") as worker:
@@ -156,3 +162,29 @@ async def test_restart_adopts_a_process_started_in_the_window_found_by_its_run_i
         orphan.kill()
         await orphan.wait()
     assert not process_alive(orphan.pid)
+
+
+async def test_restart_reports_runs_whose_process_exited_before_the_report(
+    client: PrefectClient, running_worker: WorkerFactory, pool_name: str, state_dir: Path
+) -> None:
+    deployment = await make_deployment(client, pool_name, job_variables={"command": "true"})
+    ok = await client.create_flow_run_from_deployment(deployment.id)
+    failed = await client.create_flow_run_from_deployment(deployment.id)
+    records = RunRecords("reporter", state_dir)
+    for run, status in ((ok, 0), (failed, 3)):
+        transition = await _claim(client, run.id)
+        await records.add(
+            RunRecord(
+                str(run.id), 2**22 - 5, 1, "2026-01-01T00:00:00+00:00", EXITED, transition, status
+            )
+        )
+    async with running_worker(name="reporter"):
+        completed = await wait_for_state(client, ok.id, FINAL)
+        crashed = await wait_for_state(client, failed.id, FINAL)
+        await wait_for(lambda: _records_gone(state_dir, "reporter"), what="records dropped")
+    assert completed.state is not None
+    assert completed.state.type is StateType.COMPLETED
+    assert "died before reporting" in (completed.state.message or "")
+    assert crashed.state is not None
+    assert crashed.state.type is StateType.CRASHED
+    assert "status code 3" in (crashed.state.message or "")

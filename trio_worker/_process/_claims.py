@@ -22,6 +22,12 @@ the process exists. A restarted worker of the same name settles what it finds
   (it may have run: starting it again could run it twice);
 - anything else (the claim never landed, another worker has the run, it is
   final): the record is dropped and the run left alone.
+
+The record also outlives the process: it turns ``exited`` (with the exit
+status) and is dropped only once the run's end is reported. A worker killed
+in between (the same benchmark left 3 runs PENDING this way after the claims
+were recorded) is followed by a restart that reports it (:func:`settle_exited`):
+COMPLETED for status 0, CRASHED with the reason otherwise.
 """
 
 from __future__ import annotations
@@ -33,19 +39,38 @@ import uuid
 from typing import TYPE_CHECKING, Final
 
 from trio_worker._core._exceptions import APIError
+from trio_worker._core._exit_reasons import describe_exit
 from trio_worker._core._models import FlowRun, State, StateType, now
 from trio_worker._process._group import process_env_value, process_start_time
-from trio_worker._process._run_records import CLAIMED, STARTED, STARTING, RunRecord, RunRecords
+from trio_worker._process._run_records import (
+    CLAIMED,
+    EXITED,
+    STARTED,
+    STARTING,
+    RunRecord,
+    RunRecords,
+)
 
 if TYPE_CHECKING:
     from trio_worker._process._worker import ProcessWorker
 
-__all__ = ["find_run_process", "record_claim", "record_starting", "settle_claim"]
+__all__ = [
+    "find_run_process",
+    "record_claim",
+    "record_exited",
+    "record_starting",
+    "settle_claim",
+    "settle_exited",
+]
 
 logger = logging.getLogger("trio_worker.reconcile")
 
 RESCHEDULED_MESSAGE: Final = (
     "Worker {name!r} died after claiming the run and before starting it; rescheduled."
+)
+EXITED_MESSAGE: Final = (
+    "The flow run's process exited with status 0; worker {name!r} died before reporting "
+    "it, and its restart marked the run Completed."
 )
 UNKNOWN_START_MESSAGE: Final = (
     "Worker {name!r} died while starting the run's process; no such process is alive, "
@@ -78,6 +103,51 @@ async def record_starting(records: RunRecords, flow_run_id: uuid.UUID) -> None:
         phase=STARTING,
     )
     await records.add(record)
+
+
+async def record_exited(
+    records: RunRecords, flow_run_id: uuid.UUID, exit_status: int | None
+) -> None:
+    """Record that the run's process ended (its end is not reported yet)."""
+    earlier = records.get(str(flow_run_id))
+    if earlier is None:
+        return
+    await records.add(
+        RunRecord(
+            flow_run_id=earlier.flow_run_id,
+            pid=earlier.pid,
+            start_ticks=earlier.start_ticks,
+            started_at=earlier.started_at,
+            phase=EXITED,
+            exit_status=exit_status,
+        )
+    )
+
+
+async def settle_exited(worker: ProcessWorker, record: RunRecord) -> None:
+    """Report the end of a run whose process ended before its worker could report it."""
+    from trio_worker._process._reconcile import GONE_MESSAGE
+    from trio_worker._worker._submission import CANCELLED_MESSAGE, propose_final_state
+
+    run_id = uuid.UUID(record.flow_run_id)
+    try:
+        flow_run = await worker.client.read_flow_run(run_id)
+    except APIError as exc:
+        logger.warning("Could not read flow run '%s' to report its end: %s", run_id, exc)
+        return
+    state = flow_run.state
+    if state is not None and not state.is_final:
+        if state.type is StateType.CANCELLING:
+            final = State.of(StateType.CANCELLED, CANCELLED_MESSAGE)
+        elif record.exit_status == 0:
+            final = State.of(StateType.COMPLETED, EXITED_MESSAGE.format(name=worker.name))
+        elif record.exit_status is not None:
+            final = State.of(StateType.CRASHED, describe_exit(record.exit_status))
+        else:
+            final = State.of(StateType.CRASHED, GONE_MESSAGE.format(name=worker.name))
+        logger.warning("Flow run '%s': reporting %s after a restart", run_id, final.type.value)
+        await propose_final_state(worker, run_id, final)
+    await worker.run_records.remove(record.flow_run_id)
 
 
 def find_run_process(flow_run_id: uuid.UUID, hint: int | None = None) -> int | None:

@@ -11,7 +11,9 @@ For each entry of the run record (``_run_records.py``):
   no longer exists";
 - no process was recorded yet (the worker died between its claim and its
   process): see ``_claims.py``, which reschedules, crashes or hands back a
-  live process to adopt.
+  live process to adopt;
+- its process exited but the worker died before reporting the run's end:
+  ``_claims.py`` reports it from the recorded exit status.
 
 A pid is only ours if its start time matches the record: a reused pid is
 never signalled. A run the API now records on other infrastructure (retried
@@ -30,9 +32,9 @@ import trio
 
 from trio_worker._core._exceptions import APIError
 from trio_worker._core._models import FlowRun, State, StateType
-from trio_worker._process._claims import settle_claim
+from trio_worker._process._claims import settle_claim, settle_exited
 from trio_worker._process._group import group_is_alive, kill_process_group, process_start_time
-from trio_worker._process._run_records import RunRecord
+from trio_worker._process._run_records import EXITED, RunRecord
 from trio_worker._worker._base import InFlightRun
 from trio_worker._worker._submission import (
     REPORT_TIMEOUT_SECONDS,
@@ -82,6 +84,9 @@ async def reconcile_process_runs(worker: ProcessWorker) -> None:
     """Reconcile every recorded run of ``worker``'s name (see the module docstring)."""
     records = await worker.run_records.load()
     for found in records:
+        if found.phase == EXITED:
+            await settle_exited(worker, found)
+            continue
         record = found if found.pid is not None else await settle_claim(worker, found)
         if record is None:
             continue

@@ -8,9 +8,11 @@ host reads this record and reconciles each entry (``_reconcile.py``).
 A run is recorded from before the worker proposes PENDING for it, not only
 once its process exists: a worker killed between its claim and its process
 would otherwise leave the run PENDING with no one to start or end it. The
-record's ``phase`` says how far it got (``_claims.py`` reconciles the first two):
-``claimed`` (PENDING proposed, nothing started), ``starting`` (about to spawn:
-a process may exist, its pid unknown), ``started`` (a process with ``pid``).
+record's ``phase`` says how far it got (``_claims.py`` settles all but
+``started``): ``claimed`` (PENDING proposed, nothing started), ``starting``
+(about to spawn: a process may exist, its pid unknown), ``started`` (a process
+with ``pid``), ``exited`` (the process ended with ``exit_status``; the record
+stays until the run's final state is reported, which a kill can also cut short).
 
 One JSON file per worker name, rewritten atomically (write, fsync, rename)
 on every change, from a thread so the loop never blocks on the disk.
@@ -29,7 +31,15 @@ import attrs
 import platformdirs
 import trio
 
-__all__ = ["CLAIMED", "STARTED", "STARTING", "RunRecord", "RunRecords", "default_state_dir"]
+__all__ = [
+    "CLAIMED",
+    "EXITED",
+    "STARTED",
+    "STARTING",
+    "RunRecord",
+    "RunRecords",
+    "default_state_dir",
+]
 
 logger = logging.getLogger("trio_worker.run_records")
 
@@ -39,6 +49,8 @@ CLAIMED: Final = "claimed"
 STARTING: Final = "starting"
 #: The run's process exists: ``pid`` and ``start_ticks`` name it.
 STARTED: Final = "started"
+#: The run's process ended (``exit_status``; None when unknown); its end is not reported yet.
+EXITED: Final = "exited"
 
 
 def default_state_dir() -> Path:
@@ -60,6 +72,7 @@ class RunRecord:
         phase: ``claimed``, ``starting`` or ``started`` (see the module docstring).
         transition_id: the id of the PENDING state the worker proposed: the
             run's state is still that claim only if it carries this id.
+        exit_status: the process's exit status (phase ``exited``).
     """
 
     flow_run_id: str
@@ -68,6 +81,7 @@ class RunRecord:
     started_at: str
     phase: str = STARTED
     transition_id: str | None = None
+    exit_status: int | None = None
 
 
 class RunRecords:

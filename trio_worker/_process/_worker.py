@@ -31,7 +31,7 @@ import trio
 from trio_worker._core._exceptions import InfrastructureError
 from trio_worker._core._models import FlowRun, State, now
 from trio_worker._core._settings import parse_bool
-from trio_worker._process._claims import record_claim, record_starting
+from trio_worker._process._claims import record_claim, record_exited, record_starting
 from trio_worker._process._config import ProcessJobConfiguration, ProcessVariables
 from trio_worker._process._group import (
     kill_process_group,
@@ -107,7 +107,7 @@ class ProcessWorker(BaseWorker):
         await record_claim(self.run_records, flow_run_id, pending)
 
     async def forget_claim(self, flow_run_id: uuid.UUID) -> None:
-        """Drop a run's record left by a path that never reached its process's end."""
+        """Drop the run's record once its end is reported (or it was never started)."""
         await self.run_records.remove(str(flow_run_id))
 
     def default_command(self) -> str:
@@ -251,7 +251,8 @@ class ProcessWorker(BaseWorker):
                 # The leader is gone; anything left in its group is an orphan.
                 signal_process_group(process.pid, signal.SIGKILL)
                 with trio.CancelScope(shield=True):
-                    await self.run_records.remove(str(flow_run.id))
+                    # Kept until the run's end is reported (``forget_claim``).
+                    await record_exited(self.run_records, flow_run.id, process.returncode)
         if spawn_error is not None or process is None:
             reason = spawn_error.strerror if spawn_error else "no process"
             raise InfrastructureError(f"could not start {command[0]!r}: {reason}")
@@ -312,7 +313,7 @@ class ProcessWorker(BaseWorker):
         finally:
             signal_process_group(child.pid, signal.SIGKILL)
             with trio.CancelScope(shield=True):
-                await self.run_records.remove(str(flow_run.id))
+                await record_exited(self.run_records, flow_run.id, child.returncode)
         if child.returncode is None:
             logger.warning(
                 "The exit status of flow run '%s' (pid %d) is unknown: its zygote died first;"
