@@ -188,3 +188,23 @@ async def test_restart_reports_runs_whose_process_exited_before_the_report(
     assert crashed.state is not None
     assert crashed.state.type is StateType.CRASHED
     assert "status code 3" in (crashed.state.message or "")
+
+
+async def test_a_claim_that_landed_over_a_finished_run_restores_it_instead_of_rescheduling(
+    client: PrefectClient, running_worker: WorkerFactory, pool_name: str, state_dir: Path
+) -> None:
+    # Another worker ran it to COMPLETED; our PENDING, delayed by a busy server, landed
+    # after that (the API accepts PENDING over a COMPLETED run), then we were killed.
+    deployment = await make_deployment(client, pool_name, job_variables={"command": "true"})
+    run = await client.create_flow_run_from_deployment(deployment.id)
+    await _claim(client, run.id)
+    await client.set_flow_run_state(run.id, State.of(StateType.COMPLETED, "by the other worker"))
+    transition = await _claim(client, run.id)
+    await RunRecords("late", state_dir).add(_record(run.id, CLAIMED, transition))
+    async with running_worker(name="late"):
+        done = await wait_for_state(client, run.id, FINAL)
+        await wait_for(lambda: _records_gone(state_dir, "late"), what="the claim dropped")
+    assert done.state is not None
+    assert done.state.type is StateType.COMPLETED
+    history = await client.read_flow_run_states(run.id)
+    assert "Rescheduled" not in [s.name for s in history]

@@ -14,7 +14,10 @@ the process exists. A restarted worker of the same name settles what it finds
 
 - ``claimed``, and the run's state is still that PENDING (same
   ``transition_id``): nothing was started, so the run goes back to SCHEDULED
-  ("Rescheduled") and runs once, on whichever worker picks it up;
+  ("Rescheduled") and runs once, on whichever worker picks it up; unless that
+  PENDING landed over a run another worker had already finished (a proposal
+  delayed by a busy server; Prefect accepts PENDING over COMPLETED), whose
+  final state is then put back, as a live worker does before starting;
 - ``starting``: a process may have been spawned. One that is alive (found by
   the API's ``infrastructure_pid`` or by its ``PREFECT__FLOW_RUN_ID`` among
   this host's session leaders) is handed back as a ``started`` record to be
@@ -190,7 +193,7 @@ async def settle_claim(worker: ProcessWorker, record: RunRecord) -> RunRecord | 
         killed) like any recorded process; None when the claim is settled here.
     """
     from trio_worker._process._worker import parse_infrastructure_pid
-    from trio_worker._worker._submission import propose_final_state
+    from trio_worker._worker._submission import _reopened_finished_run, propose_final_state
 
     run_id = uuid.UUID(record.flow_run_id)
     try:
@@ -221,7 +224,11 @@ async def settle_claim(worker: ProcessWorker, record: RunRecord) -> RunRecord | 
             return started
     if state is None or state.is_final:
         pass
-    elif record.phase == CLAIMED and _claim_stands(flow_run, record):
+    elif (
+        record.phase == CLAIMED
+        and _claim_stands(flow_run, record)
+        and not await _reopened_finished_run(worker, flow_run, state)
+    ):
         message = RESCHEDULED_MESSAGE.format(name=worker.name)
         logger.warning("Flow run '%s': %s", run_id, message)
         rescheduled = State.of(StateType.SCHEDULED, message, name="Rescheduled")
