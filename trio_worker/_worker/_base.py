@@ -42,6 +42,7 @@ from trio_worker._core._settings import Settings
 from trio_worker._worker._events import EventEmitter
 from trio_worker._worker._metrics import WorkerMetrics
 from trio_worker._worker._start_rate import StartRate
+from trio_worker._worker._wakeups import Wakeups, read_next_due
 
 __all__ = ["BaseWorker", "BaseWorkerResult", "InFlightRun", "WorkerStatistics"]
 
@@ -245,6 +246,8 @@ class BaseWorker:
         # Set when the last poll filled every free slot: more runs may be due.
         self._backlog = False
         self._slots_freed = trio.Event()
+        #: Event-driven pick-up: what the poll loop rests on while the stream is up.
+        self.wakeups = Wakeups()
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._closing = trio.Event()
         self._warned: set[str] = set()
@@ -423,6 +426,7 @@ class BaseWorker:
             )
         )
         loops.start_soon(listen_for_cancellations, self)
+        loops.start_soon(self.wakeups.serve, functools.partial(read_next_due, self))
 
     async def _poll_loop(self) -> None:
         assert self._poll_scope is not None
@@ -445,9 +449,9 @@ class BaseWorker:
         often than that, so the API is not asked once per finished run).
         """
         self._slots_freed = trio.Event()
-        with trio.move_on_after(seconds):
+        with trio.move_on_after(self.wakeups.pause_seconds(seconds)):
             if not self._backlog:
-                await trio.sleep_forever()
+                await self.wakeups.wait()
             if self._free_slots() < self._refill_batch():
                 await self._slots_freed.wait()
             # Paced starts: come back when the bucket holds a batch's worth of tokens.

@@ -30,6 +30,7 @@ from trio_worker._client._subscriptions import JsonWebSocket, serve_subscription
 from trio_worker._core._exceptions import APIError, InfrastructureError
 from trio_worker._core._models import FlowRun, State, StateType, now
 from trio_worker._worker._submission import CANCELLED_MESSAGE, propose_final_state
+from trio_worker._worker._wakeups import SCHEDULED_EVENTS
 
 if TYPE_CHECKING:
     from trio_worker._worker._base import BaseWorker
@@ -149,12 +150,16 @@ async def listen_for_cancellations(worker: BaseWorker) -> None:
             "since": start.isoformat(),
             "until": (start + dt.timedelta(days=365)).isoformat(),
         }
-        event_filter = {"occurred": occurred, "event": {"name": [CANCELLING_EVENT]}}
+        names = [CANCELLING_EVENT, *SCHEDULED_EVENTS]  # the latter for _wakeups.py
+        event_filter = {"occurred": occurred, "event": {"name": names}}
         await socket.send_json({"type": "filter", "filter": event_filter, "backfill": False})
         worker.cancel_stream.live = True
+        worker.wakeups.stream_up()
         try:
             while True:
                 message = await socket.receive_json()
+                if worker.wakeups.on_event(message, worker.work_pool_name, worker.work_queues):
+                    continue
                 if not isinstance(message, dict) or message.get("type") != "event":
                     continue
                 resource = message.get("event", {}).get("resource", {})
@@ -165,6 +170,7 @@ async def listen_for_cancellations(worker: BaseWorker) -> None:
         finally:
             worker.cancel_stream.live = False
             worker.cancel_stream.gap = True
+            worker.wakeups.stream_down()
 
     await serve_subscription(
         worker.api_url,
