@@ -415,6 +415,7 @@ class BaseWorker:
                 interval=self.heartbeat_interval_seconds,
                 name="heartbeat",
                 on_error=self._count_error,
+                first_pause=True,  # start() has just synced and sent one
             )
         )
         loops.start_soon(

@@ -48,7 +48,7 @@ CANCELLING_EVENT: Final = "prefect.flow-run.Cancelling"
 FLOW_RUN_RESOURCE_PREFIX: Final = "prefect.flow-run."
 #: While the stream is up, the polling check runs every this many rounds (it
 #: still catches an event the server failed to deliver, only later).
-CHECK_ROUNDS_WHILE_STREAMING: Final = 10
+CHECK_ROUNDS_WHILE_STREAMING: Final = 15  # 30 s at 1 s polls, as _wakeups.py's cap
 NO_INFRASTRUCTURE_MESSAGE: Final = (
     "This flow run is missing infrastructure tracking information and cancellation "
     "cannot be guaranteed."
