@@ -8,6 +8,7 @@ have started the run within the wait.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,35 @@ async def test_a_known_run_wakes_the_loop_when_it_comes_due_then_the_next_is_rea
         await trio.sleep(1)
         assert len(reads) == 2  # after the timed wake-up, the next run is looked up
         assert not await _woken_within(wakeups, 1000)  # none known: only the caller's bound
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_late_run_wakes_the_loop_without_a_look_ahead_read_and_reads_are_spaced(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    wakeups = Wakeups()
+    reads: list[float] = []
+
+    async def read_next_due() -> dt.datetime | None:
+        reads.append(trio.current_time())
+        return None
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wakeups.serve, read_next_due)
+        wakeups.stream_up()
+        await wakeups.wait()
+        await trio.sleep(5)
+        assert len(reads) == 1
+        wakeups.on_event(_event("mine", "prefect.flow-run.Late"), "mine")
+        assert await _woken_within(wakeups, 1)
+        await trio.sleep(5)
+        assert len(reads) == 1  # a Late run is due: nothing to look ahead for
+        for _ in range(5):  # a burst of Scheduled events: reads at most one a second
+            wakeups.on_event(_event("mine"), "mine")
+            await trio.sleep(0.1)
+        await trio.sleep(5)
+        assert len(reads) in (2, 3)
+        assert all(b - a >= 1 for a, b in itertools.pairwise(reads))
         nursery.cancel_scope.cancel()
 
 

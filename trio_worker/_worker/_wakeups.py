@@ -13,7 +13,8 @@ events here). So while that stream is up the poll loop:
   its queues, when it serves some);
 - polls when the earliest run it knows of comes due: events carry no
   scheduled time, so after an event (and after each such timed wake-up) it
-  reads the pool's next SCHEDULED run that is not due yet, one request;
+  reads the pool's next SCHEDULED run that is not due yet, one request (at
+  most one a second; none for ``Late``, a run that is due by definition);
 - otherwise polls only every ``FALLBACK_FACTOR`` query intervals (at most
   ``FALLBACK_MAX_SECONDS``: Prefect calls a queue not polled for 60 s not
   ready), which catches anything an event did not say.
@@ -55,6 +56,10 @@ FALLBACK_MAX_SECONDS: Final = 30.0
 MIN_WAKE_GAP_SECONDS: Final = 0.2
 #: How many SCHEDULED runs the look-ahead read asks for (the due ones come first).
 LOOKAHEAD_PAGE: Final = 10
+#: Look-ahead reads come at most this often: a burst of events is one read.
+LOOKAHEAD_GAP_SECONDS: Final = 1.0
+#: A run marked Late is due by definition: it wakes a poll, no look-ahead read.
+LATE_EVENT: Final = "prefect.flow-run.Late"
 
 
 def _in_scope(message: Any, pool: str, queues: Collection[str]) -> bool:
@@ -118,11 +123,13 @@ class Wakeups:
         """
         if not isinstance(message, dict) or message.get("type") != "event":
             return False
-        if message.get("event", {}).get("event") not in SCHEDULED_EVENTS:
+        name = message.get("event", {}).get("event")
+        if name not in SCHEDULED_EVENTS:
             return False
         if _in_scope(message, pool, queues):
             self._wake.set()
-            self._refresh.set()
+            if name != LATE_EVENT:
+                self._refresh.set()
         return True
 
     # -- the poll loop's side ------------------------------------------------------------
@@ -180,8 +187,9 @@ class Wakeups:
             except APIError as exc:
                 # The fallback poll still comes; the next event asks again.
                 logger.debug("Could not read the next scheduled run: %s", exc)
-                continue
-            self.note_due(due)
+            else:
+                self.note_due(due)
+            await trio.sleep(LOOKAHEAD_GAP_SECONDS)
 
 
 async def read_next_due(worker: BaseWorker) -> dt.datetime | None:
