@@ -295,6 +295,15 @@ def fleet(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON, default=False)
+def task_fleet(session: nox.Session) -> None:
+    """Benchmark fleets of task workers (ours and Prefect's) on a PostgreSQL-backed Prefect
+    server (flags after -- go to benchmarks/bench_task_fleet.py, e.g. --workers 1)."""
+    _install_prefect(session, PREFECT_CONTRACT_VERSION)
+    session.install("-e", ".")
+    session.run("python", "benchmarks/bench_task_fleet.py", *session.posargs)
+
+
+@nox.session(python=PYTHON, default=False)
 def docs(session: nox.Session) -> None:
     """Build the documentation site strictly: a broken link or missing snippet fails."""
     session.install("-e", ".[docs]")

@@ -419,6 +419,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settle-seconds", type=float, default=10.0)
     parser.add_argument("--stall-seconds", type=float, default=120.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    parser.add_argument("--keep", type=Path, help="keep the workers' logs and markers here")
     parser.add_argument("--render", type=Path, help="print the tables of a saved JSON and exit")
     args = parser.parse_args(argv)
     unknown = set(args.scenarios.split(",")) - set(SCENARIOS)
@@ -445,7 +446,11 @@ def main(argv: list[str] | None = None) -> int:
         ):
             pg.create_database("prefect")
             log(f"PostgreSQL at {pg.host}:{pg.port}")
-            trio.run(run, args, Path(tmp), pg.sqlalchemy_url("prefect"), pg)
+            workdir = Path(tmp)
+            if args.keep is not None:
+                workdir = args.keep
+                workdir.mkdir(parents=True)
+            trio.run(run, args, workdir, pg.sqlalchemy_url("prefect"), pg)
     except PostgresUnavailable as exc:
         print(f"bench_fleet.py needs PostgreSQL: {exc}", file=sys.stderr)
         return 2

@@ -3,7 +3,8 @@
 It plays a busy or flaky server without changing the server: a ``fault``
 function looks at each request and says whether to forward it, refuse it with
 503 before forwarding (the server never saw it), or forward it and answer 503
-anyway (the server made the change, the client never heard). Websockets are
+anyway (the server made the change, the client never heard), or hold it
+unanswered until the proxy closes (a server that hangs). Websockets are
 accepted and closed at once, so workers fall back to polling.
 """
 
@@ -20,7 +21,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-Fault = Literal["refuse", "lose reply"] | None
+Fault = Literal["refuse", "lose reply", "hold"] | None
 #: ``fault(path, number)``: what to do with the ``number``-th request (from 1) to ``path``.
 FaultPolicy = Callable[[str, int], Fault]
 
@@ -36,6 +37,8 @@ class FaultyProxy:
         self.fault = fault
         self.seen = 0
         self.failures: Counter[Fault] = Counter()
+        #: Set when the proxy closes: held requests are then answered 503.
+        self.released = trio.Event()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -62,6 +65,11 @@ class FaultyProxy:
         fault = self.fault(path, self.seen)
         if fault == "refuse":
             self.failures[fault] += 1
+            await _respond(send, 503, UNAVAILABLE)
+            return
+        if fault == "hold":
+            self.failures[fault] += 1
+            await self.released.wait()
             await _respond(send, 503, UNAVAILABLE)
             return
         query = scope.get("query_string", b"").decode()
@@ -108,4 +116,5 @@ async def faulty_proxy(api_url: str, fault: FaultPolicy) -> AsyncIterator[tuple[
         try:
             yield proxy, f"{binds[0]}/api"
         finally:
+            proxy.released.set()
             shutdown.set()

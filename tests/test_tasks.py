@@ -104,6 +104,8 @@ def test_store_layout_and_record_format_match_prefect(tmp_path: Path) -> None:
     record = json.loads(path.read_text())
     assert record["metadata"]["serializer"]["type"] == "json"
     assert record["metadata"]["storage_key"] == key
+    # Prefect 3.9's ResultRecordMetadata requires a string (None made it delete the run).
+    assert isinstance(record["metadata"]["prefect_version"], str)
     assert json.loads(record["result"]) == {"context": {}, "parameters": {"x": 40}}
     assert decode_record(store.read(key)) == {"context": {}, "parameters": {"x": 40}}
 

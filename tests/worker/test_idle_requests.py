@@ -60,6 +60,8 @@ async def test_with_the_stream_up_the_fallback_check_rests(
 ) -> None:
     settings = attrs.evolve(fast_settings(api_url, state_dir), query_seconds=0.05)
     async with running_worker(settings=settings) as worker:
+        # Polls every interval (no event pick-up rest), so rounds can be counted in polls.
+        worker.wakeups.fallback_factor = 1.0
 
         async def streaming() -> bool:
             return worker.cancel_stream.live

@@ -40,6 +40,7 @@ async def service_loop(
     max_backoff_doublings: int = DEFAULT_MAX_BACKOFF_DOUBLINGS,
     on_error: Callable[[BaseException], object] | None = None,
     pause: Callable[[float], Awaitable[object]] = trio.sleep,
+    first_pause: bool = False,
 ) -> None:
     """Run ``workload`` every ``interval`` seconds until cancelled.
 
@@ -52,6 +53,7 @@ async def service_loop(
         on_error: called with each transient error (e.g. to count it in metrics).
         pause: waits between rounds, given the jittered interval; it may return
             sooner (the poll loop does when freed slots meet a backlog).
+        first_pause: pause before the first round too (the caller has just done one).
 
     Raises:
         UnauthorizedError: the API refused the credentials.
@@ -64,6 +66,8 @@ async def service_loop(
         failures_per_step=FAILURES_BEFORE_BACKOFF,
     )
     consecutive_failures = 0
+    if first_pause:
+        await pause(jittered(interval, jitter))
     while True:
         try:
             await workload()

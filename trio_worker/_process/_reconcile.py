@@ -8,7 +8,12 @@ For each entry of the run record (``_run_records.py``), :class:`Reconciler`:
   unknown" (we are not its parent, so we cannot read its exit status) — or,
   with ``reconcile="kill"``, kill the group and report the run CRASHED;
 - its process is gone: a run still not final is CRASHED "worker died; process
-  no longer exists".
+  no longer exists";
+- no process was recorded yet (the worker died between its claim and its
+  process): ``_claims.py``'s :class:`~trio_worker._process._claims.ClaimSettler`
+  reschedules, crashes or hands back a live process to adopt;
+- its process exited but the worker died before reporting the run's end:
+  the settler reports it from the recorded exit status.
 
 A pid is only ours if its start time matches the record: a reused pid is
 never signalled. A run the API now records on other infrastructure (retried
@@ -28,23 +33,23 @@ import trio
 from trio_worker._client._client import PrefectClient
 from trio_worker._core._exceptions import APIError
 from trio_worker._core._models import FlowRun, State, StateType
+from trio_worker._process._claims import GONE_MESSAGE, ClaimSettler
 from trio_worker._process._group import (
     format_infrastructure_pid,
     group_is_alive,
     kill_process_group,
     process_start_time,
 )
-from trio_worker._process._run_records import RunRecord, RunRecords
+from trio_worker._process._run_records import EXITED, RunRecord, RunRecords
 from trio_worker._worker._reporter import Reporter
 from trio_worker._worker._run_table import InFlightRun, RunTable
 
-__all__ = ["Reconciler", "still_ours"]
+__all__ = ["GONE_MESSAGE", "Reconciler", "still_ours"]
 
 logger = logging.getLogger("trio_worker.reconcile")
 
 #: How often an adopted group is checked: we are not its parent, so no exit wake-up.
 ADOPTED_POLL_SECONDS: Final = 0.5
-GONE_MESSAGE: Final = "Worker {name!r} died; the flow run's process no longer exists."
 UNKNOWN_EXIT_MESSAGE: Final = (
     "The flow run's process (adopted by worker {name!r} after a restart) ended; "
     "its exit status is unknown."
@@ -57,6 +62,8 @@ KILLED_MESSAGE: Final = (
 
 def still_ours(record: RunRecord) -> bool:
     """Whether the recorded process group still exists and was not reused."""
+    if record.pid is None:
+        return False
     ticks = process_start_time(record.pid)
     if ticks is not None:
         # The leader exists: it is ours only if it started when we recorded.
@@ -109,25 +116,33 @@ class Reconciler:
         self._name = worker_name
         self._mode = mode
         self._grace = cancel_grace_seconds
+        self._claims = ClaimSettler(
+            client, records=records, reporter=reporter, worker_name=worker_name
+        )
 
     async def reconcile(self) -> None:
-        """Adopt, kill or close every recorded run."""
-        for record in await self._records.load():
+        """Settle, adopt, kill or close every recorded run."""
+        for found in await self._records.load():
+            if found.phase == EXITED:
+                await self._claims.settle_exited(found)
+                continue
+            record = found if found.pid is not None else await self._claims.settle_claim(found)
+            if record is None or record.pid is None:
+                continue
             run_id = uuid.UUID(record.flow_run_id)
+            pid = record.pid
             if not still_ours(record):
                 message = GONE_MESSAGE.format(name=self._name)
-                await self._crash_if_unfinished(run_id, message, pid=record.pid)
+                await self._crash_if_unfinished(run_id, message, pid=pid)
                 await self._records.remove(record.flow_run_id)
             elif self._mode == "kill":
-                logger.warning(
-                    "Killing leftover process group %d of flow run '%s'", record.pid, run_id
-                )
-                await kill_process_group(record.pid, grace_seconds=self._grace)
+                logger.warning("Killing leftover process group %d of flow run '%s'", pid, run_id)
+                await kill_process_group(pid, grace_seconds=self._grace)
                 message = KILLED_MESSAGE.format(name=self._name)
-                await self._crash_if_unfinished(run_id, message, pid=record.pid)
+                await self._crash_if_unfinished(run_id, message, pid=pid)
                 await self._records.remove(record.flow_run_id)
             else:
-                await self._adopt(record, run_id)
+                await self._adopt(record, run_id, pid)
 
     async def _crash_if_unfinished(self, run_id: uuid.UUID, message: str, *, pid: int) -> None:
         try:
@@ -142,28 +157,29 @@ class Reconciler:
             logger.warning("Flow run '%s': %s", run_id, message)
             await self._reporter.propose(run_id, State.of(StateType.CRASHED, message), force=True)
 
-    async def _adopt(self, record: RunRecord, run_id: uuid.UUID) -> None:
+    async def _adopt(self, record: RunRecord, run_id: uuid.UUID, pid: int) -> None:
         try:
             flow_run = await self._client.read_flow_run(run_id)
         except APIError as exc:
             logger.warning("Could not read flow run '%s' to adopt it: %s", run_id, exc)
             return
-        if not _still_runs_there(flow_run, record.pid):
+        if not _still_runs_there(flow_run, pid):
             logger.warning(
                 "Process group %d of flow run '%s' runs on, but the run moved on to other "
                 "infrastructure; leaving the process alone",
-                record.pid,
+                pid,
                 run_id,
             )
             await self._records.remove(record.flow_run_id)
             return
-        logger.info("Adopting flow run '%s' (process group %d) after a restart", run_id, record.pid)
-        await self._runs.start(self._watch_adopted, flow_run, record)
+        logger.info("Adopting flow run '%s' (process group %d) after a restart", run_id, pid)
+        await self._runs.start(self._watch_adopted, flow_run, record, pid)
 
     async def _watch_adopted(
         self,
         flow_run: FlowRun,
         record: RunRecord,
+        pid: int,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -171,11 +187,11 @@ class Reconciler:
         # watched (it is running whatever we do) but takes none.
         async with self._table.slot(flow_run, require_token=False) as tracked:
             tracked.owned = True
-            tracked.infrastructure_pid = format_infrastructure_pid(record.pid)
+            tracked.infrastructure_pid = format_infrastructure_pid(pid)
             task_status.started()
-            await self._watch(tracked, record)
+            await self._watch(tracked, record, pid)
 
-    async def _watch(self, tracked: InFlightRun, record: RunRecord) -> None:
+    async def _watch(self, tracked: InFlightRun, record: RunRecord, pid: int) -> None:
         with tracked.cancel_scope:
             try:
                 while still_ours(record):  # noqa: ASYNC110 - no wake-up for a non-child
@@ -183,7 +199,7 @@ class Reconciler:
             finally:
                 if tracked.cancel_scope.cancel_called:
                     with trio.CancelScope(shield=True):
-                        await kill_process_group(record.pid, grace_seconds=self._grace)
+                        await kill_process_group(pid, grace_seconds=self._grace)
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + self._reporter.report_timeout_seconds
             if tracked.cancel_reason is not None:
@@ -192,5 +208,5 @@ class Reconciler:
                 )
             else:
                 message = UNKNOWN_EXIT_MESSAGE.format(name=self._name)
-                await self._crash_if_unfinished(tracked.flow_run.id, message, pid=record.pid)
+                await self._crash_if_unfinished(tracked.flow_run.id, message, pid=pid)
             await self._records.remove(record.flow_run_id)

@@ -5,6 +5,15 @@ its flow-run processes may live on in their own process groups, and their
 runs are left PENDING or RUNNING. The next worker of the same name on the same
 host reads this record and reconciles each entry (``_reconcile.py``).
 
+A run is recorded from before the worker proposes PENDING for it, not only
+once its process exists: a worker killed between its claim and its process
+would otherwise leave the run PENDING with no one to start or end it. The
+record's ``phase`` says how far it got (``_claims.py`` settles all but
+``started``): ``claimed`` (PENDING proposed, nothing started), ``starting``
+(about to spawn: a process may exist, its pid unknown), ``started`` (a process
+with ``pid``), ``exited`` (the process ended with ``exit_status``; the record
+stays until the run's final state is reported, which a kill can also cut short).
+
 One JSON file per worker name, rewritten atomically (write, fsync, rename)
 on every change, from a thread so the loop never blocks on the disk.
 """
@@ -16,15 +25,32 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import platformdirs
 import trio
 
-__all__ = ["RunRecord", "RunRecords", "default_state_dir"]
+__all__ = [
+    "CLAIMED",
+    "EXITED",
+    "STARTED",
+    "STARTING",
+    "RunRecord",
+    "RunRecords",
+    "default_state_dir",
+]
 
 logger = logging.getLogger("trio_worker.run_records")
+
+#: ``RunRecord.phase``: PENDING proposed (or about to be); no process started.
+CLAIMED: Final = "claimed"
+#: About to spawn the run's process: one may exist, its pid is not known.
+STARTING: Final = "starting"
+#: The run's process exists: ``pid`` and ``start_ticks`` name it.
+STARTED: Final = "started"
+#: The run's process ended (``exit_status``; None when unknown); its end is not reported yet.
+EXITED: Final = "exited"
 
 
 def default_state_dir() -> Path:
@@ -34,20 +60,28 @@ def default_state_dir() -> Path:
 
 @attrs.frozen
 class RunRecord:
-    """One process a worker started.
+    """One run a worker claimed, and the process it started for it.
 
     Attributes:
         flow_run_id: the run the process belongs to.
-        pid: the process id (also its process-group id: it leads its session).
+        pid: the process id (also its process-group id: it leads its session);
+            None before the process exists.
         start_ticks: when the process started, in clock ticks since boot; a
             different value for the same pid means the pid was reused.
-        started_at: ISO time the worker started it, for people reading the file.
+        started_at: ISO time of the record, for people reading the file.
+        phase: ``claimed``, ``starting`` or ``started`` (see the module docstring).
+        transition_id: the id of the PENDING state the worker proposed: the
+            run's state is still that claim only if it carries this id.
+        exit_status: the process's exit status (phase ``exited``).
     """
 
     flow_run_id: str
-    pid: int
+    pid: int | None
     start_ticks: int | None
     started_at: str
+    phase: str = STARTED
+    transition_id: str | None = None
+    exit_status: int | None = None
 
 
 class RunRecords:
@@ -82,10 +116,21 @@ class RunRecords:
         return data if isinstance(data, list) else []
 
     async def add(self, record: RunRecord) -> None:
-        """Record a started process; return once the record is on disk."""
+        """Record a run (claimed, starting or started); return once the record is on disk.
+
+        A record of the same run replaces the earlier one, keeping its claim's
+        ``transition_id`` when the new one has none.
+        """
+        earlier = self._records.get(record.flow_run_id)
+        if earlier is not None and record.transition_id is None:
+            record = attrs.evolve(record, transition_id=earlier.transition_id)
         self._records[record.flow_run_id] = record
         self._generation += 1
         await self._save(self._generation)
+
+    def get(self, flow_run_id: str) -> RunRecord | None:
+        """The current record of a run, if any."""
+        return self._records.get(flow_run_id)
 
     async def remove(self, flow_run_id: str) -> None:
         """Forget a process that has been reaped (or reconciled); return once on disk."""

@@ -21,15 +21,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from types import TracebackType
 from typing import Any, Final, Self
 
 import trio
 
 from trio_worker._core._exceptions import InfrastructureError
-from trio_worker._core._models import FlowRun, now
+from trio_worker._core._models import FlowRun, State, now
 from trio_worker._core._settings import parse_bool, process_environment
 from trio_worker._core._time import format_datetime
+from trio_worker._process._claims import record_claim, record_exited, record_starting
 from trio_worker._process._config import ProcessJobConfiguration, ProcessVariables
 from trio_worker._process._group import (
     HOSTNAME,
@@ -98,6 +100,14 @@ class ProcessWorker(BaseWorker[ProcessJobConfiguration, ProcessVariables]):
             cancel_grace_seconds=self.cancel_grace_seconds,
         )
         await reconciler.reconcile()
+
+    async def record_claim(self, flow_run_id: uuid.UUID, pending: State) -> None:
+        """Record the claim in the run records before PENDING is proposed (``_claims.py``)."""
+        await record_claim(self.run_records, flow_run_id, pending)
+
+    async def forget_claim(self, flow_run_id: uuid.UUID) -> None:
+        """Drop the run's record once its end is reported (or it was never started)."""
+        await self.run_records.remove(str(flow_run_id))
 
     def default_command(self) -> str:
         """Run trio-worker's engine with the worker's own interpreter."""
@@ -181,6 +191,9 @@ class ProcessWorker(BaseWorker[ProcessJobConfiguration, ProcessVariables]):
         env[WORKER_PID_ENV] = str(os.getpid())
         memory_limit_mb = ctx.limits.memory_limit_mb
         limit_bytes = None if memory_limit_mb is None else effective_limit(memory_limit_mb)
+        # A restart after a death from here on cannot tell whether the process
+        # was spawned: the record says so (``_claims.py``).
+        await record_starting(self.run_records, flow_run_id=ctx.flow_run.id)
         try:
             result = None
             # A memory ceiling starts cold: RLIMIT_AS counts the address space a
@@ -234,7 +247,8 @@ class ProcessWorker(BaseWorker[ProcessJobConfiguration, ProcessVariables]):
         finally:
             if process is not None:
                 with trio.CancelScope(shield=True):
-                    await self.run_records.remove(str(flow_run.id))
+                    # Kept until the run's end is reported (``forget_claim``).
+                    await record_exited(self.run_records, flow_run.id, process.returncode)
         if spawn_error is not None or process is None:
             reason = spawn_error.strerror if spawn_error else "no process"
             raise InfrastructureError(f"could not start {command[0]!r}: {reason}")
@@ -295,7 +309,7 @@ class ProcessWorker(BaseWorker[ProcessJobConfiguration, ProcessVariables]):
         finally:
             sweep_process_group(child.pid)
             with trio.CancelScope(shield=True):
-                await self.run_records.remove(str(flow_run.id))
+                await record_exited(self.run_records, flow_run.id, child.returncode)
         if child.returncode is None:
             logger.warning(
                 "The exit status of flow run '%s' (pid %d) is unknown: its zygote died first;"

@@ -32,6 +32,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 import attrs
 
 from trio_worker._core._settings import Settings
+from trio_worker._version import __version__
 
 __all__ = [
     "JSON_SERIALIZER",
@@ -180,7 +181,9 @@ def encode_record(key: str, value: Any) -> bytes:
             "storage_key": key,
             "expiration": None,
             "serializer": dict(JSON_SERIALIZER),
-            "prefect_version": None,
+            # Prefect's reader requires a string here (3.9.1 refuses None and
+            # deletes the run); it only compares and shows it.
+            "prefect_version": f"trio-worker {__version__}",
             "storage_block_id": None,
         },
         "result": json.dumps(value, allow_nan=False),

@@ -283,6 +283,8 @@ class BaseWorker(BackendContract[C, V], WorkerIntrospection):
             default_command=self.default_command(),
             is_abandoned=self.infrastructure_is_abandoned,
             kill=self.kill_infrastructure,
+            record_claim=self.record_claim,
+            forget_claim=self.forget_claim,
         )
 
     def _prepare(

@@ -28,7 +28,7 @@ import logging
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Final, Generic
+from typing import Any, Final, Generic, Protocol
 
 import attrs
 import trio
@@ -44,7 +44,7 @@ from trio_worker._worker._context import Backend, C, CancelReason, RunContext
 from trio_worker._worker._reporter import CANCELLED_MESSAGE, Reporter
 from trio_worker._worker._run_table import RunTable
 
-__all__ = ["CancelStream", "CancellationWatcher"]
+__all__ = ["CancelStream", "CancellationWatcher", "EventTap"]
 
 logger = logging.getLogger("trio_worker.cancellation")
 
@@ -52,13 +52,37 @@ CANCELLING_EVENT: Final = "prefect.flow-run.Cancelling"
 FLOW_RUN_RESOURCE_PREFIX: Final = "prefect.flow-run."
 #: While the stream is up, the polling check runs every this many rounds (it
 #: still catches an event the server failed to deliver, only later).
-CHECK_ROUNDS_WHILE_STREAMING: Final = 10
+CHECK_ROUNDS_WHILE_STREAMING: Final = 15  # 30 s at 1 s polls, as _wakeups.py's cap
 #: Beyond the grace period, how long a kill (and its report) may take.
 KILL_MARGIN_SECONDS: Final = 30.0
 NO_INFRASTRUCTURE_MESSAGE: Final = (
     "This flow run is missing infrastructure tracking information and cancellation "
     "cannot be guaranteed."
 )
+
+
+class EventTap(Protocol):
+    """Another reader of the watcher's ``/events/out`` stream (pick-up by event).
+
+    The worker holds one subscription: the watcher adds the tap's event names
+    to its filter, says when the stream comes up and drops, and offers each
+    message to the tap before looking at it itself.
+    """
+
+    @property
+    def event_names(self) -> Sequence[str]:
+        """The events the tap wants, besides the watcher's own."""
+        ...
+
+    def stream_up(self) -> None:
+        """The stream is connected and its filter sent."""
+
+    def stream_down(self) -> None:
+        """The stream dropped (it reconnects on its own)."""
+
+    def on_event(self, message: Any) -> bool:
+        """Handle one message; True when it was the tap's (the watcher skips it)."""
+        ...
 
 
 @attrs.define
@@ -89,6 +113,7 @@ class CancellationWatcher(Generic[C]):
         work_pool_name: the pool whose runs are watched.
         work_queues: the queues watched (all of the pool's when empty).
         cancel_grace_seconds: how long a killed run may take to stop.
+        tap: fed the stream's other events (the poll loop's wake-ups), if any.
     """
 
     def __init__(
@@ -102,6 +127,7 @@ class CancellationWatcher(Generic[C]):
         work_pool_name: str,
         work_queues: Sequence[str],
         cancel_grace_seconds: float,
+        tap: EventTap | None = None,
     ) -> None:
         self._client = client
         self._table = table
@@ -111,6 +137,7 @@ class CancellationWatcher(Generic[C]):
         self._pool = work_pool_name
         self._queues = tuple(work_queues)
         self._grace = cancel_grace_seconds
+        self._tap = tap
         self.stream = CancelStream()
         self._cancelling: set[uuid.UUID] = set()
         self._kills: trio.Nursery | None = None
@@ -252,12 +279,18 @@ class CancellationWatcher(Generic[C]):
                 "since": format_datetime(start),
                 "until": format_datetime(start + dt.timedelta(days=365)),
             }
-            event_filter = {"occurred": occurred, "event": {"name": [CANCELLING_EVENT]}}
+            tap = self._tap
+            names = [CANCELLING_EVENT, *(tap.event_names if tap is not None else ())]
+            event_filter = {"occurred": occurred, "event": {"name": names}}
             await socket.send_json({"type": "filter", "filter": event_filter, "backfill": False})
             self.stream.live = True
+            if tap is not None:
+                tap.stream_up()
             try:
                 while True:
                     message = await socket.receive_json()
+                    if tap is not None and tap.on_event(message):
+                        continue
                     if not isinstance(message, dict) or message.get("type") != "event":
                         continue
                     resource = message.get("event", {}).get("resource", {})
@@ -269,6 +302,8 @@ class CancellationWatcher(Generic[C]):
             finally:
                 self.stream.live = False
                 self.stream.gap = True
+                if tap is not None:
+                    tap.stream_down()
 
         await serve_subscription(
             api_url, "events/out", listen, token=websocket_token(settings), ssl_context=ssl_context

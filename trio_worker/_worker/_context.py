@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Generic, TypeVar
 
@@ -20,7 +21,7 @@ import trio
 
 from trio_worker._core._exceptions import JobVariableError
 from trio_worker._core._jobs import BaseJobConfiguration, BaseVariables
-from trio_worker._core._models import Deployment, Flow, FlowRun
+from trio_worker._core._models import Deployment, Flow, FlowRun, State
 
 __all__ = [
     "LIMIT_RANGES",
@@ -159,6 +160,14 @@ def run_logger(flow_run: FlowRun, *, worker_name: str) -> logging.LoggerAdapter[
     return logging.LoggerAdapter(logging.getLogger(RUN_LOGGER_NAME), extra)
 
 
+async def _record_no_claim(flow_run_id: uuid.UUID, pending: State) -> None:
+    """The claim hook of a backend that keeps no records across restarts."""
+
+
+async def _forget_no_claim(flow_run_id: uuid.UUID) -> None:
+    """The matching no-op: nothing was recorded."""
+
+
 @attrs.frozen
 class Backend(Generic[C]):
     """What the worker's parts may ask of its backend: bound methods, not the worker.
@@ -175,6 +184,9 @@ class Backend(Generic[C]):
         default_command: the command of a job that sets none (the engine), or None.
         is_abandoned: whether a cancelling run not in flight here is ours to stop.
         kill: stops infrastructure by its id, given the run's configuration.
+        record_claim: notes, before PENDING is proposed, that the run is being
+            claimed (the process backend writes it to its run records).
+        forget_claim: drops that note once the run's end is reported.
     """
 
     job_configuration: type[C]
@@ -183,3 +195,5 @@ class Backend(Generic[C]):
     default_command: str | None
     is_abandoned: Callable[[FlowRun, str], bool]
     kill: Callable[[str, C, float], Awaitable[None]]
+    record_claim: Callable[[uuid.UUID, State], Awaitable[None]] = _record_no_claim
+    forget_claim: Callable[[uuid.UUID], Awaitable[None]] = _forget_no_claim

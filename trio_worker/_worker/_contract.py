@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import inspect
+import uuid
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, cast
@@ -21,7 +22,7 @@ from typing import Any, ClassVar, Generic, cast
 import trio
 
 from trio_worker._core._jobs import BaseJobConfiguration, default_base_job_template
-from trio_worker._core._models import FlowRun
+from trio_worker._core._models import FlowRun, State
 from trio_worker._worker._context import BaseWorkerResult, C, RunContext, V
 
 __all__ = ["BackendContract"]
@@ -67,6 +68,17 @@ class BackendContract(Generic[C, V]):
         Called once at start, before the first poll. The base class keeps no
         record of what it started, so there is nothing to do.
         """
+
+    async def record_claim(self, flow_run_id: uuid.UUID, pending: State) -> None:
+        """Note, before ``pending`` is proposed, that this worker claims the run.
+
+        A backend that keeps records across restarts (the process worker)
+        writes one, so a restart after a death between the claim and the
+        process can settle the run. The base class keeps none.
+        """
+
+    async def forget_claim(self, flow_run_id: uuid.UUID) -> None:
+        """Drop the claim of a run this worker is done with (a no-op without one)."""
 
     def default_command(self) -> str | None:
         """Return the command a run gets when its configuration sets none (the engine)."""

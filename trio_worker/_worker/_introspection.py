@@ -26,6 +26,7 @@ from trio_worker._worker._status import (
     describe_worker,
     statistics,
 )
+from trio_worker._worker._wakeups import Wakeups
 
 __all__ = ["WorkerIntrospection"]
 
@@ -88,6 +89,13 @@ class WorkerIntrospection:
         if self._loops is None:
             raise RuntimeError(f"{self!r} is not open; use 'async with worker:'")
         return self._loops.watcher.stream
+
+    @property
+    def wakeups(self) -> Wakeups:
+        """What the poll loop rests on between polls (pick-up by event, ``live``)."""
+        if self._loops is None:
+            raise RuntimeError(f"{self!r} is not open; use 'async with worker:'")
+        return self._loops.wakeups
 
     @property
     def limiter(self) -> trio.CapacityLimiter:

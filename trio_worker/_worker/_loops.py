@@ -2,7 +2,8 @@
 
 Built when the worker opens (it needs the client and the runs nursery), it
 creates each part with only what that part needs, runs the periodic loops in
-the worker's loops nursery (poll, heartbeat, the cancellation watcher), and
+the worker's loops nursery (poll, heartbeat, the cancellation watcher, the
+look-ahead reads of pick-up by event), and
 carries out a drain. It records the last API error of any loop for
 ``/ready``.
 """
@@ -32,6 +33,7 @@ from trio_worker._worker._run_table import RunTable
 from trio_worker._worker._start_rate import StartRate
 from trio_worker._worker._status import HealthSource
 from trio_worker._worker._submitter import Submitter
+from trio_worker._worker._wakeups import Wakeups, WakeupTap, read_next_due
 
 __all__ = ["WorkerLoops"]
 
@@ -141,6 +143,15 @@ class WorkerLoops(Generic[C]):
             worker_name=worker_name,
             cancel_grace_seconds=cancel_grace_seconds,
         )
+        #: Pick-up by event: the watcher's stream feeds it, the poller rests on it.
+        self.wakeups = Wakeups()
+        self._next_due = functools.partial(
+            read_next_due,
+            client,
+            work_pool_name=work_pool_name,
+            work_queues=work_queues,
+            prefetch_seconds=prefetch_seconds,
+        )
         self.poller = Poller(
             client,
             table=table,
@@ -152,6 +163,7 @@ class WorkerLoops(Generic[C]):
             work_pool_name=work_pool_name,
             work_queues=work_queues,
             prefetch_seconds=prefetch_seconds,
+            wakeups=self.wakeups,
         )
         self.watcher: CancellationWatcher[C] = CancellationWatcher(
             client,
@@ -162,6 +174,7 @@ class WorkerLoops(Generic[C]):
             work_pool_name=work_pool_name,
             work_queues=work_queues,
             cancel_grace_seconds=cancel_grace_seconds,
+            tap=WakeupTap(self.wakeups, work_pool_name, tuple(work_queues)),
         )
 
     @contextlib.asynccontextmanager
@@ -224,12 +237,13 @@ class WorkerLoops(Generic[C]):
         )
 
     async def start(self, nursery: trio.Nursery, *, settings: Settings) -> None:
-        """Start the poll, heartbeat and cancellation loops in ``nursery``.
+        """Start the poll, heartbeat, cancellation and look-ahead loops in ``nursery``.
 
         Returns once the first poll has been made (or failed, or was stopped).
         """
         nursery.start_soon(self._poll_loop)
         nursery.start_soon(self._heartbeat_loop)
+        nursery.start_soon(self.wakeups.serve, self._next_due)
         await nursery.start(
             lambda task_status: self.watcher.serve(
                 self.api_url,
@@ -269,7 +283,11 @@ class WorkerLoops(Generic[C]):
             self.last_api_error = None
 
         await service_loop(
-            sync, interval=self._heartbeat_seconds, name="heartbeat", on_error=self.count_error
+            sync,
+            interval=self._heartbeat_seconds,
+            name="heartbeat",
+            on_error=self.count_error,
+            first_pause=True,  # the worker's start() has just synced and sent one
         )
 
     def stop_polling(self) -> None:

@@ -5,7 +5,9 @@ a page of runs the worker could not take would cost the API and the worker
 the parsing. Each run is handed over with ``nursery.start``, which returns
 once the run holds its slot in the table, so the count of free slots is
 exact when the next run is considered. Between polls it waits the query
-interval, or less while a backlog is left and slots free up.
+interval, or less while a backlog is left and slots free up; while the events
+stream is up it rests longer and polls when its
+:class:`~trio_worker._worker._wakeups.Wakeups` says a run is due.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from trio_worker._core._models import FlowRun, WorkPool, now
 from trio_worker._worker._metrics import WorkerMetrics
 from trio_worker._worker._run_table import RunTable
 from trio_worker._worker._start_rate import StartRate
+from trio_worker._worker._wakeups import Wakeups
 
 __all__ = ["Poller"]
 
@@ -45,6 +48,9 @@ class Poller:
         work_pool_name: the pool polled.
         work_queues: the queues polled (all of the pool's when empty).
         prefetch_seconds: runs due this far ahead are taken too.
+        wakeups: what the poller rests on between polls (pick-up by event);
+            a fresh one (which never rests longer than the interval while no
+            stream feeds it) when not given.
     """
 
     def __init__(
@@ -60,6 +66,7 @@ class Poller:
         work_pool_name: str,
         work_queues: Sequence[str],
         prefetch_seconds: float,
+        wakeups: Wakeups | None = None,
     ) -> None:
         self._client = client
         self._table = table
@@ -71,6 +78,7 @@ class Poller:
         self._pool_name = work_pool_name
         self._queues = tuple(work_queues)
         self._prefetch = prefetch_seconds
+        self.wakeups = Wakeups() if wakeups is None else wakeups
         #: When the last poll ended (monotonic seconds), or None before the first.
         self.last_polled: float | None = None
         #: Set when the last poll may have left due runs behind.
@@ -135,10 +143,12 @@ class Poller:
         per interval however short the runs. So while there is a backlog the
         next poll comes once a quarter of the slots are free again (never more
         often than that, so the API is not asked once per finished run).
+        While the events stream is up the rest is longer, and an event (or a
+        known run coming due) ends it (``_wakeups.py``).
         """
-        with trio.move_on_after(seconds):
+        with trio.move_on_after(self.wakeups.pause_seconds(seconds)):
             if not self.backlog:
-                await trio.sleep_forever()
+                await self.wakeups.wait()
             await self._table.wait_free_slots(self._refill_batch())
             # Paced starts: come back when the bucket holds a batch's worth of tokens.
             await trio.sleep(self._rate.seconds_until(self._start_batch()))

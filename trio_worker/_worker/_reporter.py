@@ -10,11 +10,13 @@ according to its typed :class:`~trio_worker._worker._context.CancelReason`.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 import uuid
 from typing import Final, Literal
 
+import attrs
 import trio
 
 from trio_worker._client._client import PrefectClient
@@ -144,6 +146,39 @@ class Reporter:
             # It had ended already (the engine reported it): count how it ended.
             self.count(verdict.state.type)
         return False
+
+    async def restore_if_finished(self, flow_run: FlowRun, pending: State) -> bool:
+        """Undo a PENDING that the API accepted over a run another worker already finished.
+
+        Prefect accepts PENDING over a CRASHED, FAILED or (unpersisted) COMPLETED
+        run: that is how a re-run starts. A proposal that waited behind a busy
+        SQLite server can land after another worker ran the run to the end.
+        Prefect copies ``scheduled_time`` into PENDING only from SCHEDULED, so
+        its absence is the sign; the history tells, and the final state is put
+        back. Here (not in the submitter) because a restart settling a claim
+        its dead worker left (``_process/_claims.py``) asks the same question.
+
+        Returns:
+            True when the run had finished and was restored: do not start it.
+        """
+        try:
+            history = await self._client.read_flow_run_states(flow_run.id)
+        except APIError as exc:
+            logger.warning("Could not read the history of flow run '%s': %s", flow_run.id, exc)
+            return False
+        earlier = [s for s in history if s.id != pending.id and s.timestamp is not None]
+        finals = [s for s in earlier if s.is_final]
+        if not finals or max(earlier, key=_timestamp) is not max(finals, key=_timestamp):
+            return False
+        last = max(finals, key=_timestamp)
+        logger.info(
+            "Aborted submission of flow run '%s': it had already finished %s",
+            flow_run.id,
+            last.type,
+        )
+        restored = State.of(last.type, last.message, name=last.name)
+        await self.propose(flow_run.id, attrs.evolve(restored, data=last.data), force=True)
+        return True
 
     async def propose_shielded(
         self, flow_run_id: uuid.UUID, state: State, *, force: bool = False
@@ -282,6 +317,11 @@ class Reporter:
             "the worker marked it Completed.",
         )
         await reporter.propose(flow_run.id, completed)
+
+
+def _timestamp(state: State) -> dt.datetime:
+    assert state.timestamp is not None
+    return state.timestamp
 
 
 def _leaf(exc: BaseException) -> BaseException:

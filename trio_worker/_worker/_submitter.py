@@ -12,7 +12,6 @@ deployments and flows it reads are cached, bounded, and read once per burst.
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import logging
 import math
@@ -20,7 +19,6 @@ import uuid
 from collections.abc import Callable
 from typing import Final, Generic
 
-import attrs
 import trio
 
 from trio_worker._client._client import PrefectClient
@@ -151,6 +149,8 @@ class Submitter(Generic[C]):
                     await self._reporter.report_end(
                         tracked, failure=failure, interrupted=interrupted
                     )
+            with trio.CancelScope(shield=True):
+                await self._backend.forget_claim(tracked.flow_run.id)
 
     async def _claim(self, tracked: InFlightRun) -> bool:
         """Propose PENDING; True when the run is now this worker's to start."""
@@ -161,6 +161,9 @@ class Submitter(Generic[C]):
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + CLAIM_PATIENCE_SECONDS
             pending = State.of(StateType.PENDING)
+            # Recorded first: a worker killed once the proposal landed leaves
+            # a claim its restart can settle (the process backend's records).
+            await self._backend.record_claim(flow_run.id, pending)
             verdict = await until_answered(
                 functools.partial(self._client.set_flow_run_state, flow_run.id, pending),
                 what=f"propose PENDING for flow run '{flow_run.id}'",
@@ -175,8 +178,9 @@ class Submitter(Generic[C]):
                 )
                 self._reporter.count_aborted()
                 return False
-            if verdict.state.state_details.scheduled_time is None and await self._reopened(
-                flow_run, verdict.state
+            if (
+                verdict.state.state_details.scheduled_time is None
+                and await self._reporter.restore_if_finished(flow_run, verdict.state)
             ):
                 self._reporter.count_aborted()
                 return False
@@ -259,40 +263,6 @@ class Submitter(Generic[C]):
             await reporter.crash(flow_run, message)
             return
         await self._reporter.complete_if_unreported(flow_run, engine=ctx.runs_engine)
-
-    async def _reopened(self, flow_run: FlowRun, pending: State) -> bool:
-        """Undo a PENDING that the API accepted over a run another worker already finished.
-
-        Prefect accepts PENDING over a CRASHED, FAILED or (unpersisted) COMPLETED
-        run: that is how a re-run starts. A proposal that waited behind a busy
-        SQLite server can land after another worker ran the run to the end.
-        Prefect copies ``scheduled_time`` into PENDING only from SCHEDULED, so
-        its absence sends us here; the history tells, and the final state is
-        put back.
-
-        Returns:
-            True when the run had finished and was restored: do not start it.
-        """
-        try:
-            history = await self._client.read_flow_run_states(flow_run.id)
-        except APIError as exc:
-            logger.warning("Could not read the history of flow run '%s': %s", flow_run.id, exc)
-            return False
-        earlier = [s for s in history if s.id != pending.id and s.timestamp is not None]
-        finals = [s for s in earlier if s.is_final]
-        if not finals or max(earlier, key=_timestamp) is not max(finals, key=_timestamp):
-            return False
-        last = max(finals, key=_timestamp)
-        logger.info(
-            "Aborted submission of flow run '%s': it had already finished %s",
-            flow_run.id,
-            last.type,
-        )
-        restored = State.of(last.type, last.message, name=last.name)
-        await self._reporter.propose(
-            flow_run.id, attrs.evolve(restored, data=last.data), force=True
-        )
-        return True
 
     async def _start_and_wait(self, tracked: InFlightRun, ctx: RunContext[C]) -> BaseWorkerResult:
         """Run the infrastructure; record its id the moment it exists."""
@@ -399,11 +369,6 @@ class Submitter(Generic[C]):
                 return None
             self.flows.put(flow_id, flow)
             return flow
-
-
-def _timestamp(state: State) -> dt.datetime:
-    assert state.timestamp is not None
-    return state.timestamp
 
 
 def _leaf(exc: BaseException) -> BaseException:
