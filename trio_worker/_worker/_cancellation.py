@@ -18,6 +18,12 @@ only every ``CHECK_ROUNDS_WHILE_STREAMING`` rounds. Both call
 
 The watcher owns the set of runs it is stopping, so a run the stream and the
 poll both report is killed once.
+
+The worker holds one ``/events/out`` subscription: the watcher's. An
+:class:`EventTap` (the loops hand it a ``WakeupTap``, ``_wakeups.py``) adds
+its event names to the filter and sees each message first, so the poll loop
+hears of runs that became due without a second websocket, and without the
+watcher knowing anything of polls.
 """
 
 from __future__ import annotations
@@ -265,10 +271,10 @@ class CancellationWatcher(Generic[C]):
     ) -> None:
         """Hear of cancellations as they happen, through ``/events/out``; reconnect forever.
 
-        The filter asks for ``prefect.flow-run.Cancelling`` events from now on;
-        a run in flight here is cancelled at once, any other of the pool is
-        read and handed to :meth:`cancel_run`. The polling check covers the
-        gaps while the stream is down.
+        The filter asks for ``prefect.flow-run.Cancelling`` events (and the
+        tap's) from now on; a run in flight here is cancelled at once, any
+        other of the pool is read and handed to :meth:`cancel_run`. The
+        polling check covers the gaps while the stream is down.
         """
 
         async def listen(socket: JsonWebSocket) -> None:

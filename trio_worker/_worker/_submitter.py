@@ -8,6 +8,11 @@ starting the same run), renders the job configuration, starts the
 infrastructure through the backend, records ``infrastructure_pid``, and has
 the :class:`~trio_worker._worker._reporter.Reporter` say how it ended. The
 deployments and flows it reads are cached, bounded, and read once per burst.
+
+Before proposing PENDING it calls the backend's ``record_claim`` and, once
+the run's end is reported (or the claim did not land), ``forget_claim``: the
+process worker keeps the claim in its run records, so a restart after a kill
+anywhere in between can settle the run (``_process/_claims.py``).
 """
 
 from __future__ import annotations
