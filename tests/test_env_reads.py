@@ -32,6 +32,9 @@ ALLOWED = {
     "_engine/",
     # The warm-start zygote's fork becomes that engine and hands it its environment.
     "_process/_zygote.py",
+    # ... and prepares, in the zygote before any fork, the SSL context those
+    # engines will build from their Settings.from_env (the same reading).
+    "_process/_zygote_prepare.py",
 }
 
 ENV_NAMES = {"environ", "environb", "getenv", "getenvb"}
