@@ -548,3 +548,50 @@ async def test_awaited_stop_returns_once_the_worker_has_drained(
         with trio.fail_after(30):
             await second.stop()
         assert not nursery.child_tasks
+
+
+async def test_an_abandoned_sync_run_keeps_its_slot_until_its_thread_returns(
+    api_url: str, client: PrefectClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A thread cannot be cancelled: the run ends CRASHED, its thread goes on,
+    # and the limit must go on counting it, or threads pile up past the limit.
+    entered, release = threading.Event(), threading.Event()
+    started: list[int] = []
+
+    def blocking(n: int) -> int:
+        started.append(n)
+        entered.set()
+        release.wait(60)
+        return n
+
+    blocking_task = Task(blocking, key="tw-abandoned-blocking")
+    worker = TaskWorker(blocking_task, limit=1, settings=Settings(api_url=api_url))
+    first = await blocking_task.enqueue(client, (1,))
+    second = await blocking_task.enqueue(client, (2,))
+    caplog.set_level(logging.WARNING, logger="trio_worker.task_worker")
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                worker.execute_task_run, await client.read_task_run(first.task_run_id)
+            )
+            await trio.to_thread.run_sync(entered.wait, 30)
+            nursery.cancel_scope.cancel()
+        crashed = await wait_state(client, first.task_run_id, StateType.CRASHED)
+        assert crashed.state is not None and "cancelled" in (crashed.state.message or "")
+        assert (worker.current_tasks, worker.available_tasks, worker.abandoned_threads) == (1, 0, 1)
+        assert "its slot stays taken until the thread returns" in caplog.text
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                worker.execute_task_run, await client.read_task_run(second.task_run_id)
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            assert started == [1]  # no second thread beside the abandoned one
+            waiting = await client.read_task_run(second.task_run_id)
+            assert waiting.state is not None and waiting.state.type is StateType.SCHEDULED
+            release.set()  # the first thread returns: its slot goes to the second run
+        assert started == [1, 2]
+        assert await second.result_async(30, client=client) == 2
+        assert (worker.current_tasks, worker.available_tasks, worker.abandoned_threads) == (0, 1, 0)
+    finally:
+        release.set()
