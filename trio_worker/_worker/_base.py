@@ -34,7 +34,7 @@ from typing import Any, Literal, Self, cast
 import trio
 
 from trio_worker._client._client import PrefectClient
-from trio_worker._client._log_shipping import APILogHandler
+from trio_worker._client._log_handler import APILogHandler
 from trio_worker._core._exceptions import ConfigurationError
 from trio_worker._core._jobs import prepare_for_flow_run
 from trio_worker._core._models import Deployment, Flow, FlowRun, now
