@@ -19,7 +19,7 @@ from trio_worker._server._actions import (
     WorkQueueUpdate,
 )
 from trio_worker._server._common import APIProblem
-from trio_worker._server._flow_runs import create_deployment_flow_run
+from trio_worker._server._flow_run_create import create_deployment_flow_run
 from trio_worker._server._http import ApiState, empty, json_body, ok, parse, path_id, read_body
 
 __all__ = ["API_VERSION", "PREFECT_VERSION", "core_routes"]
