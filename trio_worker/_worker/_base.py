@@ -36,7 +36,7 @@ import trio
 from trio_worker._client._client import PrefectClient
 from trio_worker._client._log_handler import APILogHandler
 from trio_worker._core._exceptions import ConfigurationError
-from trio_worker._core._jobs import prepare_for_flow_run
+from trio_worker._core._job_prepare import prepare_for_flow_run
 from trio_worker._core._models import Deployment, Flow, FlowRun, now
 from trio_worker._core._settings import Settings
 from trio_worker._worker._context import RUN_LOGGER_NAME, Backend, BaseWorkerResult, C, V
