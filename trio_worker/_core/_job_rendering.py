@@ -14,14 +14,14 @@ from typing import Any, TypeVar
 
 from trio_worker._core._exceptions import JobVariableError, TemplateError
 from trio_worker._core._job_schema import structure
-from trio_worker._core._templating import (
+from trio_worker._core._template_references import (
     GetBlock,
     GetBlockDocument,
     GetVariable,
-    apply_values,
     resolve_block_document_references,
     resolve_variables,
 )
+from trio_worker._core._templating import apply_values
 
 __all__ = ["render_job_configuration"]
 

@@ -30,7 +30,7 @@ from trio_worker._core._job_schema import (
     json_schema,
     stringify_values,
 )
-from trio_worker._core._templating import GetBlock, GetBlockDocument, GetVariable
+from trio_worker._core._template_references import GetBlock, GetBlockDocument, GetVariable
 from trio_worker._core._time import format_datetime
 from trio_worker._version import __version__
 
