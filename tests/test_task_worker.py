@@ -26,8 +26,9 @@ from trio_worker._client._client import PrefectClient
 from trio_worker._core._models import StateType, TaskRun
 from trio_worker._core._settings import Settings
 from trio_worker._server import serve_api
+from trio_worker._taskworker._handles import TaskRunFailedError
 from trio_worker._taskworker._store import parameters_key
-from trio_worker._taskworker._tasks import Task, TaskRunFailedError, task
+from trio_worker._taskworker._tasks import Task, task
 from trio_worker._taskworker._worker import TaskWorker
 
 
