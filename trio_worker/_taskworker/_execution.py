@@ -15,7 +15,7 @@ import functools
 import logging
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import trio
@@ -41,12 +41,15 @@ __all__ = [
     "StopTaskWorker",
     "describe",
     "log_finished",
+    "record_state",
     "report",
     "run_task",
     "state_of",
 ]
 
 logger = logging.getLogger("trio_worker.task_worker")
+
+REPORT_TIMEOUT_SECONDS: Final = 10.0  # a final state after cancellation
 
 
 class StopTaskWorker(TrioWorkerError):
@@ -177,25 +180,48 @@ def describe(exc: Exception) -> dict[str, Any]:
     }
 
 
+async def record_state(
+    reporter: TaskRunReporter | None, task_run: TaskRun, progress: Progress, state: State
+) -> None:
+    """Record ``state`` for the run through the batched reporter; it becomes the run's state."""
+    assert reporter is not None, "the task worker records states only while it has an API"
+    progress.state = await reporter.record(task_run.id, progress.record, progress.state, state)
+
+
 async def report(
     client: PrefectClient,
-    reporter: TaskRunReporter,
+    reporter: TaskRunReporter | None,
     task_run: TaskRun,
     progress: Progress,
     state: State,
     *,
     delete: bool,
 ) -> None:
-    """Record the run's final ``state`` (logged, not raised, when the API refuses it).
+    """Record the run's final ``state``: shielded, bounded, logged (not raised) when refused.
 
-    With ``delete`` (a run that could not start at all) the state is set
-    directly and the run deleted, so that no event arriving late re-creates it.
+    Shielded so that a run cancelled by a drain or a stop still reports how it
+    ended; bounded by :data:`REPORT_TIMEOUT_SECONDS` so that an API that does
+    not answer cannot hold the stop up. With ``delete`` (a run that could not
+    start at all) the state is set directly and the run deleted, so that no
+    event arriving late re-creates it.
     """
+    with trio.CancelScope(shield=True) as reporting:
+        reporting.deadline = trio.current_time() + REPORT_TIMEOUT_SECONDS
+        await _report(client, reporter, task_run, progress, state, delete=delete)
+
+
+async def _report(
+    client: PrefectClient,
+    reporter: TaskRunReporter | None,
+    task_run: TaskRun,
+    progress: Progress,
+    state: State,
+    *,
+    delete: bool,
+) -> None:
     try:
         if not delete:
-            progress.state = await reporter.record(
-                task_run.id, progress.record, progress.state, state
-            )
+            await record_state(reporter, task_run, progress, state)
             return
         result = await client.set_task_run_state(task_run.id, state)
         if result.status is not SetStateStatus.ACCEPT:

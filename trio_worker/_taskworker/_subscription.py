@@ -8,6 +8,11 @@ slot, and a worker dying in between loses the run). Each run then belongs to
 its own task in the worker's runs nursery; what it does there is the worker's
 (``run``). The worker owns the lifecycle (the runs nursery, the drain); this
 part owns the lanes, which of them are connected, and the runs held.
+
+The API sends a subscriber its next run only after the last ack, and we ack
+only after PENDING is recorded: one connection is one handoff per round trip.
+A few connections ("lanes") hand off in parallel; each may hold one un-acked
+run while the worker is full, so there are never more lanes than the limit.
 """
 
 from __future__ import annotations

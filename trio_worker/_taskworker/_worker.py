@@ -45,6 +45,7 @@ from trio_worker._taskworker._execution import (
     Progress,
     StopTaskWorker,
     log_finished,
+    record_state,
     report,
     run_task,
     state_of,
@@ -64,7 +65,6 @@ logger = logging.getLogger("trio_worker.task_worker")
 DEFAULT_LIMIT: Final = 10
 DEFAULT_DRAIN_TIMEOUT_SECONDS: Final = 30.0
 DEFAULT_LANES: Final = 4
-REPORT_TIMEOUT_SECONDS: Final = 10.0  # a final state after cancellation
 
 
 @final
@@ -146,10 +146,7 @@ class TaskWorker:
         #: (task key, final state type) -> count, for /metrics
         self.outcomes: Counter[tuple[str, str]] = Counter()
         self.started_at: Any = None
-        # The API sends a subscriber its next run only after the last ack, and we
-        # ack only after PENDING is recorded: one connection is one handoff per
-        # round trip. A few connections ("lanes") hand off in parallel; each may
-        # hold one un-acked run while the worker is full, so never more than limit.
+        # (Why lanes, and how many: see _subscription.)
         self.lanes = lanes if lanes is not None else min(limit or DEFAULT_LANES, DEFAULT_LANES)
         self.status_url: str | None = None
         # A sync run's thread keeps its slot until it ends, abandoned or not.
@@ -371,7 +368,7 @@ class TaskWorker:
                 slots=self._slots,
                 slot=slot,
                 record_running=functools.partial(
-                    self._record, task_run, progress, state_of(StateType.RUNNING)
+                    record_state, self._reporter, task_run, progress, state_of(StateType.RUNNING)
                 ),
                 delete_failed=self.delete_failed_submissions,
             )
@@ -386,6 +383,8 @@ class TaskWorker:
                 if self._stopping
                 else "cancelled"
             )
+            if slot.thread_running:
+                why += "; its thread is still running and keeps its slot until it returns"
             final_state = state_of(
                 StateType.CRASHED, f"the task worker {self.client_id} stopped: run {why}"
             )
@@ -395,20 +394,11 @@ class TaskWorker:
                 # (A run whose lease the API took back is another worker's now, or
                 # CRASHED: whatever it ended as here is not reported.)
                 assert self._client is not None
-                assert self._reporter is not None
-                with trio.CancelScope(shield=True) as reporting:
-                    reporting.deadline = trio.current_time() + REPORT_TIMEOUT_SECONDS
-                    await report(
-                        self._client, self._reporter, task_run, progress, final_state, delete=delete
-                    )
+                await report(
+                    self._client, self._reporter, task_run, progress, final_state, delete=delete
+                )
                 self.outcomes[key, final_state.type.value] += 1
                 log_finished(task_run, final_state, trio.current_time() - started)
             self.in_flight_task_runs[key].pop(task_run.id, None)
             self._leases.forget(task_run.id)
             self.finished_task_runs[key] = self.finished_task_runs.get(key, 0) + 1
-
-    async def _record(self, task_run: TaskRun, progress: Progress, state: State) -> None:
-        assert self._reporter is not None
-        progress.state = await self._reporter.record(
-            task_run.id, progress.record, progress.state, state
-        )
