@@ -27,6 +27,7 @@ from trio_worker._core._models import StateType, TaskRun
 from trio_worker._core._settings import Settings
 from trio_worker._server import serve_api
 from trio_worker._taskworker._handles import TaskRunFailedError
+from trio_worker._taskworker._status import worker_status
 from trio_worker._taskworker._store import parameters_key
 from trio_worker._taskworker._tasks import Task, task
 from trio_worker._taskworker._worker import TaskWorker
@@ -448,6 +449,7 @@ async def test_status_endpoint_counts_match_what_happened(
             assert status["in_flight_task_runs"]["tw-status-gated"] == [str(held.task_run_id)]
             assert status["current_tasks"] == 1
             assert status["available_tasks"] == 3
+            assert status["abandoned_threads"] == 0
             assert status["limit"] == 4
             assert status["started"] is True
             assert status["client_id"] == f"{socket.gethostname()}-{os.getpid()}"
@@ -463,6 +465,7 @@ async def test_status_endpoint_counts_match_what_happened(
                 in metrics
             )
             assert 'trio_worker_task_runs_in_flight{task_key="tw-status-gated"} 1.0' in metrics
+            assert "trio_worker_task_threads_abandoned 0.0" in metrics
             release.set()
             assert await held.result_async(30, client=client) == 1
             status = (await http.get("/status")).json()
@@ -582,6 +585,7 @@ async def test_an_abandoned_sync_run_keeps_its_slot_until_its_thread_returns(
         assert "cancelled; its thread is still running" in (crashed.state.message or "")
         assert (worker.current_tasks, worker.available_tasks, worker.abandoned_threads) == (1, 0, 1)
         assert "its slot stays taken until the thread returns" in caplog.text
+        assert worker_status(worker)["abandoned_threads"] == 1  # what /status says
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
