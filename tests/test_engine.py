@@ -19,7 +19,7 @@ import trio
 
 from tests.helpers import wait_for
 from trio_worker._client._client import PrefectClient
-from trio_worker._client._log_shipping import MAX_MESSAGE_CHARS
+from trio_worker._client._log_buffer import MAX_MESSAGE_CHARS
 from trio_worker._core._converter import structure
 from trio_worker._core._models import FlowRun, State, StateType, now
 from trio_worker._engine._logs import APILogHandler, LogShipper

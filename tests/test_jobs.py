@@ -14,6 +14,7 @@ import attrs
 import pytest
 
 from trio_worker._core._exceptions import ConfigurationError, JobVariableError, TemplateError
+from trio_worker._core._job_prepare import prepare_for_flow_run
 from trio_worker._core._job_schema import job_metadata, json_schema
 from trio_worker._core._jobs import (
     BaseJobConfiguration,
@@ -21,7 +22,6 @@ from trio_worker._core._jobs import (
     default_base_job_template,
     from_template_and_values,
     merge_job_variables,
-    prepare_for_flow_run,
 )
 from trio_worker._core._models import Deployment, Flow, FlowRun, WorkPool
 from trio_worker._process._config import (

@@ -24,7 +24,8 @@ from trio_worker._client._client import PrefectClient
 from trio_worker._core._models import Event, State, StateType
 from trio_worker._core._settings import Settings
 from trio_worker._process._worker import ProcessWorker
-from trio_worker._taskworker._tasks import Task, TaskRunFailedError
+from trio_worker._taskworker._handles import TaskRunFailedError
+from trio_worker._taskworker._tasks import Task
 from trio_worker.testing import LivenessRules, open_embedded_api
 
 SMALL = LivenessRules(heartbeat_timeout=3, pending_timeout=3, task_lease=3)

@@ -27,13 +27,8 @@ from starlette.routing import Route
 
 from tests.test_engine import _engine, _pending_run
 from trio_worker._client._client import PrefectClient
-from trio_worker._client._log_shipping import (
-    DROPPED_LOGGER_NAME,
-    LogBuffer,
-    LogShipper,
-    flush_logs,
-    repair_text,
-)
+from trio_worker._client._log_buffer import DROPPED_LOGGER_NAME, LogBuffer, repair_text
+from trio_worker._client._log_shipping import LogShipper, flush_logs
 from trio_worker._core._converter import structure
 from trio_worker._core._models import Log
 

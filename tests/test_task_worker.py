@@ -26,8 +26,10 @@ from trio_worker._client._client import PrefectClient
 from trio_worker._core._models import StateType, TaskRun
 from trio_worker._core._settings import Settings
 from trio_worker._server import serve_api
+from trio_worker._taskworker._handles import TaskRunFailedError
+from trio_worker._taskworker._status import worker_status
 from trio_worker._taskworker._store import parameters_key
-from trio_worker._taskworker._tasks import Task, TaskRunFailedError, task
+from trio_worker._taskworker._tasks import Task, task
 from trio_worker._taskworker._worker import TaskWorker
 
 
@@ -447,6 +449,7 @@ async def test_status_endpoint_counts_match_what_happened(
             assert status["in_flight_task_runs"]["tw-status-gated"] == [str(held.task_run_id)]
             assert status["current_tasks"] == 1
             assert status["available_tasks"] == 3
+            assert status["abandoned_threads"] == 0
             assert status["limit"] == 4
             assert status["started"] is True
             assert status["client_id"] == f"{socket.gethostname()}-{os.getpid()}"
@@ -462,6 +465,7 @@ async def test_status_endpoint_counts_match_what_happened(
                 in metrics
             )
             assert 'trio_worker_task_runs_in_flight{task_key="tw-status-gated"} 1.0' in metrics
+            assert "trio_worker_task_threads_abandoned 0.0" in metrics
             release.set()
             assert await held.result_async(30, client=client) == 1
             status = (await http.get("/status")).json()
@@ -548,3 +552,52 @@ async def test_awaited_stop_returns_once_the_worker_has_drained(
         with trio.fail_after(30):
             await second.stop()
         assert not nursery.child_tasks
+
+
+async def test_an_abandoned_sync_run_keeps_its_slot_until_its_thread_returns(
+    api_url: str, client: PrefectClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A thread cannot be cancelled: the run ends CRASHED, its thread goes on,
+    # and the limit must go on counting it, or threads pile up past the limit.
+    entered, release = threading.Event(), threading.Event()
+    started: list[int] = []
+
+    def blocking(n: int) -> int:
+        started.append(n)
+        entered.set()
+        release.wait(60)
+        return n
+
+    blocking_task = Task(blocking, key="tw-abandoned-blocking")
+    worker = TaskWorker(blocking_task, limit=1, settings=Settings(api_url=api_url))
+    first = await blocking_task.enqueue(client, (1,))
+    second = await blocking_task.enqueue(client, (2,))
+    caplog.set_level(logging.WARNING, logger="trio_worker.task_worker")
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                worker.execute_task_run, await client.read_task_run(first.task_run_id)
+            )
+            await trio.to_thread.run_sync(entered.wait, 30)
+            nursery.cancel_scope.cancel()
+        crashed = await wait_state(client, first.task_run_id, StateType.CRASHED)
+        assert crashed.state is not None
+        assert "cancelled; its thread is still running" in (crashed.state.message or "")
+        assert (worker.current_tasks, worker.available_tasks, worker.abandoned_threads) == (1, 0, 1)
+        assert "its slot stays taken until the thread returns" in caplog.text
+        assert worker_status(worker)["abandoned_threads"] == 1  # what /status says
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                worker.execute_task_run, await client.read_task_run(second.task_run_id)
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            assert started == [1]  # no second thread beside the abandoned one
+            waiting = await client.read_task_run(second.task_run_id)
+            assert waiting.state is not None and waiting.state.type is StateType.SCHEDULED
+            release.set()  # the first thread returns: its slot goes to the second run
+        assert started == [1, 2]
+        assert await second.result_async(30, client=client) == 2
+        assert (worker.current_tasks, worker.available_tasks, worker.abandoned_threads) == (0, 1, 0)
+    finally:
+        release.set()

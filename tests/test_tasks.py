@@ -15,6 +15,7 @@ from trio_worker._client._client import PrefectClient
 from trio_worker._core._exceptions import ConfigurationError
 from trio_worker._core._models import StateType
 from trio_worker._core._settings import Settings
+from trio_worker._taskworker._handles import TaskRunTimeoutError
 from trio_worker._taskworker._store import (
     LocalTaskStore,
     check_json,
@@ -23,7 +24,7 @@ from trio_worker._taskworker._store import (
     encode_record,
     parameters_key,
 )
-from trio_worker._taskworker._tasks import Task, TaskRunTimeoutError, task
+from trio_worker._taskworker._tasks import Task, task
 
 
 @task

@@ -11,6 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_worker._core._exceptions import TemplateError
+from trio_worker._core._template_references import (
+    resolve_block_document_references,
+    resolve_variables,
+)
 from trio_worker._core._templating import (
     NOTSET,
     Placeholder,
@@ -18,8 +22,6 @@ from trio_worker._core._templating import (
     apply_values,
     find_placeholders,
     lookup_path,
-    resolve_block_document_references,
-    resolve_variables,
 )
 
 # Every row of the §7.1 table: (template, values, env, expected).

@@ -45,16 +45,16 @@ if _typing.TYPE_CHECKING:
     from trio_worker._process._group import sweep_process_group as sweep_process_group
     from trio_worker._process._group import terminate_process_group as terminate_process_group
     from trio_worker._process._worker import ProcessWorker as ProcessWorker
+    from trio_worker._taskworker._handles import TaskRunFailedError as TaskRunFailedError
+    from trio_worker._taskworker._handles import TaskRunHandle as TaskRunHandle
+    from trio_worker._taskworker._handles import TaskRunTimeoutError as TaskRunTimeoutError
+    from trio_worker._taskworker._serve import serve as serve
     from trio_worker._taskworker._store import LocalTaskStore as LocalTaskStore
     from trio_worker._taskworker._store import TaskStore as TaskStore
     from trio_worker._taskworker._tasks import Task as Task
-    from trio_worker._taskworker._tasks import TaskRunFailedError as TaskRunFailedError
-    from trio_worker._taskworker._tasks import TaskRunHandle as TaskRunHandle
-    from trio_worker._taskworker._tasks import TaskRunTimeoutError as TaskRunTimeoutError
     from trio_worker._taskworker._tasks import task as task
     from trio_worker._taskworker._worker import StopTaskWorker as StopTaskWorker
     from trio_worker._taskworker._worker import TaskWorker as TaskWorker
-    from trio_worker._taskworker._worker import serve as serve
     from trio_worker._worker._base import BaseWorker as BaseWorker
     from trio_worker._worker._context import BaseWorkerResult as BaseWorkerResult
     from trio_worker._worker._context import RunContext as RunContext
@@ -123,11 +123,11 @@ _LAZY: dict[str, str] = {
     "TaskStore": "trio_worker._taskworker._store",
     "StopTaskWorker": "trio_worker._taskworker._worker",
     "TaskWorker": "trio_worker._taskworker._worker",
-    "serve": "trio_worker._taskworker._worker",
+    "serve": "trio_worker._taskworker._serve",
     "Task": "trio_worker._taskworker._tasks",
-    "TaskRunFailedError": "trio_worker._taskworker._tasks",
-    "TaskRunHandle": "trio_worker._taskworker._tasks",
-    "TaskRunTimeoutError": "trio_worker._taskworker._tasks",
+    "TaskRunFailedError": "trio_worker._taskworker._handles",
+    "TaskRunHandle": "trio_worker._taskworker._handles",
+    "TaskRunTimeoutError": "trio_worker._taskworker._handles",
     "task": "trio_worker._taskworker._tasks",
     "BaseWorker": "trio_worker._worker._base",
     "BaseWorkerResult": "trio_worker._worker._context",

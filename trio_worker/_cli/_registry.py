@@ -7,14 +7,21 @@ declaring, in its ``pyproject.toml``::
     my-type = "my_package.worker:MyWorker"
 
 ``process`` is registered the same way by trio-worker itself, with a built-in
-fallback so a source checkout works before it is installed.
+fallback so a source checkout works before it is installed. A type that is
+not installed may be installed with pip, as ``--install-policy`` allows
+(:func:`resolve_worker_class`).
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
 from importlib.metadata import entry_points
 from typing import Any, Final
+
+import click
+import trio
 
 from trio_worker._core._exceptions import ConfigurationError, WorkerTypeNotFoundError
 from trio_worker._worker._base import BaseWorker
@@ -23,8 +30,11 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "get_worker_class",
     "installed_worker_types",
+    "resolve_worker_class",
     "worker_type_package",
 ]
+
+logger = logging.getLogger("trio_worker.cli")
 
 ENTRY_POINT_GROUP: Final = "trio_worker.workers"
 PACKAGE_PREFIX: Final = "trio-worker-"
@@ -81,3 +91,47 @@ def get_worker_class(type_name: str) -> type[BaseWorker[Any, Any]]:
         f"no worker type {type_name!r} is installed; installed types: "
         + ", ".join(installed_worker_types())
     )
+
+
+async def _install_worker_type(type_name: str) -> None:
+    """Install the package that provides worker type ``type_name`` with pip.
+
+    Raises:
+        ConfigurationError: the type is not a plain name (checked before pip runs).
+        WorkerTypeNotFoundError: pip could not install it.
+    """
+    package = worker_type_package(type_name)
+    logger.info("Installing %s ...", package)
+    result = await trio.run_process(
+        [sys.executable, "-m", "pip", "install", package],
+        check=False,
+        capture_stdout=True,
+        capture_stderr=True,
+    )
+    if result.returncode != 0:
+        raise WorkerTypeNotFoundError(
+            f"could not install {package} for worker type {type_name!r}; "
+            f"installed types: {', '.join(installed_worker_types())}"
+        )
+
+
+async def resolve_worker_class(type_name: str, policy: str) -> type[BaseWorker[Any, Any]]:
+    """Find the worker type, installing its package as ``--install-policy`` allows.
+
+    ``always`` installs (or upgrades) first; ``if-not-present`` installs a
+    missing type; ``prompt`` asks, on a terminal only; ``never`` does not.
+    """
+    if policy == "always" and type_name != "process":
+        await _install_worker_type(type_name)
+    try:
+        return get_worker_class(type_name)
+    except WorkerTypeNotFoundError:
+        if policy == "never" or (policy == "prompt" and not sys.stdin.isatty()):
+            raise
+        if policy == "prompt":
+            package = worker_type_package(type_name)  # never ask about a non-name
+            question = f"Worker type {type_name!r} is not installed. Install {package}?"
+            if not await trio.to_thread.run_sync(click.confirm, question):
+                raise
+        await _install_worker_type(type_name)
+        return get_worker_class(type_name)

@@ -1,5 +1,9 @@
 """Parsers of environment values, one per kind of setting (used by :mod:`._settings`).
 
+:data:`SETTING_PARSERS` says which parser reads each setting, so the settings
+module holds only the fields (names, defaults, env vars, help) and the one
+reader of the environment.
+
 Each takes the raw text of a variable and returns the value or raises
 ``ValueError`` with the end of a sentence that starts with ``NAME='value'``
 (``Settings.from_env`` adds the start), e.g. ``is not a number``.
@@ -8,10 +12,12 @@ Each takes the raw text of a variable and returns the value or raises
 from __future__ import annotations
 
 import math
-from typing import Final
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 __all__ = [
     "MOST_LOG_BUFFER_LINES",
+    "SETTING_PARSERS",
     "env_metadata",
     "parse_api_url",
     "parse_bool",
@@ -154,3 +160,41 @@ def parse_optional_str(text: str) -> str | None:
 
 def parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+#: The parser of each :class:`~trio_worker._core._settings.Settings` field, by field name.
+SETTING_PARSERS: Final[Mapping[str, Callable[[str], Any]]] = {
+    "api_url": parse_api_url,
+    "api_key": parse_optional_str,
+    "api_auth_string": parse_optional_str,
+    "api_request_timeout": parse_positive_float,
+    "tls_insecure_skip_verify": parse_bool,
+    "ssl_cert_file": parse_optional_str,
+    "max_retries": parse_non_negative_int,
+    "query_seconds": parse_positive_float,
+    "heartbeat_seconds": parse_positive_float,
+    "prefetch_seconds": parse_non_negative_float,
+    "webserver_host": str,
+    "webserver_port": parse_port,
+    "state_dir": parse_optional_str,
+    "embedded_api_port": parse_port,
+    "server_api_auth_string": parse_optional_str,
+    "api_allowed_hosts": parse_list,
+    "api_allowed_origins": parse_list,
+    "flow_heartbeat_seconds": parse_positive_float,
+    "server_heartbeat_timeout": parse_non_negative_float,
+    "server_pending_timeout": parse_non_negative_float,
+    "server_task_lease": parse_non_negative_float,
+    "max_starts_per_second": parse_optional_positive_float,
+    "start_burst": parse_optional_positive_int,
+    "api_max_body_bytes": parse_positive_int,
+    "log_buffer_lines": parse_log_buffer_lines,
+    "warm_start": parse_bool,
+    "preload": parse_module_list,
+    "warm_start_max_forks": parse_positive_int,
+    "warm_start_max_growth_mb": parse_positive_float,
+    "server_db_path": parse_optional_str,
+    "task_storage_path": parse_optional_str,
+    "results_storage_path": parse_optional_str,
+    "prefect_home": parse_optional_str,
+}

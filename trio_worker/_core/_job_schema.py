@@ -24,8 +24,8 @@ from typing import Any, Final, Literal, TypeVar, Union, get_args, get_origin
 
 import attrs
 
-from trio_worker._core._converter import MISSING, LaxValueError, make_lax_converter
 from trio_worker._core._exceptions import JobVariableError
+from trio_worker._core._lax_converter import MISSING, LaxValueError, make_lax_converter
 
 __all__ = [
     "empty_as_none",

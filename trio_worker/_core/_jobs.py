@@ -9,36 +9,28 @@ configuration a worker acts on. Each field carries its title and description in
 a user sees, and Prefect workers and ours must generate the same template.
 
 :func:`from_template_and_values` turns a template plus a run's job variables into
-a validated configuration; :func:`prepare_for_flow_run` then adds what is known
-only per run (env, labels, name, command).
+a validated configuration (the steps are :mod:`._job_rendering`'s);
+:func:`._job_prepare.prepare_for_flow_run` then adds what is known only per run
+(env, labels, name, command), through the configuration's own
+:meth:`BaseJobConfiguration.prepare_for_flow_run`, which subclasses override.
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, overload
 
 import attrs
 
-from trio_worker._core._exceptions import ConfigurationError, JobVariableError, TemplateError
+from trio_worker._core._job_rendering import render_job_configuration
 from trio_worker._core._job_schema import (
     empty_as_none,
     field_info,
     job_metadata,
     json_schema,
     stringify_values,
-    structure,
 )
-from trio_worker._core._templating import (
-    GetBlock,
-    GetBlockDocument,
-    GetVariable,
-    apply_values,
-    resolve_block_document_references,
-    resolve_variables,
-)
+from trio_worker._core._template_references import GetBlock, GetBlockDocument, GetVariable
 from trio_worker._core._time import format_datetime
 from trio_worker._version import __version__
 
@@ -53,7 +45,6 @@ __all__ = [
     "job_metadata",
     "json_schema",
     "merge_job_variables",
-    "prepare_for_flow_run",
 ]
 
 C = TypeVar("C", bound="BaseJobConfiguration")
@@ -229,91 +220,6 @@ class BaseJobConfiguration:
         )
 
 
-def prepare_for_flow_run(
-    config: C,
-    *,
-    flow_run: FlowRun,
-    deployment: Deployment | None = None,
-    flow: Flow | None = None,
-    worker_name: str | None = None,
-    work_pool: WorkPool | None = None,
-    base_env: Mapping[str, str] | None = None,
-    default_command: str | None = None,
-) -> C:
-    """Complete a configuration with what is known only for one flow run.
-
-    Env is layered lowest first: ``base_env`` (what the worker passes on, e.g. its
-    Prefect settings), ``PREFECT__FLOW_RUN_ID``, the attribution variables
-    (``PREFECT__WORKER_NAME``, ``PREFECT__FLOW_ID``, ``PREFECT__FLOW_NAME``,
-    ``PREFECT__DEPLOYMENT_ID``, ``PREFECT__DEPLOYMENT_NAME``), then the
-    configuration's own env, in which ``None`` removes a key. The ``prefect.io/*``
-    labels of the objects given come before the configuration's labels, which win.
-    ``name`` falls back to the flow run's name and ``command`` to ``default_command``.
-    Ids missing objects are taken from the flow run (``flow_id``, ``deployment_id``).
-
-    This calls ``config.prepare_for_flow_run`` so that subclasses' overrides apply,
-    passing only the keywords the override accepts: a Prefect-style override
-    ``prepare_for_flow_run(self, flow_run, deployment=None, flow=None)`` gets
-    those three, after the base implementation has applied what only the worker
-    knows (``base_env``, ``default_command``, its name and pool); applying the base
-    part again from the override's ``super()`` call changes nothing.
-
-    Args:
-        config: the configuration rendered by :func:`from_template_and_values`.
-        flow_run: the run being started.
-        deployment: its deployment, when it has one.
-        flow: its flow, when read.
-        worker_name: the name of the worker starting it.
-        work_pool: the pool it came from.
-        base_env: the lowest env layer.
-        default_command: the command when the configuration sets none.
-
-    Returns:
-        A new configuration; ``config`` is not modified.
-
-    Raises:
-        ConfigurationError: the override returned ``None`` or something else than
-            a job configuration, or assigned to a field of the frozen configuration
-            (Prefect's mutate-in-place style); the message names the class.
-    """
-    keywords: dict[str, Any] = {
-        "flow_run": flow_run,
-        "deployment": deployment,
-        "flow": flow,
-        "worker_name": worker_name,
-        "work_pool": work_pool,
-        "base_env": base_env,
-        "default_command": default_command,
-    }
-    accepted = _accepted_keywords(config.prepare_for_flow_run)
-    if accepted is not None and not accepted >= keywords.keys():
-        config = BaseJobConfiguration.prepare_for_flow_run(config, **keywords)
-        keywords = {key: value for key, value in keywords.items() if key in accepted}
-    where = f"{type(config).__name__}.prepare_for_flow_run"
-    try:
-        prepared: object = config.prepare_for_flow_run(**keywords)
-    except attrs.exceptions.FrozenInstanceError:
-        raise ConfigurationError(
-            f"{where} assigned to a field, but job configurations are frozen: return"
-            " attrs.evolve(super().prepare_for_flow_run(...), field=value) instead"
-        ) from None
-    if not isinstance(prepared, BaseJobConfiguration):
-        raise ConfigurationError(
-            f"{where} returned {prepared!r}, not a job configuration: configurations are"
-            " frozen, so an override must return the completed copy (attrs.evolve(...))"
-        )
-    return prepared  # type: ignore[return-value]  # an override returns its own class
-
-
-def _accepted_keywords(method: Callable[..., Any]) -> set[str] | None:
-    """The keyword names ``method`` accepts, or ``None`` when it takes ``**kwargs``."""
-    parameters = inspect.signature(method).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return None
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return {p.name for p in parameters if p.kind in kinds}
-
-
 def default_base_job_template(
     config_cls: type[BaseJobConfiguration], variables_cls: type[Any] | None = None
 ) -> dict[str, Any]:
@@ -359,32 +265,6 @@ def merge_job_variables(
     return merged
 
 
-def _nest_dotted(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Turn ``{"env.X": 1}`` into ``{"env": {"X": 1}}``, deep-merged under the plain keys."""
-    nested: dict[str, Any] = {}
-    for key, value in values.items():
-        if "." not in key:
-            continue
-        *parents, last = key.split(".")
-        target = nested
-        for part in parents:
-            if not isinstance(target.get(part), dict):
-                target[part] = {}
-            target = target[part]
-        target[last] = value
-    return _deep_merge(nested, {key: v for key, v in values.items() if "." not in key})
-
-
-def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(merged.get(key), Mapping) and isinstance(value, Mapping):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 @overload
 async def from_template_and_values(
     base_job_template: Mapping[str, Any],
@@ -416,76 +296,16 @@ async def from_template_and_values(
     env: Mapping[str, str] | None = None,
     config_cls: type[Any] = BaseJobConfiguration,
 ) -> Any:
-    """Build a validated job configuration from a pool's template and a run's job variables.
+    """Build a validated job configuration (``config_cls``) from a pool's template and values.
 
-    The steps are Prefect's (``prefect-api-subset.md`` 7.3), so a pool renders the
-    same for both workers:
-
-    1. start from ``job_configuration``; collect the non-null ``default`` of each
-       ``variables`` property;
-    2. a default ``env`` is merged into a dict ``env`` of the configuration (or
-       replaces a placeholder ``env``);
-    3. dotted keys of ``values`` (``"env.X"``) are nested and deep-merged under the
-       plain keys; then ``values`` override the defaults;
-    4. a dict ``env`` of the configuration is merged with the resulting ``env``;
-    5. :func:`apply_values`, then block references, then Prefect variables;
-    6. validation into ``config_cls``: env values become strings, missing fields
-       take the class defaults, unknown keys are ignored.
-
-    Args:
-        base_job_template: the pool's ``base_job_template``; not modified.
-        values: the job variables (see :func:`merge_job_variables`).
-        get_variable: reads a Prefect variable; ``None`` leaves those placeholders.
-        get_block: reads block data by slug and name; ``None`` leaves those placeholders.
-        get_block_document: reads block data by id, for ``$ref`` objects.
-        env: where ``{{ $NAME }}`` is read; the worker's environment when omitted.
-        config_cls: the configuration class to build.
-
-    Returns:
-        An instance of ``config_cls``.
-
-    Raises:
-        TemplateError: the template is malformed or references a missing block.
-        JobVariableError: a rendered value does not fit its field; the message
-            names the job variable and the expected type.
+    The steps, arguments and errors are :func:`._job_rendering.render_job_configuration`'s.
     """
-    if not isinstance(base_job_template, Mapping) or not isinstance(
-        base_job_template.get("job_configuration"), Mapping
-    ):
-        raise TemplateError("a base job template needs a 'job_configuration' object")
-    schema = base_job_template.get("variables", {})
-    properties = schema.get("properties", {}) if isinstance(schema, Mapping) else None
-    if not isinstance(properties, Mapping):
-        raise TemplateError(
-            "a base job template needs 'variables' with 'properties' (a JSON schema)"
-        )
-    config = copy.deepcopy(dict(base_job_template["job_configuration"]))
-    variables = {
-        name: spec["default"]
-        for name, spec in properties.items()
-        if isinstance(spec, Mapping) and spec.get("default") is not None
-    }
-    if default_env := variables.get("env"):
-        if isinstance(config.get("env"), Mapping) and isinstance(default_env, Mapping):
-            config["env"] = {**config["env"], **default_env}
-        elif isinstance(config.get("env"), Mapping):
-            raise TemplateError(
-                f"the default of job variable 'env' must be an object: {default_env!r}"
-            )
-        else:
-            config["env"] = default_env
-    variables.update(_nest_dotted(values))
-    if isinstance(config.get("env"), Mapping) and (run_env := variables.get("env")):
-        if not isinstance(run_env, Mapping):
-            raise JobVariableError(
-                f"job variable 'env' must be object of string or null, got {run_env!r}"
-                f" ({type(run_env).__name__})"
-            )
-        config["env"] = {**config["env"], **run_env}
-    rendered = apply_values(config, variables, env=env)
-    rendered = await resolve_block_document_references(
-        rendered, get_block, get_block_document=get_block_document
+    return await render_job_configuration(
+        base_job_template,
+        values,
+        get_variable=get_variable,
+        get_block=get_block,
+        get_block_document=get_block_document,
+        env=env,
+        config_cls=config_cls,
     )
-    if get_variable is not None:
-        rendered = await resolve_variables(rendered, get_variable)
-    return structure(config_cls, rendered)

@@ -16,26 +16,16 @@ else receives settings (or plain values) through constructors.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 import attrs
 
 from trio_worker._core._env_values import (
+    SETTING_PARSERS,
     env_metadata,
-    parse_api_url,
     parse_bool,
-    parse_list,
-    parse_log_buffer_lines,
     parse_module_list,
-    parse_non_negative_float,
-    parse_non_negative_int,
-    parse_optional_positive_float,
-    parse_optional_positive_int,
-    parse_optional_str,
-    parse_port,
-    parse_positive_float,
-    parse_positive_int,
 )
 from trio_worker._core._exceptions import ConfigurationError
 
@@ -374,46 +364,9 @@ class Settings:
                 raw = environ.get(name)
             if raw is None:
                 continue
-            parser = _PARSERS[field.name]
+            parser = SETTING_PARSERS[field.name]
             try:
                 values[field.name] = parser(raw)
             except ValueError as exc:
                 raise ConfigurationError(f"{name}={raw!r} {exc}") from None
         return cls(**values)
-
-
-_PARSERS: Final[dict[str, Callable[[str], Any]]] = {
-    "api_url": parse_api_url,
-    "api_key": parse_optional_str,
-    "api_auth_string": parse_optional_str,
-    "api_request_timeout": parse_positive_float,
-    "tls_insecure_skip_verify": parse_bool,
-    "ssl_cert_file": parse_optional_str,
-    "max_retries": parse_non_negative_int,
-    "query_seconds": parse_positive_float,
-    "heartbeat_seconds": parse_positive_float,
-    "prefetch_seconds": parse_non_negative_float,
-    "webserver_host": str,
-    "webserver_port": parse_port,
-    "state_dir": parse_optional_str,
-    "embedded_api_port": parse_port,
-    "server_api_auth_string": parse_optional_str,
-    "api_allowed_hosts": parse_list,
-    "api_allowed_origins": parse_list,
-    "flow_heartbeat_seconds": parse_positive_float,
-    "server_heartbeat_timeout": parse_non_negative_float,
-    "server_pending_timeout": parse_non_negative_float,
-    "server_task_lease": parse_non_negative_float,
-    "max_starts_per_second": parse_optional_positive_float,
-    "start_burst": parse_optional_positive_int,
-    "api_max_body_bytes": parse_positive_int,
-    "log_buffer_lines": parse_log_buffer_lines,
-    "warm_start": parse_bool,
-    "preload": parse_module_list,
-    "warm_start_max_forks": parse_positive_int,
-    "warm_start_max_growth_mb": parse_positive_float,
-    "server_db_path": parse_optional_str,
-    "task_storage_path": parse_optional_str,
-    "results_storage_path": parse_optional_str,
-    "prefect_home": parse_optional_str,
-}

@@ -10,20 +10,21 @@ Rendering happens in three stages, in this order, each a single pass (a value
 inserted by one stage is never re-templated by the same stage):
 
 1. :func:`apply_values`: job variables and ``$ENV`` placeholders, synchronous.
-2. :func:`resolve_block_document_references`: ``prefect.blocks.*`` placeholders
-   and ``{"$ref": {"block_document_id": ...}}`` objects, through injected lookups.
-3. :func:`resolve_variables`: ``prefect.variables.*`` through an injected lookup.
+2. :func:`._template_references.resolve_block_document_references`:
+   ``prefect.blocks.*`` placeholders and ``{"$ref": {"block_document_id": ...}}``
+   objects, through injected lookups.
+3. :func:`._template_references.resolve_variables`: ``prefect.variables.*``
+   through an injected lookup.
 
-The lookups are injected rather than imported so that this module stays free of
-I/O and of the API client: the worker passes its client's methods, tests pass
-dictionaries.
+This module is the placeholders themselves (finding, classifying, rendering)
+and stage 1; the stages that read from the API are in :mod:`._template_references`.
 """
 
 from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import attrs
@@ -32,36 +33,25 @@ from trio_worker._core._exceptions import TemplateError
 from trio_worker._core._settings import process_environment
 
 __all__ = [
+    "BLOCK_PREFIX",
     "NOTSET",
     "PLACEHOLDER_PATTERN",
-    "GetBlock",
-    "GetBlockDocument",
-    "GetVariable",
+    "VARIABLE_PREFIX",
     "NotSetType",
     "Placeholder",
     "PlaceholderKind",
     "apply_values",
     "find_placeholders",
     "lookup_path",
-    "resolve_block_document_references",
-    "resolve_variables",
+    "render",
 ]
 
 #: Prefect's placeholder syntax; group 1 is the dotted/indexed name.
 PLACEHOLDER_PATTERN: Final = re.compile(r"{{\s*([\w\.\-\[\]$]+)\s*}}")
 
-_VARIABLE_PREFIX: Final = "prefect.variables."
-_BLOCK_PREFIX: Final = "prefect.blocks."
+VARIABLE_PREFIX: Final = "prefect.variables."
+BLOCK_PREFIX: Final = "prefect.blocks."
 _ENV_PREFIX: Final = "$"
-
-GetVariable = Callable[[str], Awaitable[Any]]
-"""Read a Prefect variable's value by name; ``None`` means it does not exist."""
-
-GetBlock = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
-"""Read a block document's ``data`` by (block type slug, document name); ``None`` = missing."""
-
-GetBlockDocument = Callable[[str], Awaitable[Mapping[str, Any] | None]]
-"""Read a block document's ``data`` by document id; ``None`` = missing."""
 
 
 class NotSetType(enum.Enum):
@@ -107,9 +97,9 @@ class Placeholder:
 
 
 def _kind_of(name: str) -> PlaceholderKind:
-    if name.startswith(_BLOCK_PREFIX):
+    if name.startswith(BLOCK_PREFIX):
         return PlaceholderKind.BLOCK_DOCUMENT
-    if name.startswith(_VARIABLE_PREFIX):
+    if name.startswith(VARIABLE_PREFIX):
         return PlaceholderKind.VARIABLE
     if name.startswith(_ENV_PREFIX):
         return PlaceholderKind.ENV_VAR
@@ -176,7 +166,7 @@ def lookup_path(values: Any, path: str) -> Any:
     return current
 
 
-def _render(
+def render(
     template: Any,
     kind: PlaceholderKind,
     resolve: Callable[[str], Any],
@@ -206,10 +196,10 @@ def _render(
         return PLACEHOLDER_PATTERN.sub(substitute, template)
     if isinstance(template, Mapping):
         return {
-            key: _render(value, kind, resolve, embedded=embedded) for key, value in template.items()
+            key: render(value, kind, resolve, embedded=embedded) for key, value in template.items()
         }
     if isinstance(template, list):
-        return [_render(item, kind, resolve, embedded=embedded) for item in template]
+        return [render(item, kind, resolve, embedded=embedded) for item in template]
     return template
 
 
@@ -297,155 +287,3 @@ def apply_values(
     raise TemplateError(
         f"a job template may hold only JSON values, found {type(template).__name__}: {template!r}"
     )
-
-
-async def resolve_variables(template: Any, get_variable: GetVariable) -> Any:
-    """Replace ``{{ prefect.variables.NAME }}`` placeholders with the variables' values.
-
-    Each distinct name is read once through ``get_variable``. A whole-string
-    placeholder becomes the value with its type (a dict stays a dict); an
-    embedded one becomes ``str(value)``. A variable that does not exist renders
-    as ``""`` in both cases, as Prefect does: a typo yields an empty field, and
-    validation reports it if the field cannot be empty.
-
-    Args:
-        template: any JSON value; it is not modified.
-        get_variable: the API read; returns the value, or ``None`` when missing.
-
-    Returns:
-        The rendered copy of ``template``.
-    """
-    names = {
-        p.name.removeprefix(_VARIABLE_PREFIX)
-        for p in find_placeholders(template)
-        if p.kind is PlaceholderKind.VARIABLE
-    }
-    if not names:
-        return template
-    found: dict[str, Any] = {}
-    for name in sorted(names):
-        value = await get_variable(name)
-        found[name] = "" if value is None else value
-
-    def resolve(name: str) -> Any:
-        return found[name.removeprefix(_VARIABLE_PREFIX)]
-
-    return _render(template, PlaceholderKind.VARIABLE, resolve)
-
-
-def _split_block_name(name: str) -> tuple[str, str, str | None]:
-    parts = name.removeprefix(_BLOCK_PREFIX).split(".", 2)
-    if len(parts) < 2 or not parts[0] or not parts[1]:
-        raise TemplateError(
-            f"block placeholder {{{{ {name} }}}} must name a block type slug and a document,"
-            " as in {{ prefect.blocks.secret.my-token }}"
-        )
-    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
-
-
-def _block_value(name: str, data: Mapping[str, Any], keypath: str | None) -> Any:
-    """Pick the value a block placeholder stands for out of the block's data.
-
-    Blocks that hold a single ``value`` (Secret, String, JSON) resolve to that value
-    unless the keypath itself starts at ``value``, as in Prefect.
-    """
-    value: Any = data
-    if len(data) == 1 and "value" in data and not (keypath and keypath.startswith("value")):
-        value = data["value"]
-    if keypath is None:
-        return value
-    picked = lookup_path(value, keypath)
-    if picked is NOTSET:
-        raise TemplateError(f"{{{{ {name} }}}}: the block's data has nothing at {keypath!r}")
-    return picked
-
-
-def _collect_refs(template: Any, found: set[str]) -> None:
-    if isinstance(template, Mapping):
-        ref = template.get("$ref")
-        if isinstance(ref, Mapping) and ref.get("block_document_id"):
-            found.add(str(ref["block_document_id"]))
-            return
-        for value in template.values():
-            _collect_refs(value, found)
-    elif isinstance(template, list):
-        for item in template:
-            _collect_refs(item, found)
-
-
-def _replace_refs(template: Any, documents: Mapping[str, Any]) -> Any:
-    if isinstance(template, Mapping):
-        ref = template.get("$ref")
-        if isinstance(ref, Mapping) and ref.get("block_document_id"):
-            return documents[str(ref["block_document_id"])]
-        return {key: _replace_refs(value, documents) for key, value in template.items()}
-    if isinstance(template, list):
-        return [_replace_refs(item, documents) for item in template]
-    return template
-
-
-async def resolve_block_document_references(
-    template: Any,
-    get_block: GetBlock | None,
-    *,
-    get_block_document: GetBlockDocument | None = None,
-) -> Any:
-    """Replace block references with the blocks' data.
-
-    ``{{ prefect.blocks.<type-slug>.<name>[.<keypath>] }}`` reads the block
-    document once per (slug, name). Whole-string, it becomes the data with its
-    type (or the single ``value`` of a Secret-like block, or what the keypath
-    points at); embedded, ``str()`` of it, which must then be a scalar. An object
-    ``{"$ref": {"block_document_id": id}}`` becomes that document's data.
-
-    Args:
-        template: any JSON value; it is not modified.
-        get_block: reads a document's data by (slug, name), ``None`` when missing.
-            When not given, block placeholders are left untouched.
-        get_block_document: reads a document's data by id, ``None`` when missing.
-            When not given, ``$ref`` objects are left untouched.
-
-    Returns:
-        The rendered copy of ``template``.
-
-    Raises:
-        TemplateError: a block does not exist, a keypath finds nothing, a
-            placeholder lacks a slug or name, or a dict/list would be embedded in text.
-    """
-    if get_block_document is not None:
-        ids: set[str] = set()
-        _collect_refs(template, ids)
-        documents: dict[str, Any] = {}
-        for block_id in sorted(ids):
-            data = await get_block_document(block_id)
-            if data is None:
-                raise TemplateError(f"block document {block_id} referenced by $ref was not found")
-            documents[block_id] = data
-        template = _replace_refs(template, documents)
-
-    placeholders = {
-        p.name for p in find_placeholders(template) if p.kind is PlaceholderKind.BLOCK_DOCUMENT
-    }
-    if get_block is None or not placeholders:
-        return template
-    blocks: dict[tuple[str, str], Mapping[str, Any]] = {}
-    for slug, name in sorted({_split_block_name(p)[:2] for p in placeholders}):
-        data = await get_block(slug, name)
-        if data is None:
-            raise TemplateError(f"Block not found: {name!r} of type {slug!r}")
-        blocks[slug, name] = data
-
-    def resolve(placeholder: str) -> Any:
-        slug, name, keypath = _split_block_name(placeholder)
-        return _block_value(placeholder, blocks[slug, name], keypath)
-
-    def resolve_embedded(placeholder: str) -> Any:
-        value = resolve(placeholder)
-        if isinstance(value, Mapping | list):
-            raise TemplateError(
-                f"{{{{ {placeholder} }}}} holds a {type(value).__name__} and cannot be embedded"
-                " in text; use it as the whole string or add a keypath to a scalar"
-            )
-        return value
-
-    return _render(template, PlaceholderKind.BLOCK_DOCUMENT, resolve, embedded=resolve_embedded)

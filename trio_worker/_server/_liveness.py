@@ -43,7 +43,7 @@ import trio
 
 from trio_worker._server._common import format_time, loads, now, parse_time
 from trio_worker._server._events import EventBus
-from trio_worker._server._flow_runs import write_rule_state as write_flow_run_state
+from trio_worker._server._flow_run_states import write_rule_state as write_flow_run_state
 from trio_worker._server._orchestration import build_state
 from trio_worker._server._records import FLOW_RUN_SELECT
 from trio_worker._server._storage import Database, Tx

@@ -1,4 +1,7 @@
-"""Work pools, work queues, worker heartbeats and ``get_scheduled_flow_runs``.
+"""Work pools: create, read, update, delete, filter, and their base job templates.
+
+Their queues are :mod:`._queues`'s; what workers ask of a pool (heartbeats,
+``get_scheduled_flow_runs``) is :mod:`._pool_workers`'s.
 
 Every function takes the request's :class:`~trio_worker._server._storage.Tx`
 and runs inside it; a refused request raises
@@ -13,16 +16,11 @@ from datetime import datetime
 from typing import Any, Final
 
 from trio_worker._server._actions import (
-    GetScheduledFlowRuns,
-    WorkerHeartbeat,
     WorkPoolCreate,
     WorkPoolUpdate,
-    WorkQueueCreate,
-    WorkQueueUpdate,
     value_or,
 )
 from trio_worker._server._common import (
-    DEFAULT_LIMIT,
     APIProblem,
     dumps,
     format_time,
@@ -32,22 +30,13 @@ from trio_worker._server._common import (
 )
 from trio_worker._server._filters import (
     POOL_SPEC,
-    QUEUE_SPEC,
-    WORKER_SPEC,
     FilterErrors,
     compile_filter,
     invalid,
     page,
 )
-from trio_worker._server._holders import check_held_ids, mark_held
-from trio_worker._server._orchestration import ACTIVE
 from trio_worker._server._records import (
-    FLOW_RUN_SELECT,
-    QUEUE_SELECT,
-    flow_run_json,
     pool_json,
-    queue_json,
-    worker_json,
     worker_status,
 )
 from trio_worker._server._schema_check import job_variables_problem, schema_error
@@ -55,24 +44,17 @@ from trio_worker._server._storage import Tx
 from trio_worker._server._validation import UNSET
 
 __all__ = [
+    "DEFAULT_QUEUE_NAME",
     "create_pool",
-    "create_queue",
     "delete_pool",
     "filter_pools",
-    "filter_queues",
-    "filter_workers",
     "get_pool_row",
-    "get_scheduled_flow_runs",
-    "heartbeat",
     "read_pool",
-    "read_queue",
     "update_pool",
-    "update_queue",
 ]
 
 DEFAULT_QUEUE_NAME: Final = "default"
 _PLACEHOLDER: Final = re.compile(r"{{\s*([\w\.\-\[\]$]+)\s*}}")
-_ACTIVE_SQL: Final = "(" + ", ".join(f"'{s}'" for s in ACTIVE) + ")"
 
 
 def _pool_missing(name: str) -> APIProblem:
@@ -248,213 +230,3 @@ def filter_pools(tx: Tx, body: dict[str, Any]) -> list[dict[str, Any]]:
     )
     current = now()
     return [_pool_out(tx, row, current) for row in rows]
-
-
-def _queue_row(tx: Tx, pool_name: str, queue_name: str) -> sqlite3.Row:
-    row = tx.one(f"{QUEUE_SELECT} WHERE wp.name = ? AND wq.name = ?", (pool_name, queue_name))
-    if row is None:
-        get_pool_row(tx, pool_name)
-        raise not_found(f"Work pool queue '{pool_name}/{queue_name}' not found.")
-    return row
-
-
-def create_queue(tx: Tx, pool_name: str, action: WorkQueueCreate) -> dict[str, Any]:
-    """Create a queue in a pool; priority defaults to after the last one."""
-    pool = get_pool_row(tx, pool_name)
-    if tx.one(
-        "SELECT 1 FROM work_queues WHERE work_pool_id = ? AND name = ?", (pool["id"], action.name)
-    ):
-        raise APIProblem(409, {"detail": "A work queue with this name already exists."})
-    priority = value_or(action.priority, None)
-    if priority is None:
-        highest = tx.scalar(
-            "SELECT MAX(priority) FROM work_queues WHERE work_pool_id = ?", (pool["id"],)
-        )
-        priority = (highest or 0) + 1
-    at = format_time(now())
-    tx.insert("work_queues", {
-        "id": new_id(), "created": at, "updated": at, "work_pool_id": pool["id"],
-        "name": action.name, "description": value_or(action.description, None) or "",
-        "is_paused": int(value_or(action.is_paused, False)),
-        "concurrency_limit": value_or(action.concurrency_limit, None),
-        "priority": priority, "last_polled": None,
-    })  # fmt: skip
-    return read_queue(tx, pool_name, action.name)
-
-
-def read_queue(tx: Tx, pool_name: str, queue_name: str) -> dict[str, Any]:
-    """Return one queue of a pool."""
-    return queue_json(_queue_row(tx, pool_name, queue_name), now())
-
-
-def update_queue(tx: Tx, pool_name: str, queue_name: str, action: WorkQueueUpdate) -> None:
-    """Change only the fields the request sent."""
-    row = _queue_row(tx, pool_name, queue_name)
-    values: dict[str, Any] = {}
-    for field in ("name", "description", "concurrency_limit", "priority"):
-        value = getattr(action, field)
-        if value is not UNSET and (value is not None or field == "concurrency_limit"):
-            values[field] = value
-    if action.is_paused is not UNSET and action.is_paused is not None:
-        values["is_paused"] = int(action.is_paused)
-    if values:
-        values["updated"] = format_time(now())
-        tx.update("work_queues", row["id"], values)
-
-
-def filter_queues(tx: Tx, pool_name: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """``POST /work_pools/{pool}/queues/filter``, ordered by priority."""
-    pool = get_pool_row(tx, pool_name)
-    errors = FilterErrors()
-    where, params = compile_filter(
-        body.get("work_queues"), QUEUE_SPEC, ["body", "work_queues"], errors
-    )
-    limit, offset = page(body, errors)
-    if errors:
-        raise invalid(errors, body)
-    rows = tx.all(
-        f"{QUEUE_SELECT} WHERE wq.work_pool_id = ? AND {where} "
-        "ORDER BY wq.priority, wq.name LIMIT ? OFFSET ?",
-        [pool["id"], *params, limit, offset],
-    )
-    current = now()
-    return [queue_json(row, current) for row in rows]
-
-
-def heartbeat(tx: Tx, pool_name: str, action: WorkerHeartbeat) -> None:
-    """Record that the worker ``action.name`` of the pool is alive."""
-    pool = get_pool_row(tx, pool_name)
-    at = format_time(now())
-    interval = value_or(action.heartbeat_interval_seconds, None)
-    row = tx.one(
-        "SELECT id, heartbeat_interval_seconds FROM workers WHERE work_pool_id = ? AND name = ?",
-        (pool["id"], action.name),
-    )
-    if row is None:
-        tx.insert("workers", {
-            "id": new_id(), "created": at, "updated": at, "work_pool_id": pool["id"],
-            "name": action.name, "last_heartbeat_time": at, "heartbeat_interval_seconds": interval,
-        })  # fmt: skip
-    else:
-        values: dict[str, Any] = {"updated": at, "last_heartbeat_time": at}
-        if interval is not None:
-            values["heartbeat_interval_seconds"] = interval
-        tx.update("workers", row["id"], values)
-    held = value_or(action.flow_run_ids, None)
-    if held:
-        check_held_ids(held, "flow_run_ids")
-        mark_held(tx, action.name, [str(run_id) for run_id in held], now())
-
-
-def filter_workers(tx: Tx, pool_name: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """``POST /work_pools/{pool}/workers/filter``, most recent heartbeat first."""
-    pool = get_pool_row(tx, pool_name)
-    errors = FilterErrors()
-    where, params = compile_filter(body.get("workers"), WORKER_SPEC, ["body", "workers"], errors)
-    limit, offset = page(body, errors)
-    if errors:
-        raise invalid(errors, body)
-    rows = tx.all(
-        f"SELECT * FROM workers w WHERE w.work_pool_id = ? AND {where} "
-        "ORDER BY w.last_heartbeat_time DESC LIMIT ? OFFSET ?",
-        [pool["id"], *params, limit, offset],
-    )
-    current = now()
-    return [worker_json(row, current) for row in rows]
-
-
-def _active_count(tx: Tx, where: str, params: list[Any]) -> int:
-    return int(
-        tx.scalar(
-            f"SELECT COUNT(*) FROM flow_runs fr WHERE fr.state_type IN {_ACTIVE_SQL} AND {where}",
-            params,
-        )
-    )
-
-
-def get_scheduled_flow_runs(
-    tx: Tx, pool_name: str, action: GetScheduledFlowRuns
-) -> list[dict[str, Any]]:
-    """Return SCHEDULED runs a worker of the pool may submit, without claiming them.
-
-    Queues are visited in priority order; within a queue runs come by
-    ``next_scheduled_start_time``. Paused pools and queues give nothing, and
-    pool and queue concurrency limits cap how many runs are offered. The call
-    marks the polled queues and their deployments as polled (READY).
-    """
-    pool = get_pool_row(tx, pool_name)
-    limit = value_or(action.limit, None)
-    if limit is None:
-        limit = DEFAULT_LIMIT
-    if limit > DEFAULT_LIMIT:
-        raise APIProblem(
-            422, {"detail": f"Invalid limit: must be less than or equal to {DEFAULT_LIMIT}."}
-        )
-    names = value_or(action.work_queue_names, None) or []
-    queues = tx.all(
-        "SELECT * FROM work_queues WHERE work_pool_id = ? ORDER BY priority, name", (pool["id"],)
-    )
-    if names:
-        by_name = {q["name"]: q for q in queues}
-        for name in names:
-            if name not in by_name:
-                raise not_found(f"Work pool queue '{pool_name}/{name}' not found.")
-        queues = [q for q in queues if q["name"] in names]
-    current = now()
-    stamp = format_time(current)
-    queue_ids = [q["id"] for q in queues]
-    if queue_ids:
-        marks = ", ".join("?" for _ in queue_ids)
-        tx.execute(
-            f"UPDATE work_queues SET last_polled = ? WHERE id IN ({marks})", [stamp, *queue_ids]
-        )
-        tx.execute(
-            f"UPDATE deployments SET last_polled = ? WHERE work_queue_id IN ({marks})",
-            [stamp, *queue_ids],
-        )
-    if pool["is_paused"]:
-        return []
-    remaining = limit
-    if pool["concurrency_limit"] is not None:
-        all_ids = tx.all("SELECT id FROM work_queues WHERE work_pool_id = ?", (pool["id"],))
-        ids = [r[0] for r in all_ids]
-        marks = ", ".join("?" for _ in ids) or "NULL"
-        active = _active_count(tx, f"fr.work_queue_id IN ({marks})", ids)
-        remaining = min(remaining, max(0, pool["concurrency_limit"] - active))
-    clauses, params = ["fr.state_type = 'SCHEDULED'"], []
-    before = value_or(action.scheduled_before, None)
-    after = value_or(action.scheduled_after, None)
-    if before is not None:
-        clauses.append("fr.next_scheduled_start_time <= ?")
-        params.append(format_time(before))
-    if after is not None:
-        clauses.append("fr.next_scheduled_start_time >= ?")
-        params.append(format_time(after))
-    clauses.append(
-        "COALESCE(json_extract(fr.body, '$.empirical_policy.retry_type'), '') != 'in_process'"
-    )
-    result: list[dict[str, Any]] = []
-    for queue in queues:
-        if remaining <= 0:
-            break
-        if queue["is_paused"]:
-            continue
-        take = remaining
-        if queue["concurrency_limit"] is not None:
-            active = _active_count(tx, "fr.work_queue_id = ?", [queue["id"]])
-            take = min(take, max(0, queue["concurrency_limit"] - active))
-        if take <= 0:
-            continue
-        rows = tx.all(
-            f"{FLOW_RUN_SELECT} WHERE fr.work_queue_id = ? AND {' AND '.join(clauses)} "
-            "ORDER BY fr.next_scheduled_start_time LIMIT ?",
-            [queue["id"], *params, take],
-        )
-        for row in rows:
-            result.append({
-                "work_pool_id": pool["id"],
-                "work_queue_id": queue["id"],
-                "flow_run": flow_run_json(row, current),
-            })  # fmt: skip
-        remaining -= len(rows)
-    return result

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from trio_worker._server import _deployments, _pools
+from trio_worker._server import _deployments, _pool_workers, _pools, _queues
 from trio_worker._server._actions import (
     DeploymentCreate,
     DeploymentFlowRunCreate,
@@ -19,7 +19,7 @@ from trio_worker._server._actions import (
     WorkQueueUpdate,
 )
 from trio_worker._server._common import APIProblem
-from trio_worker._server._flow_runs import create_deployment_flow_run
+from trio_worker._server._flow_run_create import create_deployment_flow_run
 from trio_worker._server._http import ApiState, empty, json_body, ok, parse, path_id, read_body
 
 __all__ = ["API_VERSION", "PREFECT_VERSION", "core_routes"]
@@ -126,35 +126,35 @@ def core_routes(api: ApiState) -> list[Route]:
 
     async def create_queue(request: Request) -> Response:
         action = parse(WorkQueueCreate, await read_body(request))
-        return ok(await api.run(_pools.create_queue, request.path_params["name"], action), 201)
+        return ok(await api.run(_queues.create_queue, request.path_params["name"], action), 201)
 
     async def read_queue(request: Request) -> Response:
         params = request.path_params
-        return ok(await api.run(_pools.read_queue, params["name"], params["queue"]))
+        return ok(await api.run(_queues.read_queue, params["name"], params["queue"]))
 
     async def update_queue(request: Request) -> Response:
         params = request.path_params
         action = parse(WorkQueueUpdate, await read_body(request))
-        await api.run(_pools.update_queue, params["name"], params["queue"], action)
+        await api.run(_queues.update_queue, params["name"], params["queue"], action)
         return empty()
 
     async def filter_queues(request: Request) -> Response:
         name = request.path_params["name"]
-        return ok(await api.run(_pools.filter_queues, name, await json_body(request)))
+        return ok(await api.run(_queues.filter_queues, name, await json_body(request)))
 
     async def heartbeat(request: Request) -> Response:
         action = parse(WorkerHeartbeat, await read_body(request))
-        await api.run(_pools.heartbeat, request.path_params["name"], action)
+        await api.run(_pool_workers.heartbeat, request.path_params["name"], action)
         return empty()
 
     async def filter_workers(request: Request) -> Response:
         name = request.path_params["name"]
-        return ok(await api.run(_pools.filter_workers, name, await json_body(request)))
+        return ok(await api.run(_pool_workers.filter_workers, name, await json_body(request)))
 
     async def scheduled_runs(request: Request) -> Response:
         action = parse(GetScheduledFlowRuns, await json_body(request))
         name = request.path_params["name"]
-        return ok(await api.run(_pools.get_scheduled_flow_runs, name, action))
+        return ok(await api.run(_pool_workers.get_scheduled_flow_runs, name, action))
 
     return [
         Route("/health", health, methods=["GET"]),

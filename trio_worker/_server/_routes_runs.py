@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from trio_worker._server import _flow_runs, _logs, _task_runs
+from trio_worker._server import _flow_run_create, _flow_run_states, _flow_runs, _logs, _task_runs
 from trio_worker._server._actions import (
     FlowRunCreate,
     FlowRunUpdate,
@@ -79,7 +79,7 @@ def run_routes(api: ApiState) -> list[Route]:
 
     async def create_flow_run(request: Request) -> Response:
         action = parse(FlowRunCreate, await read_body(request))
-        run, created = await api.run(_flow_runs.create_flow_run, api.bus, action)
+        run, created = await api.run(_flow_run_create.create_flow_run, api.bus, action)
         return ok(run, 201 if created else 200)
 
     async def read_flow_run(request: Request) -> Response:
@@ -109,7 +109,7 @@ def run_routes(api: ApiState) -> list[Route]:
         action = parse(SetStateBody, await read_body(request))
         force = bool(value_or(action.force, False))
         result, status = await api.run(
-            _flow_runs.set_flow_run_state, api.bus, run_id, action.state, force=force
+            _flow_run_states.set_flow_run_state, api.bus, run_id, action.state, force=force
         )
         return ok(result, status)
 

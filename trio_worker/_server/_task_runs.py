@@ -30,7 +30,7 @@ from trio_worker._server._filters import (
     invalid,
     page,
 )
-from trio_worker._server._flow_runs import state_columns
+from trio_worker._server._flow_run_states import state_columns
 from trio_worker._server._orchestration import (
     TERMINAL,
     RunFacts,

@@ -61,6 +61,9 @@ class TaskWorkerView(Protocol):
     @property
     def task_keys(self) -> list[str]: ...
 
+    @property
+    def abandoned_threads(self) -> int: ...
+
 
 def worker_status(worker: TaskWorkerView) -> dict[str, Any]:
     """Return the worker's counters as JSON (the body of ``/status``)."""
@@ -72,6 +75,7 @@ def worker_status(worker: TaskWorkerView) -> dict[str, Any]:
         "limit": worker.limit,
         "current_tasks": worker.current_tasks,
         "available_tasks": worker.available_tasks,
+        "abandoned_threads": worker.abandoned_threads,
         "task_keys": worker.task_keys,
         "in_flight_task_runs": {
             key: [str(run_id) for run_id in runs]
@@ -108,6 +112,12 @@ class _WorkerCollector:
             [], float("inf") if worker.available_tasks is None else worker.available_tasks
         )
         yield slots
+        abandoned = GaugeMetricFamily(
+            "trio_worker_task_threads_abandoned",
+            "Threads of cancelled sync runs still running; each keeps its run's slot.",
+        )
+        abandoned.add_metric([], worker.abandoned_threads)
+        yield abandoned
         connected = GaugeMetricFamily(
             "trio_worker_task_subscription_connected", "1 while subscribed to the API."
         )

@@ -3,20 +3,18 @@
 Shape of a running :class:`TaskWorker` (``start()``)::
 
     PrefectClient
-    └── services nursery           state reporter, status server (hypercorn): up until the very end
+    └── services nursery           state reporter, lease keeper, status server: up until the end
         └── runs nursery           every run this worker holds; nothing outlives it
-            └── subscription       /task_runs/subscriptions/scheduled, reconnecting
-                  loop: await runs.start(_receive_and_run, socket)
+            └── subscription       /task_runs/subscriptions/scheduled lanes, reconnecting
+                  loop: await runs.start(_receive_and_run, socket)   (``_subscription``)
 
-One task owns each run from the moment its message is read: it borrows a
-limiter token on behalf of the run id, moves the run to PENDING (deferred),
-and only then acks (anchors.md row 18: Prefect acks on receipt, before it has
-a slot, and a worker dying in between loses the run). ``task_status.started()``
-hands the run over to the runs nursery, which lets the subscription read the
-next message; the token is released in the same task's ``finally``. RUNNING
-and the final state are recorded through ``_task_reports`` (batched events).
-While a run is in our hands its lease is renewed (``_task_leases``), so the
-embedded API can take back the runs of a task worker that died.
+This module is the lifecycle and the bookkeeping of each run (in flight,
+finished, outcomes, the final state it records). The parts it composes: the
+subscription and its handoff (``_subscription``: slot, PENDING, then ack), the
+slots (``_slots``: a sync run's thread keeps its slot until it really ends),
+running the task itself (``_execution``), the batched state reports
+(``_reports``) and the leases (``_leases``), renewed while a run is in our
+hands so the embedded API can take back the runs of a task worker that died.
 
 Stopping is a drain: :meth:`TaskWorker.stop` ends the subscription, the runs
 nursery gets ``drain_timeout_seconds`` to finish, then its runs are cancelled;
@@ -27,87 +25,46 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import socket
-import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import Any, Final, Self, final
 
-import attrs
 import trio
 
 from trio_worker._client._client import DEFAULT_MAX_CONNECTIONS, MOST_CONNECTIONS, PrefectClient
-from trio_worker._client._subscriptions import (
-    JsonWebSocket,
-    SubscriptionClosedError,
-    serve_subscription,
-    websocket_token,
-)
-from trio_worker._core._converter import structure
 from trio_worker._core._exceptions import (
-    APIError,
     ConfigurationError,
-    ModelError,
-    TrioWorkerError,
-    UnauthorizedError,
 )
-from trio_worker._core._models import SetStateStatus, State, StateType, TaskRun, now
+from trio_worker._core._models import State, StateType, TaskRun, now
 from trio_worker._core._settings import Settings
+from trio_worker._taskworker._execution import (
+    Progress,
+    StopTaskWorker,
+    log_finished,
+    record_state,
+    report,
+    run_task,
+    state_of,
+)
 from trio_worker._taskworker._leases import LeaseKeeper
 from trio_worker._taskworker._reports import TaskRunReporter, task_run_record
+from trio_worker._taskworker._slots import RunSlots, Slot
 from trio_worker._taskworker._status import serve_task_status
-from trio_worker._taskworker._store import (
-    TaskStore,
-    check_json,
-    decode_record,
-    default_task_store,
-    encode_record,
-    parameters_key,
-    result_key,
-)
+from trio_worker._taskworker._store import TaskStore
+from trio_worker._taskworker._subscription import TaskRunSubscription, claim
 from trio_worker._taskworker._tasks import Task
 
-__all__ = ["StopTaskWorker", "TaskWorker", "serve"]
+__all__ = ["DEFAULT_DRAIN_TIMEOUT_SECONDS", "DEFAULT_LIMIT", "StopTaskWorker", "TaskWorker"]
 
 logger = logging.getLogger("trio_worker.task_worker")
 
-SUBSCRIPTION_PATH: Final = "task_runs/subscriptions/scheduled"
 DEFAULT_LIMIT: Final = 10
 DEFAULT_DRAIN_TIMEOUT_SECONDS: Final = 30.0
 DEFAULT_LANES: Final = 4
-HANDOFF_TIMEOUT_SECONDS: Final = 15.0  # PENDING + ack, shielded from a stop
-REPORT_TIMEOUT_SECONDS: Final = 10.0  # a final state after cancellation
-ACK: Final = {"type": "ack"}
-
-
-class StopTaskWorker(TrioWorkerError):
-    """Raise it inside a task to make its worker drain and stop.
-
-    The run that raised it ends FAILED with that message; the others in flight
-    finish (up to the drain timeout).
-    """
-
-
-def _reference(key: str) -> dict[str, Any]:
-    # What a final state's ``data`` carries: where the record is, not the value.
-    return {"storage_key": key, "serializer": {"type": "json"}}
-
-
-def _state(type_: StateType, message: str | None = None, **details: Any) -> State:
-    state = State.of(type_, message)
-    return attrs.evolve(state, state_details=attrs.evolve(state.state_details, **details))
-
-
-@attrs.define
-class _Progress:
-    """What a run's task knows of it: its record for the events, and its current state."""
-
-    record: dict[str, Any]
-    state: State
 
 
 @final
@@ -189,19 +146,19 @@ class TaskWorker:
         #: (task key, final state type) -> count, for /metrics
         self.outcomes: Counter[tuple[str, str]] = Counter()
         self.started_at: Any = None
-        # The API sends a subscriber its next run only after the last ack, and we
-        # ack only after PENDING is recorded: one connection is one handoff per
-        # round trip. A few connections ("lanes") hand off in parallel; each may
-        # hold one un-acked run while the worker is full, so never more than limit.
+        # (Why lanes, and how many: see _subscription.)
         self.lanes = lanes if lanes is not None else min(limit or DEFAULT_LANES, DEFAULT_LANES)
-        self._connected_lanes: set[int] = set()
         self.status_url: str | None = None
-        tokens = math.inf if limit is None else limit
-        self._limiter = trio.CapacityLimiter(tokens)
-        # Every sync run already holds one of ``limit`` tokens, so this never
-        # blocks; it exists so trio's default 40-thread cap does not apply.
-        self._thread_limiter = trio.CapacityLimiter(tokens)
-        self._held: set[uuid.UUID] = set()
+        # A sync run's thread keeps its slot until it ends, abandoned or not.
+        self._slots = RunSlots(limit)
+        self._subscription = TaskRunSubscription(
+            client_id=self.client_id,
+            keys=self.tasks,
+            lanes=self.lanes,
+            slots=self._slots,
+            claim=self._claim,
+            run=self._run_claimed,
+        )
         self._client: PrefectClient | None = None
         self._reporter: TaskRunReporter | None = None
         self._subscription_scope: trio.CancelScope | None = None
@@ -228,13 +185,18 @@ class TaskWorker:
 
     @property
     def current_tasks(self) -> int:
-        """Runs holding a slot right now."""
-        return int(self._limiter.borrowed_tokens)
+        """Slots taken right now: runs in hand, and abandoned threads still running."""
+        return self._slots.borrowed
 
     @property
     def available_tasks(self) -> int | None:
         """Free slots, or None without a limit."""
-        return None if self.limit is None else int(self._limiter.available_tokens)
+        return self._slots.available
+
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads of cancelled sync runs still running; each keeps its run's slot."""
+        return self._slots.abandoned
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -336,10 +298,10 @@ class TaskWorker:
             finally:
                 self._client = None
                 self._reporter = None
+        self._slots.log_abandoned()
         logger.info("task worker %s stopped", self.client_id)
 
     async def _serve_runs(self, settings: Settings, task_status: trio.TaskStatus[None]) -> None:
-        assert settings.api_url is not None
         assert self._client is not None
         ssl_context = self._client.ssl_context  # the websockets trust what REST trusts
         async with trio.open_nursery() as runs:
@@ -348,125 +310,26 @@ class TaskWorker:
                     self._subscription_scope = scope
                     if self._stopping:
                         scope.cancel()
-                    async with trio.open_nursery() as lanes:
-                        for lane in range(self.lanes):
-                            await lanes.start(
-                                functools.partial(
-                                    serve_subscription,
-                                    settings.api_url,
-                                    SUBSCRIPTION_PATH,
-                                    functools.partial(self._on_socket, runs, lane),
-                                    token=websocket_token(settings),
-                                    ssl_context=ssl_context,
-                                    on_connected=functools.partial(self._set_connected, lane),
-                                    log_outages=lane == 0,
-                                )
-                            )
-                        task_status.started()
+                    await self._subscription.serve(
+                        settings, ssl_context, runs, task_status=task_status
+                    )
             finally:
-                self._connected_lanes.clear()
                 # The drain: runs in flight get a bounded time to finish.
                 runs.cancel_scope.deadline = trio.current_time() + self.drain_timeout_seconds
 
     @property
     def connected(self) -> bool:
         """Whether at least one subscription to the API is up."""
-        return bool(self._connected_lanes)
+        return self._subscription.connected
 
-    def _set_connected(self, lane: int, connected: bool) -> None:
-        if connected:
-            self._connected_lanes.add(lane)
-        else:
-            self._connected_lanes.discard(lane)
-
-    async def _on_socket(self, runs: trio.Nursery, lane: int, ws: JsonWebSocket) -> None:
-        keys = sorted(self.tasks)
-        await ws.send_json({"type": "subscribe", "keys": keys, "client_id": self.client_id})
-        # Every lane subscribes; one line says so (as lane 0 alone logs outages).
-        level = logging.INFO if lane == 0 else logging.DEBUG
-        logger.log(level, "subscribed to %s as %s", ", ".join(keys), self.client_id)
-        while True:
-            try:
-                await runs.start(self._receive_and_run, ws)
-            except UnauthorizedError:
-                raise
-            except APIError as exc:
-                # Could not move the run to PENDING: leave it un-acked; the
-                # server redelivers it once this connection is gone.
-                raise SubscriptionClosedError(f"API error during a handoff: {exc}") from exc
-
-    # -- one run -----------------------------------------------------------------
-
-    async def _receive_and_run(
-        self, ws: JsonWebSocket, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        message = await ws.receive_json()
-        try:
-            task_run = structure(message, TaskRun)
-        except ModelError as exc:
-            logger.error("ignoring a message that is not a task run: %s", exc)
-            await ws.send_json(ACK)
-            task_status.started()
-            return
-        if task_run.id in self._held:  # redelivered while we still hold it
-            await ws.send_json(ACK)
-            task_status.started()
-            return
-        self._held.add(task_run.id)
-        try:
-            await self._acquire(task_run)
-            try:
-                with trio.CancelScope(shield=True) as handoff:
-                    handoff.deadline = trio.current_time() + HANDOFF_TIMEOUT_SECONDS
-                    pending = await self._claim(task_run)
-                    try:
-                        await ws.send_json(ACK)
-                    except SubscriptionClosedError:
-                        # We own it (PENDING is ours); run it. The next receive reconnects.
-                        logger.debug("ack for %s not sent: connection lost", task_run.id)
-                if handoff.cancelled_caught:
-                    raise SubscriptionClosedError(f"handoff of task run {task_run.id} timed out")
-                task_status.started()
-                if pending is not None:
-                    with self._leases.holding(task_run.id):
-                        await self._execute(
-                            task_run, _Progress(task_run_record(task_run, message), pending)
-                        )
-            finally:
-                self._limiter.release_on_behalf_of(task_run.id)
-        finally:
-            self._held.discard(task_run.id)
-
-    async def _acquire(self, task_run: TaskRun) -> None:
-        try:
-            self._limiter.acquire_on_behalf_of_nowait(task_run.id)
-        except trio.WouldBlock:
-            logger.info(
-                "task run %s received; waiting for a free slot (limit %s)",
-                task_run.id,
-                self.limit,
-            )
-            await self._limiter.acquire_on_behalf_of(task_run.id)
+    async def _run_claimed(self, task_run: TaskRun, slot: Slot, progress: Progress) -> None:
+        # A run handed over by the subscription: ours while the API leaves us its lease.
+        with self._leases.holding(task_run.id):
+            await self._execute(task_run, slot, progress)
 
     async def _claim(self, task_run: TaskRun) -> State | None:
-        """Move the run to PENDING (deferred); the state, or None when it is no longer ours."""
         assert self._client is not None
-        details = task_run.state.state_details if task_run.state else None
-        pending = _state(
-            StateType.PENDING,
-            deferred=True,
-            task_parameters_id=details.task_parameters_id if details else None,
-        )
-        result = await self._client.set_task_run_state(task_run.id, pending)
-        if result.status is not SetStateStatus.ACCEPT:
-            logger.info(
-                "task run %s not claimed (%s %s); skipping it",
-                task_run.id,
-                result.status.value,
-                result.reason,
-            )
-            return None
-        return result.state or pending
+        return await claim(self._client, task_run)
 
     async def execute_task_run(self, task_run: TaskRun) -> None:
         """Run one task run here and now, outside the subscription.
@@ -486,24 +349,31 @@ class TaskWorker:
                     self._client = None
                     self._reporter = None
                 return
-        await self._acquire(task_run)
-        try:
+        async with self._slots.slot(task_run.id) as slot:
             pending = await self._claim(task_run)
             if pending is not None:
-                await self._execute(task_run, _Progress(task_run_record(task_run), pending))
-        finally:
-            self._limiter.release_on_behalf_of(task_run.id)
+                await self._execute(task_run, slot, Progress(task_run_record(task_run), pending))
 
-    async def _execute(self, task_run: TaskRun, progress: _Progress) -> None:
+    async def _execute(self, task_run: TaskRun, slot: Slot, progress: Progress) -> None:
         key = task_run.task_key
         self.in_flight_task_runs.setdefault(key, {})[task_run.id] = now()
         started = trio.current_time()
         final_state: State | None = None
         delete = False
         try:
-            final_state, delete = await self._run(task_run, progress)
+            final_state, delete = await run_task(
+                self.tasks,
+                task_run,
+                store=self.store,
+                slots=self._slots,
+                slot=slot,
+                record_running=functools.partial(
+                    record_state, self._reporter, task_run, progress, state_of(StateType.RUNNING)
+                ),
+                delete_failed=self.delete_failed_submissions,
+            )
         except StopTaskWorker as exc:
-            final_state = _state(StateType.FAILED, f"StopTaskWorker: {exc}")
+            final_state = state_of(StateType.FAILED, f"StopTaskWorker: {exc}")
             self._request_stop()
         except BaseException:
             if self._leases.lost(task_run.id):
@@ -513,7 +383,9 @@ class TaskWorker:
                 if self._stopping
                 else "cancelled"
             )
-            final_state = _state(
+            if slot.thread_running:
+                why += "; its thread is still running and keeps its slot until it returns"
+            final_state = state_of(
                 StateType.CRASHED, f"the task worker {self.client_id} stopped: run {why}"
             )
             raise
@@ -521,159 +393,12 @@ class TaskWorker:
             if final_state is not None and not self._leases.lost(task_run.id):
                 # (A run whose lease the API took back is another worker's now, or
                 # CRASHED: whatever it ended as here is not reported.)
-                with trio.CancelScope(shield=True) as report:
-                    report.deadline = trio.current_time() + REPORT_TIMEOUT_SECONDS
-                    await self._report(task_run, progress, final_state, delete=delete)
+                assert self._client is not None
+                await report(
+                    self._client, self._reporter, task_run, progress, final_state, delete=delete
+                )
                 self.outcomes[key, final_state.type.value] += 1
-                _log_finished(task_run, final_state, trio.current_time() - started)
+                log_finished(task_run, final_state, trio.current_time() - started)
             self.in_flight_task_runs[key].pop(task_run.id, None)
             self._leases.forget(task_run.id)
             self.finished_task_runs[key] = self.finished_task_runs.get(key, 0) + 1
-
-    async def _run(self, task_run: TaskRun, progress: _Progress) -> tuple[State | None, bool]:
-        """Run the task; return its final state and whether to delete the run."""
-        assert self._client is not None
-        task = self.tasks.get(task_run.task_key)
-        if task is None:
-            reason = (
-                f"no task with key {task_run.task_key!r} here (serving {', '.join(self.tasks)})"
-            )
-            logger.error("task run %s: %s", task_run.id, reason)
-            return _state(StateType.FAILED, reason), self.delete_failed_submissions
-        # The default store is read from the environment (through Settings) even
-        # when this worker was handed settings: submitters find it there too.
-        store = task.store if task.store is not None else self.store or default_task_store()
-        try:
-            parameters = await self._read_parameters(task, task_run, store)
-            args, kwargs = task.call_arguments(parameters)
-        except (OSError, ValueError, TypeError) as exc:
-            reason = f"cannot read the parameters of task run {task_run.id}: {exc}"
-            logger.error("%s", reason)
-            return _state(StateType.FAILED, reason), self.delete_failed_submissions
-        try:
-            await self._record(task_run, progress, _state(StateType.RUNNING))
-        except APIError as exc:
-            logger.error("task run %s not started: RUNNING was not recorded: %s", task_run.id, exc)
-            return None, False
-        key = result_key(task_run.id)
-        try:
-            if task.is_async:
-                value = await task.fn(*args, **kwargs)
-            else:
-                value = await trio.to_thread.run_sync(
-                    functools.partial(task.fn, *args, **kwargs),
-                    limiter=self._thread_limiter,
-                    abandon_on_cancel=True,
-                )
-        except StopTaskWorker:
-            raise
-        except Exception as exc:
-            error = _describe(exc)
-            await trio.to_thread.run_sync(store.write, key, encode_record(key, error))
-            message = f"Task run encountered an exception {type(exc).__name__}: {exc}"
-            return _state(StateType.FAILED, message), False
-        try:
-            check_json(value, f"the return value of {task.key}")
-            await trio.to_thread.run_sync(store.write, key, encode_record(key, value))
-        except (TypeError, OSError) as exc:
-            return _state(StateType.FAILED, f"cannot store the result: {exc}"), False
-        completed = _state(StateType.COMPLETED)
-        return attrs.evolve(completed, data=_reference(key)), False
-
-    async def _read_parameters(
-        self, task: Task[..., Any], task_run: TaskRun, store: TaskStore
-    ) -> dict[str, Any]:
-        details = task_run.state.state_details if task_run.state else None
-        parameters_id = details.task_parameters_id if details else None
-        if parameters_id is None:
-            return {}
-        data = await trio.to_thread.run_sync(store.read, parameters_key(parameters_id))
-        payload = decode_record(data)
-        if not isinstance(payload, dict) or not isinstance(payload.get("parameters"), dict):
-            raise ValueError("the parameters record has no 'parameters' object")
-        parameters: dict[str, Any] = payload["parameters"]
-        return parameters
-
-    async def _record(self, task_run: TaskRun, progress: _Progress, state: State) -> None:
-        assert self._reporter is not None
-        progress.state = await self._reporter.record(
-            task_run.id, progress.record, progress.state, state
-        )
-
-    async def _report(
-        self, task_run: TaskRun, progress: _Progress, state: State, *, delete: bool
-    ) -> None:
-        assert self._client is not None
-        try:
-            if not delete:
-                await self._record(task_run, progress, state)
-                return
-            # A run that could not start at all, about to be deleted: through
-            # set_state, so that no event arriving late re-creates it.
-            result = await self._client.set_task_run_state(task_run.id, state)
-            if result.status is not SetStateStatus.ACCEPT:
-                logger.warning(
-                    "task run %s: %s not accepted (%s)", task_run.id, state.type, result.reason
-                )
-            await self._client.delete_task_run(task_run.id)
-        except APIError as exc:
-            logger.error("could not record %s for task run %s: %s", state.type, task_run.id, exc)
-
-
-def _log_finished(task_run: TaskRun, state: State, seconds: float) -> None:
-    """One line per run that ended here: which task, which run, how, how long."""
-    level = logging.INFO if state.type is StateType.COMPLETED else logging.WARNING
-    why = f": {state.message}" if state.message and state.type is not StateType.COMPLETED else ""
-    logger.log(
-        level,
-        "%s %r %s in %.2f s%s",
-        task_run.task_key,
-        task_run.name,
-        state.type.value,
-        seconds,
-        why,
-    )
-
-
-def _describe(exc: Exception) -> dict[str, Any]:
-    """Turn an exception into the JSON error record ``.result()`` re-raises from."""
-    args: list[Any] | None = list(exc.args)
-    try:
-        check_json(args, "args")
-    except TypeError:
-        args = None
-    return {
-        "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-        "message": str(exc),
-        "args": args,
-        "traceback": "".join(traceback.format_exception(exc)),
-    }
-
-
-async def serve(
-    *tasks: Task[..., Any] | Callable[..., Any],
-    limit: int | None = DEFAULT_LIMIT,
-    status_server_port: int | None = None,
-    settings: Settings | None = None,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve ``tasks`` until cancelled: ``trio.run(serve, add, mul)``.
-
-    The library installs no signal handlers: Ctrl-C cancels, runs in flight
-    are recorded CRASHED, and a plain :class:`KeyboardInterrupt` leaves
-    ``trio.run`` (catch it for a quiet exit, as ``examples/task_worker/serve.py``
-    does). The ``trio-worker task-worker serve`` command adds a drain on the
-    first SIGINT/SIGTERM.
-    """
-    worker = TaskWorker(
-        *tasks, limit=limit, settings=settings, status_server_port=status_server_port
-    )
-    try:
-        await worker.start(task_status=task_status)
-    except BaseExceptionGroup as group:
-        # Ctrl-C reaches us inside nurseries; a script catching KeyboardInterrupt
-        # around trio.run must see one, not a group of groups of it.
-        matched, rest = group.split(KeyboardInterrupt)
-        if matched is not None and rest is None:
-            raise KeyboardInterrupt from None
-        raise

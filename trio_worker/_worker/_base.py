@@ -29,17 +29,16 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal, Self, cast
+from typing import Any, Literal, Self
 
 import trio
 
 from trio_worker._client._client import PrefectClient
-from trio_worker._client._log_shipping import APILogHandler
+from trio_worker._client._log_handler import APILogHandler
 from trio_worker._core._exceptions import ConfigurationError
-from trio_worker._core._jobs import prepare_for_flow_run
-from trio_worker._core._models import Deployment, Flow, FlowRun, now
+from trio_worker._core._models import FlowRun, now
 from trio_worker._core._settings import Settings
-from trio_worker._worker._context import RUN_LOGGER_NAME, Backend, BaseWorkerResult, C, V
+from trio_worker._worker._context import BaseWorkerResult, C, V
 from trio_worker._worker._contract import BackendContract
 from trio_worker._worker._events import EventEmitter
 from trio_worker._worker._introspection import WorkerIntrospection
@@ -242,28 +241,6 @@ class BaseWorker(BackendContract[C, V], WorkerIntrospection):
             raise
         return self
 
-    async def setup(self) -> None:
-        """Prepare what the backend needs, once the worker is open (a hook; does nothing).
-
-        Called by ``async with worker`` (and so by :meth:`start`) after the API
-        client and the runs nursery exist, before any run is taken. Open the
-        backend's own resources here (a container client, a cloud session).
-        As in Prefect, an override may call ``await super().setup()``. When it
-        raises, :meth:`teardown` is still called, with the exception, so a
-        setup that failed half-way can close what it had opened.
-        """
-
-    async def teardown(self, *exc_info: Any) -> None:
-        """Release what :meth:`setup` opened (a hook; does nothing).
-
-        Called once when the worker closes, after every run has ended and
-        before the API client closes; also when :meth:`setup` failed.
-
-        Args:
-            *exc_info: ``(type, value, traceback)`` of the exception closing the
-                worker, or three ``None``.
-        """
-
     async def _teardown_on_exit(
         self,
         exc_type: builtins.type[BaseException] | None,
@@ -273,33 +250,6 @@ class BaseWorker(BackendContract[C, V], WorkerIntrospection):
         if not self._torn_down:
             self._torn_down = True
             await self.teardown(exc_type, exc, tb)
-
-    def _backend(self) -> Backend[C]:
-        """What the parts may ask of this backend: bound methods, typed in ``C``."""
-        return Backend(
-            job_configuration=cast("builtins.type[C]", self.job_configuration),
-            prepare=self._prepare,
-            run=self._start_run,
-            default_command=self.default_command(),
-            is_abandoned=self.infrastructure_is_abandoned,
-            kill=self.kill_infrastructure,
-            record_claim=self.record_claim,
-            forget_claim=self.forget_claim,
-        )
-
-    def _prepare(
-        self, configuration: C, flow_run: FlowRun, deployment: Deployment | None, flow: Flow | None
-    ) -> C:
-        return prepare_for_flow_run(
-            configuration,
-            flow_run=flow_run,
-            deployment=deployment,
-            flow=flow,
-            worker_name=self.name,
-            work_pool=self.work_pool,
-            base_env=self.base_env(),
-            default_command=self.default_command(),
-        )
 
     async def _own_runs(self, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:
         """Hold the runs nursery in a task of its own until the worker closes.
@@ -441,31 +391,3 @@ class BaseWorker(BackendContract[C, V], WorkerIntrospection):
         submitted = await self.loops.poller.poll()
         self.loops.last_api_error = None
         return submitted
-
-    # -- what subclasses provide (besides BackendContract's) ------------------
-
-    def get_flow_run_logger(self, flow_run: FlowRun) -> logging.LoggerAdapter[logging.Logger]:
-        """Return a logger whose lines are shipped to ``flow_run``'s logs, as Prefect's.
-
-        Its records carry the run's id and this worker's name, so the worker's
-        log handler (attached while :meth:`start` runs) sends them to the API
-        with the worker's own lines about the run; they also reach the usual
-        Python handlers under ``trio_worker.flow_runs.worker``.
-        """
-        extra = {
-            "flow_run_id": flow_run.id,
-            "flow_run_name": flow_run.name,
-            "worker_name": self.name,
-            "work_pool_name": self.work_pool_name,
-            "work_pool_id": str(self.work_pool.id) if self.work_pool is not None else "unknown",
-        }
-        return logging.LoggerAdapter(logging.getLogger(f"{RUN_LOGGER_NAME}.worker"), extra)
-
-    def base_env(self) -> dict[str, str]:
-        """Return the env a run's infrastructure needs to reach the API (lowest layer)."""
-        env = {"PREFECT_API_URL": self.api_url or ""}
-        if self.settings.api_key:
-            env["PREFECT_API_KEY"] = self.settings.api_key
-        if self.settings.api_auth_string:
-            env["PREFECT_API_AUTH_STRING"] = self.settings.api_auth_string
-        return env

@@ -4,8 +4,10 @@ The half of :class:`~trio_worker.BaseWorker` a backend author overrides:
 the type name, the configuration and variables classes, :meth:`run` (given a
 :class:`~trio_worker._worker._context.RunContext` of the backend's own
 configuration type), :meth:`kill_infrastructure` (given the run's
-configuration), and the optional hooks. Kept apart from the worker's
-lifecycle so each reads alone. A ``run(flow_run, configuration,
+configuration), and the optional hooks (``setup``/``teardown``, ``base_env``,
+``get_flow_run_logger``), and the :class:`~trio_worker._worker._context.Backend`
+through which the parts call them. Kept apart from the worker's lifecycle so
+each reads alone. A ``run(flow_run, configuration,
 task_status)`` of the old form still works, with a ``DeprecationWarning``
 when the class is defined.
 """
@@ -14,16 +16,26 @@ from __future__ import annotations
 
 import builtins
 import inspect
+import logging
 import uuid
 import warnings
 from collections.abc import Callable
-from typing import Any, ClassVar, Generic, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, cast
 
 import trio
 
+from trio_worker._core._job_prepare import prepare_for_flow_run
 from trio_worker._core._jobs import BaseJobConfiguration, default_base_job_template
-from trio_worker._core._models import FlowRun, State
-from trio_worker._worker._context import BaseWorkerResult, C, RunContext, V
+from trio_worker._core._models import Deployment, Flow, FlowRun, State, WorkPool
+from trio_worker._core._settings import Settings
+from trio_worker._worker._context import (
+    RUN_LOGGER_NAME,
+    Backend,
+    BaseWorkerResult,
+    C,
+    RunContext,
+    V,
+)
 
 __all__ = ["BackendContract"]
 
@@ -42,6 +54,15 @@ class BackendContract(Generic[C, V]):
     job_configuration_variables: ClassVar[builtins.type[Any] | None] = None
     #: Whether :meth:`run` has the deprecated ``(flow_run, configuration, task_status)`` form.
     _legacy_run: ClassVar[bool] = False
+
+    if TYPE_CHECKING:  # set by BaseWorker.__init__; read by the hooks below
+        name: str
+        work_pool_name: str
+        api_url: str | None
+        settings: Settings
+
+        @property
+        def work_pool(self) -> WorkPool | None: ...
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -133,3 +154,78 @@ class BackendContract(Generic[C, V]):
             )
             return result
         return await self.run(ctx, task_status)
+
+    async def setup(self) -> None:
+        """Prepare what the backend needs, once the worker is open (a hook; does nothing).
+
+        Called by ``async with worker`` (and so by :meth:`start`) after the API
+        client and the runs nursery exist, before any run is taken. Open the
+        backend's own resources here (a container client, a cloud session).
+        As in Prefect, an override may call ``await super().setup()``. When it
+        raises, :meth:`teardown` is still called, with the exception, so a
+        setup that failed half-way can close what it had opened.
+        """
+
+    async def teardown(self, *exc_info: Any) -> None:
+        """Release what :meth:`setup` opened (a hook; does nothing).
+
+        Called once when the worker closes, after every run has ended and
+        before the API client closes; also when :meth:`setup` failed.
+
+        Args:
+            *exc_info: ``(type, value, traceback)`` of the exception closing the
+                worker, or three ``None``.
+        """
+
+    def get_flow_run_logger(self, flow_run: FlowRun) -> logging.LoggerAdapter[logging.Logger]:
+        """Return a logger whose lines are shipped to ``flow_run``'s logs, as Prefect's.
+
+        Its records carry the run's id and this worker's name, so the worker's
+        log handler (attached while :meth:`start` runs) sends them to the API
+        with the worker's own lines about the run; they also reach the usual
+        Python handlers under ``trio_worker.flow_runs.worker``.
+        """
+        extra = {
+            "flow_run_id": flow_run.id,
+            "flow_run_name": flow_run.name,
+            "worker_name": self.name,
+            "work_pool_name": self.work_pool_name,
+            "work_pool_id": str(self.work_pool.id) if self.work_pool is not None else "unknown",
+        }
+        return logging.LoggerAdapter(logging.getLogger(f"{RUN_LOGGER_NAME}.worker"), extra)
+
+    def base_env(self) -> dict[str, str]:
+        """Return the env a run's infrastructure needs to reach the API (lowest layer)."""
+        env = {"PREFECT_API_URL": self.api_url or ""}
+        if self.settings.api_key:
+            env["PREFECT_API_KEY"] = self.settings.api_key
+        if self.settings.api_auth_string:
+            env["PREFECT_API_AUTH_STRING"] = self.settings.api_auth_string
+        return env
+
+    def _backend(self) -> Backend[C]:
+        """What the parts may ask of this backend: bound methods, typed in ``C``."""
+        return Backend(
+            job_configuration=cast("builtins.type[C]", self.job_configuration),
+            prepare=self._prepare,
+            run=self._start_run,
+            default_command=self.default_command(),
+            is_abandoned=self.infrastructure_is_abandoned,
+            kill=self.kill_infrastructure,
+            record_claim=self.record_claim,
+            forget_claim=self.forget_claim,
+        )
+
+    def _prepare(
+        self, configuration: C, flow_run: FlowRun, deployment: Deployment | None, flow: Flow | None
+    ) -> C:
+        return prepare_for_flow_run(
+            configuration,
+            flow_run=flow_run,
+            deployment=deployment,
+            flow=flow,
+            worker_name=self.name,
+            work_pool=self.work_pool,
+            base_env=self.base_env(),
+            default_command=self.default_command(),
+        )

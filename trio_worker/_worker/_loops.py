@@ -19,7 +19,8 @@ from typing import Any, Final, Generic, Literal
 import trio
 
 from trio_worker._client._client import PrefectClient
-from trio_worker._client._log_shipping import APILogHandler, ship_logs
+from trio_worker._client._log_handler import APILogHandler
+from trio_worker._client._log_shipping import ship_logs
 from trio_worker._core._services import service_loop
 from trio_worker._core._settings import Settings
 from trio_worker._worker._cancellation import CancellationWatcher
