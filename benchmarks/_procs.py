@@ -98,12 +98,35 @@ class TreeSample:
         own_cpu: CPU seconds of the root process itself (all its threads).
         tree_cpu: ``own_cpu`` plus CPU of reaped children and of live descendants.
         processes: how many processes the tree has (root included).
+        helpers: how many of them are the worker's long-lived helpers rather
+            than runs (the warm-start zygote: a direct child that stays for the
+            worker's life, while the runs it forks are its children).
     """
 
     rss: int
     own_cpu: float
     tree_cpu: float
     processes: int
+    helpers: int = 0
+
+    @property
+    def runs(self) -> int:
+        """Processes that are runs (or their children): neither the root nor a helper."""
+        return self.processes - 1 - self.helpers
+
+
+#: The warm-start zygote's command line (its forked runs share it; only the
+#: worker's direct child with it is the zygote).
+ZYGOTE_MARKER = b"trio_worker._process._zygote"
+
+
+def is_helper(pid: int) -> bool:
+    """Whether ``pid`` (a direct child of a worker) is the warm-start zygote."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return ZYGOTE_MARKER in f.read()
+    except OSError:
+        return False
 
 
 def sample_tree(pid: int) -> TreeSample | None:
@@ -114,6 +137,7 @@ def sample_tree(pid: int) -> TreeSample | None:
     rss = root.rss
     tree_cpu = root.cpu + root.children_cpu
     count = 1
+    helpers = sum(1 for child in children(pid) if is_helper(child))
     for child in descendants(pid):
         stat = read_stat(child)
         if stat is None:
@@ -121,4 +145,6 @@ def sample_tree(pid: int) -> TreeSample | None:
         rss += stat.rss
         tree_cpu += stat.cpu + stat.children_cpu
         count += 1
-    return TreeSample(rss=rss, own_cpu=root.cpu, tree_cpu=tree_cpu, processes=count)
+    return TreeSample(
+        rss=rss, own_cpu=root.cpu, tree_cpu=tree_cpu, processes=count, helpers=helpers
+    )

@@ -577,7 +577,7 @@ async def scenario_throughput(bench: Bench, kind: str, n: int, mode: str) -> dic
             sample = current
             tree_peak = max(tree_peak, current.rss)
             peak_processes = max(peak_processes, current.processes)
-            if current.processes > 1:
+            if current.runs > 0:
                 last_activity = now
             if now - last_check >= 0.1:
                 last_check = now
@@ -593,15 +593,15 @@ async def scenario_throughput(bench: Bench, kind: str, n: int, mode: str) -> dic
                     last_requests = non_poll
                     last_activity = now
                     stall_since = now
-                if current.processes > 1:
+                if current.runs > 0:
                     stall_since = now
-            if all_final and current.processes == 1:
+            if all_final and current.runs == 0:
                 outcome = "all final"
                 last_activity = now
                 break
             if (
                 not scheduled_left
-                and current.processes == 1
+                and current.runs == 0
                 and now - last_activity > bench.args.settle_seconds
             ):
                 outcome = "all picked up, some never final"
