@@ -22,14 +22,14 @@ from trio_worker._client._client import PrefectClient
 from trio_worker._client._log_buffer import MAX_MESSAGE_CHARS
 from trio_worker._core._converter import structure
 from trio_worker._core._models import FlowRun, State, StateType, now
-from trio_worker._engine._logs import APILogHandler, LogShipper
-from trio_worker._engine._run import (
+from trio_worker._engine._entrypoint import (
     EntrypointError,
-    _exec_prefect_engine,
     is_prefect_flow,
     load_entrypoint,
     prefect_engine_argv,
 )
+from trio_worker._engine._logs import APILogHandler, LogShipper
+from trio_worker._engine._run import _exec_prefect_engine
 
 ENGINE = [sys.executable, "-m", "trio_worker.engine"]
 
