@@ -18,7 +18,7 @@ import logging
 import math
 import uuid
 from collections.abc import Callable
-from typing import Final, Generic
+from typing import Any, Final, Generic
 
 import attrs
 import trio
@@ -300,7 +300,21 @@ class Submitter(Generic[C]):
         results: list[BaseWorkerResult] = []
 
         async def run_and_keep_result(task_status: trio.TaskStatus[str]) -> None:
-            results.append(await self._backend.run(ctx, task_status))
+            status = _StartedOnce(task_status)
+            result = await self._backend.run(ctx, status)
+            results.append(result)
+            if not status.called:
+                # Prefect tolerates a run() that never said it started (its
+                # task_status is optional there): the run did happen, so its
+                # result decides, not "child exited without calling started()".
+                self._reporter.log(
+                    flow_run,
+                    logging.ERROR,
+                    "Infrastructure returned without reporting flow run '%s' as started "
+                    "(task_status.started was not called)",
+                    flow_run.id,
+                )
+                task_status.started(result.identifier)
 
         failure: InfrastructureError | None = None
         try:
@@ -399,6 +413,18 @@ class Submitter(Generic[C]):
                 return None
             self.flows.put(flow_id, flow)
             return flow
+
+
+class _StartedOnce:
+    """A ``task_status`` that remembers whether the backend called ``started``."""
+
+    def __init__(self, inner: trio.TaskStatus[str]) -> None:
+        self._inner = inner
+        self.called = False
+
+    def started(self, value: Any = None) -> None:
+        self.called = True
+        self._inner.started(value)
 
 
 def _timestamp(state: State) -> dt.datetime:
