@@ -167,3 +167,31 @@ async def test_a_run_in_flight_here_is_cancelled_through_its_scope_with_a_typed_
             await watcher.cancel_run(run)
             assert tracked.cancel_reason is CancelReason.CANCELLED
             assert tracked.cancel_scope.cancel_called
+
+
+async def test_a_kill_that_fails_unexpectedly_is_logged_and_the_watcher_goes_on() -> None:
+    """A backend's kill that raises (a cloud SDK's own error) must not end the worker.
+
+    The kills run in the watcher's nursery, beside the stream and the polling
+    check, inside the worker's loops nursery: an error escaping one would stop
+    cancellation handling, the poll and the heartbeat, and crash every run in
+    flight. As in Prefect, it is logged, and the run is left for a later check.
+    """
+    failing, fine = abandoned_run("host:1"), abandoned_run("host:2")
+
+    async def kill(pid: str, configuration: BaseJobConfiguration, grace: float) -> None:
+        if pid == failing.infrastructure_pid:
+            raise RuntimeError("the cloud SDK failed")
+
+    api = Api()
+    async with mock_api(api) as client:
+        watcher = watcher_for(client, RunTable(None, metrics=WorkerMetrics()), kill)
+        with trio.fail_after(5):
+            async with watcher.killing():
+                await watcher.cancel_run(failing)
+                await trio.testing.wait_all_tasks_blocked()
+                await watcher.cancel_run(fine)
+                while fine.id not in api.cancelled:
+                    await api.changed.wait()
+    assert api.cancelled == [fine.id]  # the failed one is not said to be cancelled
+    assert watcher.cancelling == frozenset()  # and a later check may try it again

@@ -222,6 +222,14 @@ class CancellationWatcher(Generic[C]):
                 ) as exc:
                     logger.warning("Could not stop flow run '%s': %s", flow_run.id, exc)
                     return
+                except Exception:
+                    # A backend's own error (a cloud SDK's): this task runs in the
+                    # worker's loops nursery, so letting it escape would stop the
+                    # worker and crash every run in flight. A later check retries.
+                    logger.exception(
+                        "Stopping flow run '%s' failed; it may still be running", flow_run.id
+                    )
+                    return
                 cancelled = State.of(StateType.CANCELLED, CANCELLED_MESSAGE)
                 await self._reporter.propose(flow_run.id, cancelled, force=True)
             if scope.cancelled_caught:
