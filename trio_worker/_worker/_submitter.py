@@ -416,7 +416,12 @@ class Submitter(Generic[C]):
 
 
 class _StartedOnce:
-    """A ``task_status`` that remembers whether the backend called ``started``."""
+    """A ``task_status`` that remembers whether the backend called ``started``.
+
+    The identifier is recorded as text: a Prefect-style backend hands over
+    ``process.pid``, an int, which the API refuses as an ``infrastructure_pid``
+    (Prefect's worker records ``str()`` of it too).
+    """
 
     def __init__(self, inner: trio.TaskStatus[str]) -> None:
         self._inner = inner
@@ -424,7 +429,7 @@ class _StartedOnce:
 
     def started(self, value: Any = None) -> None:
         self.called = True
-        self._inner.started(value)
+        self._inner.started(None if value is None else str(value))
 
 
 def _timestamp(state: State) -> dt.datetime:
