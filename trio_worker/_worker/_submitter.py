@@ -429,7 +429,8 @@ class _StartedOnce:
 
     def started(self, value: Any = None) -> None:
         self.called = True
-        self._inner.started(None if value is None else str(value))
+        identifier: Any = None if value is None else str(value)
+        self._inner.started(identifier)
 
 
 def _timestamp(state: State) -> dt.datetime:
