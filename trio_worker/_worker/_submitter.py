@@ -314,7 +314,7 @@ class Submitter(Generic[C]):
                     "(task_status.started was not called)",
                     flow_run.id,
                 )
-                task_status.started(result.identifier)
+                status.started(result.identifier)
 
         failure: InfrastructureError | None = None
         try:
