@@ -18,7 +18,7 @@ import logging
 import math
 import uuid
 from collections.abc import Callable
-from typing import Any, Final, Generic
+from typing import Final, Generic
 
 import attrs
 import trio
@@ -41,6 +41,7 @@ from trio_worker._worker._context import (
     C,
     CancelReason,
     RunContext,
+    StartedOnce,
     read_limits,
     run_logger,
 )
@@ -300,7 +301,7 @@ class Submitter(Generic[C]):
         results: list[BaseWorkerResult] = []
 
         async def run_and_keep_result(task_status: trio.TaskStatus[str]) -> None:
-            status = _StartedOnce(task_status)
+            status = StartedOnce(task_status)
             result = await self._backend.run(ctx, status)
             results.append(result)
             if not status.called:
@@ -413,24 +414,6 @@ class Submitter(Generic[C]):
                 return None
             self.flows.put(flow_id, flow)
             return flow
-
-
-class _StartedOnce:
-    """A ``task_status`` that remembers whether the backend called ``started``.
-
-    The identifier is recorded as text: a Prefect-style backend hands over
-    ``process.pid``, an int, which the API refuses as an ``infrastructure_pid``
-    (Prefect's worker records ``str()`` of it too).
-    """
-
-    def __init__(self, inner: trio.TaskStatus[str]) -> None:
-        self._inner = inner
-        self.called = False
-
-    def started(self, value: Any = None) -> None:
-        self.called = True
-        identifier: Any = None if value is None else str(value)
-        self._inner.started(identifier)
 
 
 def _timestamp(state: State) -> dt.datetime:
