@@ -202,6 +202,8 @@ class TaskWorker:
         # blocks; it exists so trio's default 40-thread cap does not apply.
         self._thread_limiter = trio.CapacityLimiter(tokens)
         self._held: set[uuid.UUID] = set()
+        #: The environment's store, read by :meth:`start` for tasks without their own.
+        self._default_store: TaskStore | None = None
         self._client: PrefectClient | None = None
         self._reporter: TaskRunReporter | None = None
         self._subscription_scope: trio.CancelScope | None = None
@@ -295,6 +297,10 @@ class TaskWorker:
         settings = self.settings or Settings.from_env()
         if not settings.api_url:
             raise ConfigurationError("PREFECT_API_URL is not set; the task worker needs an API")
+        if self.store is None and any(t.store is None for t in self.tasks.values()):
+            # Read once, here: a value Settings refuses fails the start, not
+            # every run taken (each would crash the worker with it).
+            self._default_store = default_task_store()
         self.started_at = now()
         try:
             await self._serve(settings, task_status)
@@ -542,7 +548,11 @@ class TaskWorker:
             return _state(StateType.FAILED, reason), self.delete_failed_submissions
         # The default store is read from the environment (through Settings) even
         # when this worker was handed settings: submitters find it there too.
-        store = task.store if task.store is not None else self.store or default_task_store()
+        store = (
+            task.store
+            if task.store is not None
+            else self.store or self._default_store or default_task_store()
+        )
         try:
             parameters = await self._read_parameters(task, task_run, store)
             args, kwargs = task.call_arguments(parameters)
