@@ -156,6 +156,9 @@ class Submitter(Generic[C]):
     async def _claim(self, tracked: InFlightRun) -> bool:
         """Propose PENDING; True when the run is now this worker's to start."""
         flow_run = tracked.flow_run
+        # A shutdown already under way: nothing was asked yet, so the run stays
+        # SCHEDULED for another worker (claimed, it would be reported CRASHED).
+        await trio.lowlevel.checkpoint_if_cancelled()
         # Shielded: a shutdown arriving between the API's commit of PENDING and
         # our reading the answer would otherwise leave the run PENDING, owned by
         # no one.
