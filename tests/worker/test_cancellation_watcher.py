@@ -10,12 +10,14 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 
+import attrs
 import httpx
 import trio
 import trio.testing
 
 from tests.worker.test_reporter import mock_api, reporter_for, verdict
 from trio_worker._client._client import PrefectClient
+from trio_worker._core._exceptions import NotFoundError
 from trio_worker._core._jobs import BaseJobConfiguration
 from trio_worker._core._models import FlowRun, SetStateStatus, StateType
 from trio_worker._worker._cancellation import KILL_MARGIN_SECONDS, CancellationWatcher
@@ -54,7 +56,10 @@ async def never_run(
 
 
 def watcher_for(
-    client: PrefectClient, table: RunTable, kill: Kill
+    client: PrefectClient,
+    table: RunTable,
+    kill: Kill,
+    configure: Callable[[FlowRun], Awaitable[RunContext[BaseJobConfiguration]]] = configure,
 ) -> CancellationWatcher[BaseJobConfiguration]:
     backend: Backend[BaseJobConfiguration] = Backend(
         job_configuration=BaseJobConfiguration,
@@ -195,3 +200,33 @@ async def test_a_kill_that_fails_unexpectedly_is_logged_and_the_watcher_goes_on(
                     await api.changed.wait()
     assert api.cancelled == [fine.id]  # the failed one is not said to be cancelled
     assert watcher.cancelling == frozenset()  # and a later check may try it again
+
+
+async def test_a_run_whose_deployment_was_deleted_is_still_killed() -> None:
+    """Killing an abandoned process needs the run's configuration, not its deployment.
+
+    A deployment deleted while its run went on leaves the run pointing at it;
+    rendering the configuration then fails with 404. The pool's template and
+    the run's own variables still render one, and the process is stopped.
+    """
+    run = attrs.evolve(abandoned_run(), deployment_id=uuid.uuid4())
+    killed: list[str] = []
+
+    async def kill(pid: str, configuration: BaseJobConfiguration, grace: float) -> None:
+        killed.append(pid)
+
+    async def configure_without_the_deployment(
+        flow_run: FlowRun,
+    ) -> RunContext[BaseJobConfiguration]:
+        if flow_run.deployment_id is not None:
+            raise NotFoundError(f"deployment {flow_run.deployment_id} not found")
+        return await configure(flow_run)
+
+    api = Api()
+    async with mock_api(api) as client:
+        table = RunTable(None, metrics=WorkerMetrics())
+        watcher = watcher_for(client, table, kill, configure_without_the_deployment)
+        with trio.fail_after(5):
+            await watcher.cancel_run(run)
+    assert killed == ["host:42"]
+    assert api.cancelled == [run.id]

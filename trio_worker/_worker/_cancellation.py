@@ -35,7 +35,12 @@ import trio
 
 from trio_worker._client._client import PrefectClient
 from trio_worker._client._subscriptions import JsonWebSocket, serve_subscription, websocket_token
-from trio_worker._core._exceptions import APIError, ConfigurationError, InfrastructureError
+from trio_worker._core._exceptions import (
+    APIError,
+    ConfigurationError,
+    InfrastructureError,
+    NotFoundError,
+)
 from trio_worker._core._models import FlowRun, State, StateType, now
 from trio_worker._core._services import service_loop
 from trio_worker._core._settings import Settings
@@ -212,7 +217,7 @@ class CancellationWatcher(Generic[C]):
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + self._grace + KILL_MARGIN_SECONDS
                 try:
-                    ctx: RunContext[C] = await self._configure(flow_run)
+                    ctx = await self._configuration(flow_run)
                     await self._backend.kill(pid, ctx.configuration, self._grace)
                 except (
                     InfrastructureError,
@@ -240,6 +245,21 @@ class CancellationWatcher(Generic[C]):
                 )
         finally:
             self._cancelling.discard(flow_run.id)
+
+    async def _configuration(self, flow_run: FlowRun) -> RunContext[C]:
+        """The run's context for a kill; rendered without its deployment if that is gone.
+
+        A deployment deleted while its run went on leaves the run pointing at
+        it; the pool's template and the run's own variables still say where
+        the run is, and a process worker needs nothing from them at all.
+        """
+        try:
+            ctx: RunContext[C] = await self._configure(flow_run)
+        except NotFoundError:
+            if flow_run.deployment_id is None:
+                raise
+            ctx = await self._configure(attrs.evolve(flow_run, deployment_id=None))
+        return ctx
 
     async def _listen(
         self, api_url: str, settings: Settings, ssl_context: ssl.SSLContext | None
