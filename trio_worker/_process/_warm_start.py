@@ -27,7 +27,6 @@ import contextlib
 import itertools
 import json
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -39,6 +38,7 @@ from typing import Any, Final
 import attrs
 import trio
 
+from trio_worker._core._settings import process_environment
 from trio_worker._process._group import signal_process_group
 from trio_worker._process._zygote import MAX_MESSAGE_BYTES
 from trio_worker._process._zygote_handle import WarmChild, Zygote, close_zygote, receive
@@ -141,7 +141,7 @@ class WarmStarter:
             return
         image = ZygoteImage(
             preload=tuple(self.preload),
-            environ=environ_digest(os.environ),
+            environ=environ_digest(process_environment()),
             executable=executable_identity(),
         )
         try:

@@ -37,6 +37,8 @@ from collections.abc import Mapping, Sequence
 import attrs
 import trio
 
+from trio_worker._core._settings import process_environment
+
 __all__ = ["ImageCheck", "ZygoteImage", "environ_digest", "executable_identity"]
 
 #: ``(st_dev, st_ino, st_size, st_mtime_ns)`` of a file; ``None`` if it cannot be read.
@@ -125,7 +127,7 @@ class ImageCheck:
         async with self._lock:
             if self._found is None and self._begun == ticket:
                 self._begun += 1
-                environ = environ_digest(os.environ)
+                environ = environ_digest(process_environment())
                 self._found = await trio.to_thread.run_sync(
                     self.image.difference, tuple(preload), environ
                 )

@@ -97,7 +97,7 @@ def prepare_ssl_context() -> tuple[SslContextFor, list[str]]:
     from trio_worker._core._settings import Settings
 
     try:
-        mine = Settings.from_env(os.environ)
+        mine = Settings.from_env()
         context = create_ssl_context(mine)
     except ConfigurationError:
         return (lambda settings: None), []
