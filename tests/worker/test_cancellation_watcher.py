@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import attrs
 import httpx
+import pytest
 import trio
 import trio.testing
 
@@ -20,7 +21,11 @@ from trio_worker._client._client import PrefectClient
 from trio_worker._core._exceptions import NotFoundError
 from trio_worker._core._jobs import BaseJobConfiguration
 from trio_worker._core._models import FlowRun, SetStateStatus, StateType
-from trio_worker._worker._cancellation import KILL_MARGIN_SECONDS, CancellationWatcher
+from trio_worker._worker._cancellation import (
+    KILL_MARGIN_SECONDS,
+    CancellationWatcher,
+    cancelling_run_id,
+)
 from trio_worker._worker._context import (
     Backend,
     BaseWorkerResult,
@@ -230,3 +235,27 @@ async def test_a_run_whose_deployment_was_deleted_is_still_killed() -> None:
             await watcher.cancel_run(run)
     assert killed == ["host:42"]
     assert api.cancelled == [run.id]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        None,
+        [],
+        {"type": "event"},
+        {"type": "event", "event": None},
+        {"type": "event", "event": "x"},
+        {"type": "event", "event": {"resource": []}},
+        {"type": "event", "event": {"resource": {"prefect.resource.id": 7}}},
+        {"type": "event", "event": {"resource": {"prefect.resource.id": "prefect.flow.1"}}},
+    ],
+)
+def test_a_stream_message_of_any_other_shape_is_skipped(message: object) -> None:
+    """The listener runs in the worker's loops nursery: an unreadable message must not stop it."""
+    assert cancelling_run_id(message) is None
+
+
+def test_a_cancelling_event_names_its_flow_run() -> None:
+    run_id = str(uuid.uuid4())
+    resource = {"prefect.resource.id": f"prefect.flow-run.{run_id}"}
+    assert cancelling_run_id({"type": "event", "event": {"resource": resource}}) == run_id

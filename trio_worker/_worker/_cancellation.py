@@ -49,7 +49,7 @@ from trio_worker._worker._context import Backend, C, CancelReason, RunContext
 from trio_worker._worker._reporter import CANCELLED_MESSAGE, Reporter
 from trio_worker._worker._run_table import RunTable
 
-__all__ = ["CancelStream", "CancellationWatcher"]
+__all__ = ["CancelStream", "CancellationWatcher", "cancelling_run_id"]
 
 logger = logging.getLogger("trio_worker.cancellation")
 
@@ -285,15 +285,9 @@ class CancellationWatcher(Generic[C]):
             self.stream.live = True
             try:
                 while True:
-                    message = await socket.receive_json()
-                    if not isinstance(message, dict) or message.get("type") != "event":
-                        continue
-                    resource = message.get("event", {}).get("resource", {})
-                    resource_id = str(resource.get("prefect.resource.id", ""))
-                    if resource_id.startswith(FLOW_RUN_RESOURCE_PREFIX):
-                        await self._on_cancelling(
-                            resource_id.removeprefix(FLOW_RUN_RESOURCE_PREFIX)
-                        )
+                    run_id = cancelling_run_id(await socket.receive_json())
+                    if run_id is not None:
+                        await self._on_cancelling(run_id)
             finally:
                 self.stream.live = False
                 self.stream.gap = True
@@ -322,6 +316,22 @@ class CancellationWatcher(Generic[C]):
             return
         if _is_cancelling(flow_run):  # not already handled by someone else
             await self.cancel_run(flow_run)
+
+
+def cancelling_run_id(message: object) -> str | None:
+    """The flow run id an ``/events/out`` message names, or ``None``.
+
+    Any shape is accepted: a message this worker cannot read is skipped, never
+    raised out of the listener (which would stop the worker).
+    """
+    if not isinstance(message, dict) or message.get("type") != "event":
+        return None
+    event = message.get("event")
+    resource = event.get("resource") if isinstance(event, dict) else None
+    resource_id = resource.get("prefect.resource.id") if isinstance(resource, dict) else None
+    if not isinstance(resource_id, str) or not resource_id.startswith(FLOW_RUN_RESOURCE_PREFIX):
+        return None
+    return resource_id.removeprefix(FLOW_RUN_RESOURCE_PREFIX)
 
 
 def _is_cancelling(flow_run: FlowRun) -> bool:
