@@ -469,3 +469,19 @@ def test_an_override_in_prefects_mutating_style_fails_naming_the_class(
 ) -> None:
     with pytest.raises(ConfigurationError, match=message):
         prepare_for_flow_run(config, flow_run=FLOW_RUN, base_env={})
+
+
+@attrs.frozen(kw_only=True)
+class ReturnsADict(BaseJobConfiguration):
+    def prepare_for_flow_run(self, flow_run: FlowRun, *_: Any) -> Any:  # type: ignore[override]
+        return attrs.asdict(super().prepare_for_flow_run(flow_run))
+
+
+def test_an_override_returning_something_else_is_named_without_its_secrets() -> None:
+    """The error becomes the run's CRASHED message: it names the type, not its contents."""
+    with pytest.raises(ConfigurationError) as info:
+        prepare_for_flow_run(
+            ReturnsADict(), flow_run=FLOW_RUN, base_env={"PREFECT_API_KEY": "pnu_secret"}
+        )
+    assert "ReturnsADict.prepare_for_flow_run returned a dict" in str(info.value)
+    assert "pnu_secret" not in str(info.value)

@@ -207,3 +207,47 @@ async def test_task_worker_killed_with_three_runs_running(
         assert await again.result_async(30, client=client) == 3
     runs = {r.id: r for r in await client.read_task_runs(limit=10)}
     assert runs[again.task_run_id].run_count == 2
+
+
+async def test_a_run_once_worker_keeps_its_runs_alive_and_cancellable(
+    small_api: str, client: PrefectClient, tmp_path: Path
+) -> None:
+    """``start(run_once=True)`` waits for its runs: meanwhile it must heartbeat and hear cancels.
+
+    A plain command run stays PENDING with its pid; without the worker's
+    heartbeat listing it, the API crashes it after the heartbeat timeout
+    although it is running fine. And a user's cancellation must still stop a run.
+    """
+    pool = f"pool-{uuid.uuid4().hex[:8]}"
+    long_enough = await make_deployment(
+        client, pool, name="steady",
+        job_variables={"command": python_command("import time; time.sleep(6)")},
+    )  # fmt: skip
+    forever = await make_deployment(
+        client, pool, name="forever",
+        job_variables={"command": python_command("import time; time.sleep(300)")},
+    )  # fmt: skip
+    steady_run = await client.create_flow_run_from_deployment(long_enough.id)
+    cancelled_run = await client.create_flow_run_from_deployment(forever.id)
+    settings = Settings(
+        api_url=small_api, query_seconds=0.2, heartbeat_seconds=0.5, prefetch_seconds=0,
+        state_dir=str(tmp_path / "state"), webserver_port=0,
+    )  # fmt: skip
+    worker = ProcessWorker(pool, settings=settings, cancel_grace_seconds=1.0)
+
+    async def cancel_when_running() -> None:
+        async def started() -> bool:
+            run = await client.read_flow_run(cancelled_run.id)
+            return bool(run.infrastructure_pid)
+
+        await wait_for(started, what="the run to be cancelled started")
+        await client.set_flow_run_state(cancelled_run.id, State.of(StateType.CANCELLING))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cancel_when_running)
+            await worker.start(run_once=True, printer=lambda _: None)
+    steady = await client.read_flow_run(steady_run.id)
+    assert steady.state is not None and steady.state.type is StateType.COMPLETED, steady.state
+    cancelled = await client.read_flow_run(cancelled_run.id)
+    assert cancelled.state is not None and cancelled.state.type is StateType.CANCELLED

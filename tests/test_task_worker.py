@@ -23,6 +23,7 @@ import trio
 
 from tests.helpers import clean_env, wait_for
 from trio_worker._client._client import PrefectClient
+from trio_worker._core._exceptions import ConfigurationError
 from trio_worker._core._models import StateType, TaskRun
 from trio_worker._core._settings import Settings
 from trio_worker._server import serve_api
@@ -601,3 +602,25 @@ async def test_an_abandoned_sync_run_keeps_its_slot_until_its_thread_returns(
         assert (worker.current_tasks, worker.available_tasks, worker.abandoned_threads) == (0, 1, 0)
     finally:
         release.set()
+
+
+async def test_a_malformed_environment_stops_the_start_not_the_first_run(
+    api_url: str, client: PrefectClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default task store is read from the environment, through Settings.
+
+    A worker handed its settings still reads the environment for the store: a
+    value Settings refuses (here an unrelated one) must fail the start, loudly,
+    before any run is taken; not crash the first run taken and then the worker.
+    """
+    monkeypatch.setenv("PREFECT_API_URL", api_url)
+    handle = await mul.delay_async(2, 3)  # queued: no worker yet
+    monkeypatch.setenv("PREFECT_WORKER_QUERY_SECONDS", "soon")
+    worker = TaskWorker(mul, settings=Settings(api_url=api_url), client_backoff_seconds=0.05)
+    with (
+        trio.fail_after(30),
+        pytest.raises(ConfigurationError, match="PREFECT_WORKER_QUERY_SECONDS"),
+    ):
+        await worker.start()
+    run = await client.read_task_run(handle.task_run_id)
+    assert run.state is not None and run.state.type is StateType.SCHEDULED, run.state

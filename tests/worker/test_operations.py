@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
@@ -142,8 +143,9 @@ async def test_health_ready_status_and_metrics(
             ready = await http.get("/ready")
             status = (await http.get("/status")).json()
             metrics_text = (await http.get("/metrics")).text
-            # Stop polling: /health must turn 503 once 30 query intervals pass.
-            worker.stop_polling()
+            # The poll loop stops (not a drain): /health must turn 503 once 30
+            # query intervals pass.
+            worker.loops.stop_polling()
             worker.query_seconds = 0.02
 
             async def unhealthy() -> bool:
@@ -166,6 +168,21 @@ async def test_health_ready_status_and_metrics(
     assert samples[("trio_worker_flow_runs_finished_total", (("outcome", "crashed"),))] == 1
     assert samples[("trio_worker_flow_runs_finished_total", (("outcome", "completed"),))] == 1
     assert samples[("trio_worker_flow_runs_in_flight", ())] == 0
+
+
+async def test_health_stays_ok_while_a_drain_lets_runs_finish(
+    running_worker: WorkerFactory,
+) -> None:
+    """A drain stops polling on purpose; /health must not call the worker unresponsive.
+
+    A drain longer than 30 query intervals (5 minutes by default) would
+    otherwise have a liveness probe kill the worker, and its runs, mid-drain.
+    """
+    async with httpx.AsyncClient() as http, running_worker(with_healthcheck=True) as worker:
+        worker.stop_polling()  # a drain's first step
+        worker.loops.poller.last_polled = time.monotonic() - 3600  # long since
+        health = await http.get(f"{worker.health_urls[0]}/health")
+    assert health.status_code == 200, health.text
 
 
 async def _no_runs(worker: object) -> bool:

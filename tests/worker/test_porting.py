@@ -220,3 +220,62 @@ async def test_a_block_the_api_does_not_have_crashes_the_run_naming_it(
     assert done.state is not None and done.state.type is StateType.CRASHED, done.state
     assert "Block not found: 'api-token' of type 'secret'" in (done.state.message or "")
     assert worker.configurations == []  # the literal placeholder never reached run()
+
+
+async def test_a_run_that_never_calls_started_is_not_crashed(
+    api_url: str, client: PrefectClient, pool_name: str, tmp_path: Path
+) -> None:
+    """Prefect's worker tolerates a ``run`` that never calls ``task_status.started``.
+
+    Many Prefect custom workers never call it (``task_status`` is optional there);
+    the worker logs an error and goes on with the result. Here the run exited 0,
+    so it must end COMPLETED, not CRASHED with "child exited without calling
+    task_status.started()".
+    """
+    with pytest.warns(DeprecationWarning, match=r"Silent.run\(flow_run"):
+
+        class Silent(EchoWorker):
+            async def run(  # type: ignore[override]
+                self,
+                flow_run: FlowRun,
+                configuration: Any,
+                task_status: trio.TaskStatus[str] | None = None,
+            ) -> BaseWorkerResult:
+                self.configurations.append(configuration)
+                return BaseWorkerResult(identifier="silent:1", status_code=0)
+
+    worker = Silent(
+        pool_name, settings=fast_settings(api_url, tmp_path / "state"), client_backoff_seconds=0.05
+    )
+    done = await _run_once(worker, client, pool_name)
+    assert done.state is not None and done.state.type is StateType.COMPLETED, done.state
+    assert len(worker.configurations) == 1
+    assert done.infrastructure_pid == "silent:1"
+
+
+async def test_a_prefect_style_int_identifier_is_recorded_as_the_infrastructure_pid(
+    api_url: str, client: PrefectClient, pool_name: str, tmp_path: Path
+) -> None:
+    """Prefect's own process worker calls ``task_status.started(process.pid)``, an int.
+
+    Prefect records ``str(...)`` of it; so must we, or the PATCH is refused and
+    no other worker can ever cancel the run.
+    """
+    with pytest.warns(DeprecationWarning, match=r"IntPid.run\(flow_run"):
+
+        class IntPid(EchoWorker):
+            async def run(  # type: ignore[override]
+                self,
+                flow_run: FlowRun,
+                configuration: Any,
+                task_status: Any = None,
+            ) -> BaseWorkerResult:
+                task_status.started(4242)
+                return BaseWorkerResult(identifier="4242", status_code=0)
+
+    worker = IntPid(
+        pool_name, settings=fast_settings(api_url, tmp_path / "state"), client_backoff_seconds=0.05
+    )
+    done = await _run_once(worker, client, pool_name)
+    assert done.state is not None and done.state.type is StateType.COMPLETED, done.state
+    assert done.infrastructure_pid == "4242"

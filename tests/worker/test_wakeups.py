@@ -61,6 +61,22 @@ async def test_an_event_of_the_pool_wakes_the_loop_others_do_not(
     assert await _woken_within(wakeups, 1)
 
 
+def test_a_message_of_any_other_shape_is_not_a_wakeup() -> None:
+    # The stream is the network's input: a message the server (or a proxy) sends
+    # in another shape must be passed over, never raise out of the listener.
+    wakeups = Wakeups()
+    odd: list[Any] = [
+        None,
+        [],
+        "event",
+        {"type": "event"},
+        {"type": "event", "event": "prefect.flow-run.Scheduled"},
+        {"type": "event", "event": ["x"]},
+        {"type": "event", "event": {"event": "prefect.flow-run.Scheduled", "related": "x"}},
+    ]
+    assert [wakeups.on_event(message, "pool") for message in odd] == [False] * 6 + [True]
+
+
 async def test_the_loop_rests_only_while_the_stream_is_up(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

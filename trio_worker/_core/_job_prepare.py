@@ -95,8 +95,11 @@ def prepare_for_flow_run(
             " attrs.evolve(super().prepare_for_flow_run(...), field=value) instead"
         ) from None
     if not isinstance(prepared, BaseJobConfiguration):
+        # Named by type: this message becomes the run's CRASHED message, and a
+        # dict of the configuration would carry the API key of its env.
+        returned = "None" if prepared is None else f"a {type(prepared).__name__}"
         raise ConfigurationError(
-            f"{where} returned {prepared!r}, not a job configuration: configurations are"
+            f"{where} returned {returned}, not a job configuration: configurations are"
             " frozen, so an override must return the completed copy (attrs.evolve(...))"
         )
     return prepared  # type: ignore[return-value]  # an override returns its own class

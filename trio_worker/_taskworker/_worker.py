@@ -54,7 +54,7 @@ from trio_worker._taskworker._leases import LeaseKeeper
 from trio_worker._taskworker._reports import TaskRunReporter, task_run_record
 from trio_worker._taskworker._slots import RunSlots, Slot
 from trio_worker._taskworker._status import serve_task_status
-from trio_worker._taskworker._store import TaskStore
+from trio_worker._taskworker._store import TaskStore, default_task_store
 from trio_worker._taskworker._subscription import TaskRunSubscription, claim
 from trio_worker._taskworker._tasks import Task
 
@@ -159,6 +159,8 @@ class TaskWorker:
             claim=self._claim,
             run=self._run_claimed,
         )
+        #: The environment's store, read by :meth:`start` for tasks without their own.
+        self._default_store: TaskStore | None = None
         self._client: PrefectClient | None = None
         self._reporter: TaskRunReporter | None = None
         self._subscription_scope: trio.CancelScope | None = None
@@ -257,6 +259,10 @@ class TaskWorker:
         settings = self.settings or Settings.from_env()
         if not settings.api_url:
             raise ConfigurationError("PREFECT_API_URL is not set; the task worker needs an API")
+        if self.store is None and any(t.store is None for t in self.tasks.values()):
+            # Read once, here: a value Settings refuses fails the start, not
+            # every run taken (each would crash the worker with it).
+            self._default_store = default_task_store()
         self.started_at = now()
         try:
             await self._serve(settings, task_status)
@@ -364,7 +370,7 @@ class TaskWorker:
             final_state, delete = await run_task(
                 self.tasks,
                 task_run,
-                store=self.store,
+                store=self.store or self._default_store,
                 slots=self._slots,
                 slot=slot,
                 record_running=functools.partial(

@@ -308,7 +308,8 @@ class BaseWorker(BackendContract[C, V], WorkerIntrospection):
         Prefect's ``start()`` does; inside ``async with worker`` it is used as is.
 
         Args:
-            run_once: poll once, wait for the runs it started, and return.
+            run_once: poll once, wait for the runs it started (heartbeating and
+                hearing cancellations meanwhile), and return.
             with_healthcheck: serve ``/health`` (and friends) on the settings'
                 webserver host and port, inside the loops nursery.
             printer: where the started/stopped lines go.
@@ -345,6 +346,7 @@ class BaseWorker(BackendContract[C, V], WorkerIntrospection):
             if run_once:
                 await self.get_and_submit_flow_runs()
                 task_status.started()
+                await loops.keep_runs(nursery, settings=self.settings)
                 await self.wait_for_runs()
                 nursery.cancel_scope.cancel()
                 return

@@ -41,7 +41,12 @@ import trio
 
 from trio_worker._client._client import PrefectClient
 from trio_worker._client._subscriptions import JsonWebSocket, serve_subscription, websocket_token
-from trio_worker._core._exceptions import APIError, ConfigurationError, InfrastructureError
+from trio_worker._core._exceptions import (
+    APIError,
+    ConfigurationError,
+    InfrastructureError,
+    NotFoundError,
+)
 from trio_worker._core._models import FlowRun, State, StateType, now
 from trio_worker._core._services import service_loop
 from trio_worker._core._settings import Settings
@@ -50,7 +55,7 @@ from trio_worker._worker._context import Backend, C, CancelReason, RunContext
 from trio_worker._worker._reporter import CANCELLED_MESSAGE, Reporter
 from trio_worker._worker._run_table import RunTable
 
-__all__ = ["CancelStream", "CancellationWatcher", "EventTap"]
+__all__ = ["CancelStream", "CancellationWatcher", "EventTap", "cancelling_run_id"]
 
 logger = logging.getLogger("trio_worker.cancellation")
 
@@ -245,7 +250,7 @@ class CancellationWatcher(Generic[C]):
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + self._grace + KILL_MARGIN_SECONDS
                 try:
-                    ctx: RunContext[C] = await self._configure(flow_run)
+                    ctx = await self._configuration(flow_run)
                     await self._backend.kill(pid, ctx.configuration, self._grace)
                 except (
                     InfrastructureError,
@@ -254,6 +259,14 @@ class CancellationWatcher(Generic[C]):
                     NotImplementedError,
                 ) as exc:
                     logger.warning("Could not stop flow run '%s': %s", flow_run.id, exc)
+                    return
+                except Exception:
+                    # A backend's own error (a cloud SDK's): this task runs in the
+                    # worker's loops nursery, so letting it escape would stop the
+                    # worker and crash every run in flight. A later check retries.
+                    logger.exception(
+                        "Stopping flow run '%s' failed; it may still be running", flow_run.id
+                    )
                     return
                 cancelled = State.of(StateType.CANCELLED, CANCELLED_MESSAGE)
                 await self._reporter.propose(flow_run.id, cancelled, force=True)
@@ -265,6 +278,21 @@ class CancellationWatcher(Generic[C]):
                 )
         finally:
             self._cancelling.discard(flow_run.id)
+
+    async def _configuration(self, flow_run: FlowRun) -> RunContext[C]:
+        """The run's context for a kill; rendered without its deployment if that is gone.
+
+        A deployment deleted while its run went on leaves the run pointing at
+        it; the pool's template and the run's own variables still say where
+        the run is, and a process worker needs nothing from them at all.
+        """
+        try:
+            ctx: RunContext[C] = await self._configure(flow_run)
+        except NotFoundError:
+            if flow_run.deployment_id is None:
+                raise
+            ctx = await self._configure(attrs.evolve(flow_run, deployment_id=None))
+        return ctx
 
     async def _listen(
         self, api_url: str, settings: Settings, ssl_context: ssl.SSLContext | None
@@ -297,14 +325,9 @@ class CancellationWatcher(Generic[C]):
                     message = await socket.receive_json()
                     if tap is not None and tap.on_event(message):
                         continue
-                    if not isinstance(message, dict) or message.get("type") != "event":
-                        continue
-                    resource = message.get("event", {}).get("resource", {})
-                    resource_id = str(resource.get("prefect.resource.id", ""))
-                    if resource_id.startswith(FLOW_RUN_RESOURCE_PREFIX):
-                        await self._on_cancelling(
-                            resource_id.removeprefix(FLOW_RUN_RESOURCE_PREFIX)
-                        )
+                    run_id = cancelling_run_id(message)
+                    if run_id is not None:
+                        await self._on_cancelling(run_id)
             finally:
                 self.stream.live = False
                 self.stream.gap = True
@@ -335,6 +358,22 @@ class CancellationWatcher(Generic[C]):
             return
         if _is_cancelling(flow_run):  # not already handled by someone else
             await self.cancel_run(flow_run)
+
+
+def cancelling_run_id(message: object) -> str | None:
+    """The flow run id an ``/events/out`` message names, or ``None``.
+
+    Any shape is accepted: a message this worker cannot read is skipped, never
+    raised out of the listener (which would stop the worker).
+    """
+    if not isinstance(message, dict) or message.get("type") != "event":
+        return None
+    event = message.get("event")
+    resource = event.get("resource") if isinstance(event, dict) else None
+    resource_id = resource.get("prefect.resource.id") if isinstance(resource, dict) else None
+    if not isinstance(resource_id, str) or not resource_id.startswith(FLOW_RUN_RESOURCE_PREFIX):
+        return None
+    return resource_id.removeprefix(FLOW_RUN_RESOURCE_PREFIX)
 
 
 def _is_cancelling(flow_run: FlowRun) -> bool:

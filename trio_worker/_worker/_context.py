@@ -32,6 +32,7 @@ __all__ = [
     "CancelReason",
     "RunContext",
     "RunLimits",
+    "StartedOnce",
     "V",
     "read_limits",
     "run_logger",
@@ -148,6 +149,24 @@ class RunContext(Generic[C]):
     limits: RunLimits = attrs.field(factory=RunLimits)
     cancel_grace_seconds: float = 30.0
     runs_engine: bool = False
+
+
+class StartedOnce:
+    """A ``task_status`` that remembers whether the backend called ``started``.
+
+    The identifier is recorded as text: a Prefect-style backend hands over
+    ``process.pid``, an int, which the API refuses as an ``infrastructure_pid``
+    (Prefect's worker records ``str()`` of it too).
+    """
+
+    def __init__(self, inner: trio.TaskStatus[str]) -> None:
+        self._inner = inner
+        self.called = False
+
+    def started(self, value: Any = None) -> None:
+        self.called = True
+        identifier: Any = None if value is None else str(value)
+        self._inner.started(identifier)
 
 
 def run_logger(flow_run: FlowRun, *, worker_name: str) -> logging.LoggerAdapter[logging.Logger]:

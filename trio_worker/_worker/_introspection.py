@@ -45,6 +45,7 @@ class WorkerIntrospection:
     metrics: WorkerMetrics
     table: RunTable
     _loops: WorkerLoops[Any] | None
+    _stopping: bool
 
     def _health_source(self) -> HealthSource:
         """What the health app reads, as callables."""
@@ -56,8 +57,13 @@ class WorkerIntrospection:
                 return f"last API call failed: {self.last_api_error}"
             return None
 
+        def polling() -> bool:
+            # A drain stops polling on purpose while the runs finish: the worker
+            # is alive, and a liveness probe must not kill it (and them) mid-drain.
+            return self._stopping or self.is_worker_still_polling()
+
         return HealthSource(
-            polling=self.is_worker_still_polling,
+            polling=polling,
             not_ready=not_ready,
             status=self.get_status,
             metrics=self.metrics.render,

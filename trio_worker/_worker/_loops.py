@@ -243,6 +243,16 @@ class WorkerLoops(Generic[C]):
         Returns once the first poll has been made (or failed, or was stopped).
         """
         nursery.start_soon(self._poll_loop)
+        await self.keep_runs(nursery, settings=settings)
+        await self._first_poll.wait()
+
+    async def keep_runs(self, nursery: trio.Nursery, *, settings: Settings) -> None:
+        """Start the heartbeat and cancellation loops in ``nursery``, without the poll.
+
+        What runs in flight need (a run-once worker waits for its runs with
+        these): the heartbeat lists them (an API that hears of no one holding a
+        started run crashes it), and a user's cancellation reaches them.
+        """
         nursery.start_soon(self._heartbeat_loop)
         nursery.start_soon(self.wakeups.serve, self._next_due)
         await nursery.start(
@@ -255,7 +265,6 @@ class WorkerLoops(Generic[C]):
                 task_status=task_status,
             )
         )
-        await self._first_poll.wait()
 
     async def _poll_loop(self) -> None:
         async def poll() -> None:

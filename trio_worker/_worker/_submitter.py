@@ -44,6 +44,7 @@ from trio_worker._worker._context import (
     C,
     CancelReason,
     RunContext,
+    StartedOnce,
     read_limits,
     run_logger,
 )
@@ -160,6 +161,9 @@ class Submitter(Generic[C]):
     async def _claim(self, tracked: InFlightRun) -> bool:
         """Propose PENDING; True when the run is now this worker's to start."""
         flow_run = tracked.flow_run
+        # A shutdown already under way: nothing was asked yet, so the run stays
+        # SCHEDULED for another worker (claimed, it would be reported CRASHED).
+        await trio.lowlevel.checkpoint_if_cancelled()
         # Shielded: a shutdown arriving between the API's commit of PENDING and
         # our reading the answer would otherwise leave the run PENDING, owned by
         # no one.
@@ -275,7 +279,21 @@ class Submitter(Generic[C]):
         results: list[BaseWorkerResult] = []
 
         async def run_and_keep_result(task_status: trio.TaskStatus[str]) -> None:
-            results.append(await self._backend.run(ctx, task_status))
+            status = StartedOnce(task_status)
+            result = await self._backend.run(ctx, status)
+            results.append(result)
+            if not status.called:
+                # Prefect tolerates a run() that never said it started (its
+                # task_status is optional there): the run did happen, so its
+                # result decides, not "child exited without calling started()".
+                self._reporter.log(
+                    flow_run,
+                    logging.ERROR,
+                    "Infrastructure returned without reporting flow run '%s' as started "
+                    "(task_status.started was not called)",
+                    flow_run.id,
+                )
+                status.started(result.identifier)
 
         failure: InfrastructureError | None = None
         try:

@@ -63,7 +63,7 @@ LATE_EVENT: Final = "prefect.flow-run.Late"
 
 def _in_scope(message: Any, pool: str, queues: Collection[str]) -> bool:
     """Whether an event's run belongs to ``pool`` (and to one of ``queues``, if any)."""
-    related = message.get("event", {}).get("related", [])
+    related = message["event"].get("related", [])
     if not isinstance(related, list):
         return False
     names: dict[str, set[str]] = {}
@@ -123,7 +123,10 @@ class Wakeups:
         """
         if not isinstance(message, dict) or message.get("type") != "event":
             return False
-        name = message.get("event", {}).get("event")
+        event = message.get("event")
+        if not isinstance(event, dict):  # a message of another shape: not ours to judge
+            return False
+        name = event.get("event")
         if name not in SCHEDULED_EVENTS:
             return False
         if _in_scope(message, pool, queues):
