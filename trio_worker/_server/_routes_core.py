@@ -6,7 +6,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from trio_worker._server import _deployments, _pool_workers, _pools, _queues
+import trio_worker._server._deployments as _deployments
+import trio_worker._server._pool_workers as _pool_workers
+import trio_worker._server._pools as _pools
+import trio_worker._server._queues as _queues
 from trio_worker._server._actions import (
     DeploymentCreate,
     DeploymentFlowRunCreate,

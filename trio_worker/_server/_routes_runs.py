@@ -9,7 +9,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from trio_worker._server import _flow_run_create, _flow_run_states, _flow_runs, _logs, _task_runs
+import trio_worker._server._flow_run_create as _flow_run_create
+import trio_worker._server._flow_run_states as _flow_run_states
+import trio_worker._server._flow_runs as _flow_runs
+import trio_worker._server._logs as _logs
+import trio_worker._server._task_runs as _task_runs
 from trio_worker._server._actions import (
     FlowRunCreate,
     FlowRunUpdate,
